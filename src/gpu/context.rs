@@ -1,0 +1,370 @@
+//! Adapter discovery and the device context.
+//!
+//! The device is created with the adapter's own limits (not wgpu's conservative defaults) and
+//! every optional feature we can use that the adapter offers (timestamp queries, subgroups,
+//! shader-f16), recorded so kernels and benchmarks can choose.
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use wgpu::util::DeviceExt;
+
+use super::buffers::{BufferPool, GpuBuffer};
+use super::pipelines::{Kernel, PipelineCache};
+use super::recorder::Recorder;
+use crate::error::{Error, Result};
+
+/// Which family of kernels runs on this adapter. Measured (benches/RESULTS.md): on CPU
+/// adapters (lavapipe) register tiles without workgroup barriers win by an order of
+/// magnitude; on real GPUs shared-memory tiles win.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KernelVariant {
+    RegisterTiled,
+    WorkgroupTiled,
+}
+
+impl KernelVariant {
+    pub fn for_device_type(t: wgpu::DeviceType) -> Self {
+        match t {
+            wgpu::DeviceType::Cpu | wgpu::DeviceType::Other => KernelVariant::RegisterTiled,
+            _ => KernelVariant::WorkgroupTiled,
+        }
+    }
+}
+
+/// What `viewcraft devices` prints for one adapter.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct AdapterReport {
+    pub index: usize,
+    pub name: String,
+    pub backend: String,
+    pub device_type: String,
+    pub driver: String,
+    pub driver_info: String,
+    pub max_storage_buffer_binding_size: u64,
+    pub max_buffer_size: u64,
+    pub max_compute_workgroup_size_x: u32,
+    pub max_compute_invocations_per_workgroup: u32,
+    pub max_compute_workgroup_storage_size: u32,
+    pub max_compute_workgroups_per_dimension: u32,
+    pub max_storage_buffers_per_shader_stage: u32,
+    pub features: Vec<String>,
+}
+
+fn instance() -> wgpu::Instance {
+    wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env())
+}
+
+/// The optional features viewcraft asks for when the adapter has them.
+fn wanted_features() -> wgpu::Features {
+    wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SUBGROUP | wgpu::Features::SHADER_F16
+}
+
+fn report(index: usize, a: &wgpu::Adapter) -> AdapterReport {
+    let info = a.get_info();
+    let l = a.limits();
+    let f = a.features() & wanted_features();
+    AdapterReport {
+        index,
+        name: info.name.clone(),
+        backend: format!("{:?}", info.backend),
+        device_type: format!("{:?}", info.device_type),
+        driver: info.driver.clone(),
+        driver_info: info.driver_info.clone(),
+        max_storage_buffer_binding_size: l.max_storage_buffer_binding_size as u64,
+        max_buffer_size: l.max_buffer_size,
+        max_compute_workgroup_size_x: l.max_compute_workgroup_size_x,
+        max_compute_invocations_per_workgroup: l.max_compute_invocations_per_workgroup,
+        max_compute_workgroup_storage_size: l.max_compute_workgroup_storage_size,
+        max_compute_workgroups_per_dimension: l.max_compute_workgroups_per_dimension,
+        max_storage_buffers_per_shader_stage: l.max_storage_buffers_per_shader_stage,
+        features: f.iter_names().map(|(n, _)| n.to_string()).collect(),
+    }
+}
+
+/// Every adapter wgpu can see, on every backend.
+pub fn list_adapters() -> Vec<AdapterReport> {
+    let adapters = pollster::block_on(instance().enumerate_adapters(wgpu::Backends::all()));
+    adapters.iter().enumerate().map(|(i, a)| report(i, a)).collect()
+}
+
+fn rank(t: wgpu::DeviceType) -> u8 {
+    match t {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Cpu => 3,
+        wgpu::DeviceType::Other => 4,
+    }
+}
+
+pub const NO_ADAPTER_HINT: &str = "no GPU adapter found; for a software Vulkan device install \
+mesa-vulkan-drivers (apt-get install -y mesa-vulkan-drivers), or use VIEWCRAFT_DEVICE=cpu";
+
+/// The device context shared by every GPU tensor.
+pub struct Gpu {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub info: wgpu::AdapterInfo,
+    pub limits: wgpu::Limits,
+    pub features: wgpu::Features,
+    pub variant: KernelVariant,
+    pool: BufferPool,
+    pipelines: Mutex<PipelineCache>,
+    rec: Mutex<Recorder>,
+}
+
+impl std::fmt::Debug for Gpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({:?}, {:?})", self.info.name, self.info.backend, self.info.device_type)
+    }
+}
+
+impl Gpu {
+    /// Open an adapter. `spec` is `auto` (best by type: discrete > integrated > virtual > cpu)
+    /// or a case-insensitive substring of an adapter name (`llvmpipe`, `nvidia`, `radeon`...).
+    pub fn open(spec: &str) -> Result<Arc<Gpu>> {
+        let inst = instance();
+        let mut adapters = pollster::block_on(inst.enumerate_adapters(wgpu::Backends::all()));
+        if adapters.is_empty() {
+            return Err(Error::NoAdapter(NO_ADAPTER_HINT.to_string()));
+        }
+        let adapter = if spec.eq_ignore_ascii_case("auto") || spec.is_empty() {
+            // Prefer Vulkan/Metal/DX12 over GL for the same device type.
+            adapters.sort_by_key(|a| {
+                let i = a.get_info();
+                (rank(i.device_type), i.backend == wgpu::Backend::Gl)
+            });
+            adapters.swap_remove(0)
+        } else {
+            let want = spec.to_lowercase();
+            let names: Vec<String> = adapters.iter().map(|a| a.get_info().name).collect();
+            match adapters
+                .into_iter()
+                .find(|a| a.get_info().name.to_lowercase().contains(&want))
+            {
+                Some(a) => a,
+                None => {
+                    return Err(Error::NoAdapter(format!(
+                        "no adapter name contains `{spec}` (VIEWCRAFT_DEVICE / device); adapters: {}",
+                        names.join(", ")
+                    )))
+                }
+            }
+        };
+        Self::from_adapter(adapter)
+    }
+
+    fn from_adapter(adapter: wgpu::Adapter) -> Result<Arc<Gpu>> {
+        let info = adapter.get_info();
+        let limits = adapter.limits();
+        let features = adapter.features() & wanted_features();
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("viewcraft"),
+            required_features: features,
+            required_limits: limits.clone(),
+            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            memory_hints: wgpu::MemoryHints::Performance,
+            trace: wgpu::Trace::Off,
+        }))
+        .map_err(|e| Error::Gpu(format!("{}: cannot open device: {e}", info.name)))?;
+        let variant = match std::env::var("VIEWCRAFT_KERNELS").ok().as_deref() {
+            Some("register") => KernelVariant::RegisterTiled,
+            Some("workgroup") => KernelVariant::WorkgroupTiled,
+            _ => KernelVariant::for_device_type(info.device_type),
+        };
+        let rec = Recorder::new(&device);
+        Ok(Arc::new(Gpu {
+            pool: BufferPool::new(device.clone()),
+            device,
+            queue,
+            info,
+            limits,
+            features,
+            variant,
+            pipelines: Mutex::new(PipelineCache::default()),
+            rec: Mutex::new(rec),
+        }))
+    }
+
+    pub fn name(&self) -> &str {
+        &self.info.name
+    }
+
+    /// A buffer for `len` f32 values (contents undefined).
+    pub fn alloc(&self, len: usize) -> GpuBuffer {
+        self.pool.alloc(len)
+    }
+
+    /// Upload host data. Goes through a staging buffer and a recorded copy so that it stays in
+    /// order with the dispatches already recorded (a pooled buffer may be reused in the step).
+    pub fn upload(&self, data: &[f32]) -> GpuBuffer {
+        let dst = self.alloc(data.len());
+        if data.is_empty() {
+            return dst;
+        }
+        let staging = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("viewcraft upload"),
+            contents: bytemuck::cast_slice(data),
+            usage: wgpu::BufferUsages::COPY_SRC,
+        });
+        self.rec().copy(&self.device, &staging, 0, dst.buffer(), 0, data.len() as u64);
+        dst
+    }
+
+    fn rec(&self) -> std::sync::MutexGuard<'_, Recorder> {
+        self.rec.lock().expect("recorder poisoned")
+    }
+
+    /// Record one dispatch. `buffers` bind the kernel's storage bindings in binding order;
+    /// `params` fill its `params` uniform.
+    pub fn dispatch(
+        &self,
+        kernel: Kernel,
+        constants: &[(&str, f64)],
+        buffers: &[&GpuBuffer],
+        params: &[u32],
+        grid: [u32; 3],
+    ) {
+        let p = self
+            .pipelines
+            .lock()
+            .expect("pipeline cache poisoned")
+            .get(&self.device, kernel, constants);
+        self.rec().dispatch(&self.device, &self.queue, &p, buffers, params, grid);
+    }
+
+    /// Record a copy of `len` values from `src[src_off..]` to `dst[dst_off..]`.
+    pub fn copy(&self, src: &GpuBuffer, src_off: usize, dst: &GpuBuffer, dst_off: usize, len: usize) {
+        if len == 0 {
+            return;
+        }
+        self.rec().copy(
+            &self.device,
+            src.buffer(),
+            src_off as u64,
+            dst.buffer(),
+            dst_off as u64,
+            len as u64,
+        );
+    }
+
+    /// Submit what has been recorded.
+    pub fn flush(&self) {
+        self.rec().flush(&self.device, &self.queue);
+    }
+
+    /// Submit and wait for the GPU to finish.
+    pub fn sync(&self) -> Result<()> {
+        self.flush();
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Gpu(format!("{}: {e}", self.info.name)))?;
+        Ok(())
+    }
+
+    /// Read `len` values of `buf` back to the host (flushes and waits).
+    pub fn read(&self, buf: &GpuBuffer, len: usize) -> Result<Vec<f32>> {
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        let bytes = (len * 4) as u64;
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("viewcraft readback"),
+            size: bytes,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        {
+            let mut rec = self.rec();
+            rec.copy(&self.device, buf.buffer(), 0, &staging, 0, len as u64);
+            rec.flush(&self.device, &self.queue);
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        staging.map_async(wgpu::MapMode::Read, .., move |r| {
+            let _ = tx.send(r);
+        });
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Gpu(format!("{}: {e}", self.info.name)))?;
+        rx.recv()
+            .map_err(|e| Error::Gpu(e.to_string()))?
+            .map_err(|e| Error::Gpu(format!("readback failed: {e}")))?;
+        let view = staging
+            .get_mapped_range(..)
+            .map_err(|e| Error::Gpu(format!("readback failed: {e}")))?;
+        let out = bytemuck::cast_slice::<u8, f32>(&view).to_vec();
+        drop(view);
+        staging.unmap();
+        Ok(out)
+    }
+
+    /// Time what `f` records: wall seconds from first record to completion, and the GPU's own
+    /// seconds from timestamp queries when the adapter has them (only for work that stays in
+    /// one compute pass, i.e. dispatches without copies).
+    pub fn time<R>(&self, f: impl FnOnce() -> R) -> Result<(R, f64, Option<f64>)> {
+        self.sync()?;
+        let ts = self.features.contains(wgpu::Features::TIMESTAMP_QUERY);
+        let qs = ts.then(|| {
+            self.device.create_query_set(&wgpu::QuerySetDescriptor {
+                label: Some("viewcraft timing"),
+                ty: wgpu::QueryType::Timestamp,
+                count: 2,
+            })
+        });
+        if let Some(qs) = &qs {
+            self.rec().time_next_pass(qs.clone(), 0);
+        }
+        let t0 = Instant::now();
+        let r = f();
+        let gpu_s = if let Some(qs) = &qs {
+            let resolve = self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("viewcraft timestamps"),
+                size: 256,
+                usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::STORAGE,
+                mapped_at_creation: false,
+            });
+            self.rec().resolve_queries(&self.device, qs, 2, &resolve);
+            Some(resolve)
+        } else {
+            None
+        };
+        self.sync()?;
+        let wall = t0.elapsed().as_secs_f64();
+        let gpu = match gpu_s {
+            Some(resolve) => {
+                let tmp = self.alloc(64);
+                self.rec().copy(&self.device, &resolve, 0, tmp.buffer(), 0, 4);
+                let v = self.read(&tmp, 4)?;
+                let t0 = (v[0].to_bits() as u64) | ((v[1].to_bits() as u64) << 32);
+                let t1 = (v[2].to_bits() as u64) | ((v[3].to_bits() as u64) << 32);
+                let period = self.queue.get_timestamp_period() as f64;
+                (t1 > t0).then(|| (t1 - t0) as f64 * period * 1e-9)
+            }
+            None => None,
+        };
+        Ok((r, wall, gpu))
+    }
+
+    /// Bytes in live tensors and in the free lists.
+    pub fn memory_usage(&self) -> (u64, u64) {
+        self.pool.usage()
+    }
+
+    /// Drop pooled buffers and cached bind groups (after a change of shapes).
+    pub fn trim(&self) {
+        self.rec().clear_bind_groups();
+        self.pool.trim();
+    }
+
+    /// (dispatches recorded, submits) so far: a training step should add exactly one submit.
+    pub fn counters(&self) -> (u64, u64) {
+        let r = self.rec();
+        (r.dispatches, r.submits)
+    }
+
+    /// Number of distinct compiled pipelines.
+    pub fn pipelines_compiled(&self) -> usize {
+        self.pipelines.lock().expect("pipeline cache poisoned").len()
+    }
+}

@@ -1,0 +1,161 @@
+//! Compute pipelines, compiled once per (shader, entry point, override constants).
+//!
+//! Bind group layouts are derived from the shader itself with naga: for each entry point,
+//! the group-0 globals it uses, in binding order, with the declared access (read-only storage
+//! stays read-only, so one buffer may feed two read bindings). By convention binding 0 is the
+//! `params` uniform, bound with a dynamic offset into the recorder's parameter arena.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::shaders;
+
+/// A kernel: shader file (without `.wgsl`) and entry point.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Kernel {
+    pub shader: &'static str,
+    pub entry: &'static str,
+}
+
+impl Kernel {
+    pub const fn new(shader: &'static str, entry: &'static str) -> Self {
+        Self { shader, entry }
+    }
+}
+
+/// Size of one parameter block (the `params` uniform of every kernel must fit in it).
+pub const PARAM_BLOCK: u64 = 256;
+
+pub struct Pipeline {
+    pub id: u64,
+    pub pipeline: wgpu::ComputePipeline,
+    pub layout: wgpu::BindGroupLayout,
+    /// Whether the entry point reads the `params` uniform (binding 0).
+    pub uses_params: bool,
+    /// Binding numbers of the storage buffers, in the order `dispatch` takes them.
+    pub storage_bindings: Vec<u32>,
+}
+
+pub(crate) type PipelineKey = (Kernel, Vec<(String, u64)>);
+
+#[derive(Default)]
+pub struct PipelineCache {
+    modules: HashMap<&'static str, (wgpu::ShaderModule, naga::Module, naga::valid::ModuleInfo)>,
+    pipelines: HashMap<PipelineKey, std::sync::Arc<Pipeline>>,
+}
+
+static NEXT_PIPELINE: AtomicU64 = AtomicU64::new(1);
+
+impl PipelineCache {
+    pub fn get(
+        &mut self,
+        device: &wgpu::Device,
+        kernel: Kernel,
+        constants: &[(&str, f64)],
+    ) -> std::sync::Arc<Pipeline> {
+        let key: PipelineKey = (
+            kernel,
+            constants
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_bits()))
+                .collect(),
+        );
+        if let Some(p) = self.pipelines.get(&key) {
+            return p.clone();
+        }
+        let (module, naga_module, info) = self.modules.entry(kernel.shader).or_insert_with(|| {
+            let src = shaders::full_source(kernel.shader)
+                .unwrap_or_else(|| panic!("unknown shader {}", kernel.shader));
+            // Validated by the shader test; a failure here is a build defect, not user input.
+            let (m, i) = shaders::validate(kernel.shader, &src).unwrap_or_else(|e| panic!("{e}"));
+            let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(kernel.shader),
+                source: wgpu::ShaderSource::Wgsl(src.into()),
+            });
+            (module, m, i)
+        });
+        let ep_index = naga_module
+            .entry_points
+            .iter()
+            .position(|e| e.name == kernel.entry)
+            .unwrap_or_else(|| panic!("{}.wgsl has no entry point {}", kernel.shader, kernel.entry));
+        let ep_info = info.get_entry_point(ep_index);
+        let mut entries = Vec::new();
+        let mut uses_params = false;
+        let mut storage_bindings = Vec::new();
+        for (handle, var) in naga_module.global_variables.iter() {
+            let Some(rb) = &var.binding else { continue };
+            if rb.group != 0 || ep_info[handle].is_empty() {
+                continue;
+            }
+            let ty = match var.space {
+                naga::AddressSpace::Uniform => {
+                    assert_eq!(rb.binding, 0, "params uniform must be binding 0");
+                    uses_params = true;
+                    wgpu::BindingType::Buffer {
+                        ty: wgpu::BufferBindingType::Uniform,
+                        has_dynamic_offset: true,
+                        min_binding_size: None,
+                    }
+                }
+                naga::AddressSpace::Storage { access } => {
+                    storage_bindings.push(rb.binding);
+                    wgpu::BindingType::Buffer {
+                        ty: wgpu::BufferBindingType::Storage {
+                            read_only: !access.contains(naga::StorageAccess::STORE),
+                        },
+                        has_dynamic_offset: false,
+                        min_binding_size: None,
+                    }
+                }
+                other => panic!("unsupported address space {other:?} in {}", kernel.shader),
+            };
+            entries.push(wgpu::BindGroupLayoutEntry {
+                binding: rb.binding,
+                visibility: wgpu::ShaderStages::COMPUTE,
+                ty,
+                count: None,
+            });
+        }
+        entries.sort_by_key(|e| e.binding);
+        storage_bindings.sort();
+        let label = format!("{}::{}", kernel.shader, kernel.entry);
+        let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+            label: Some(&label),
+            entries: &entries,
+        });
+        let pl = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+            label: Some(&label),
+            bind_group_layouts: &[Some(&layout)],
+            immediate_size: 0,
+        });
+        let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(&label),
+            layout: Some(&pl),
+            module,
+            entry_point: Some(kernel.entry),
+            compilation_options: wgpu::PipelineCompilationOptions {
+                constants,
+                // Kernels initialise the workgroup memory they read.
+                zero_initialize_workgroup_memory: false,
+            },
+            cache: None,
+        });
+        let p = std::sync::Arc::new(Pipeline {
+            id: NEXT_PIPELINE.fetch_add(1, Ordering::Relaxed),
+            pipeline,
+            layout,
+            uses_params,
+            storage_bindings,
+        });
+        self.pipelines.insert(key, p.clone());
+        p
+    }
+
+    pub fn len(&self) -> usize {
+        self.pipelines.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.pipelines.is_empty()
+    }
+}

@@ -1,0 +1,12 @@
+//! viewcraft: self-supervised visual representation learning with semantic-aware crops,
+//! on any GPU through wgpu, with a plain-Rust CPU reference for every kernel.
+
+pub mod autograd;
+pub mod error;
+pub mod gpu;
+pub mod ops;
+pub mod tensor;
+
+pub use autograd::{Grads, Tape, Var};
+pub use error::{Error, Result};
+pub use tensor::{Device, Tensor};

@@ -1,0 +1,91 @@
+//! The op set. One file per op (or per family of tiny elementwise ops): the shape rule, the
+//! CPU reference (generic over f32/f64 so gradients can be checked by finite differences in
+//! f64), its backward right after it, the GPU dispatch, and the tape method that ties them.
+//!
+//! Tolerances (GPU vs CPU, `|gpu - cpu| <= atol + rtol * |cpu|`) are stated in each file.
+
+pub mod batchnorm;
+pub mod conv2d;
+pub mod cross_entropy;
+pub mod elementwise;
+pub mod l2norm;
+pub mod linear;
+pub mod pool;
+pub mod reduce;
+pub mod shape_ops;
+
+use crate::error::Result;
+use crate::gpu::{grid_1d, Gpu, GpuBuffer, Kernel};
+use crate::tensor::{numel, Device, Tensor};
+use std::sync::Arc;
+
+/// The float type of a CPU reference: f32 for the CPU path, f64 for gradient checks.
+pub trait Real:
+    num_traits::Float
+    + num_traits::FromPrimitive
+    + std::iter::Sum
+    + std::ops::AddAssign
+    + std::ops::SubAssign
+    + std::ops::MulAssign
+    + Default
+    + Send
+    + Sync
+    + std::fmt::Debug
+    + 'static
+{
+    fn of(x: f64) -> Self;
+    fn to64(self) -> f64;
+}
+impl Real for f32 {
+    fn of(x: f64) -> Self {
+        x as f32
+    }
+    fn to64(self) -> f64 {
+        self as f64
+    }
+}
+impl Real for f64 {
+    fn of(x: f64) -> Self {
+        x
+    }
+    fn to64(self) -> f64 {
+        self
+    }
+}
+
+/// A CPU tensor from reference output.
+pub(crate) fn cpu(data: Vec<f32>, shape: &[usize]) -> Tensor {
+    debug_assert_eq!(data.len(), numel(shape));
+    Tensor::from_vec(data, shape, &Device::Cpu).expect("reference output matches its shape")
+}
+
+/// The buffer of a GPU tensor (callers have checked the device).
+pub(crate) fn buf(t: &Tensor) -> &GpuBuffer {
+    t.gpu_buffer().expect("GPU tensor").1
+}
+
+/// Dispatch a one-invocation-per-element kernel of workgroup size 256 writing a fresh output.
+pub(crate) fn map_kernel(
+    g: &Arc<Gpu>,
+    kernel: Kernel,
+    inputs: &[&Tensor],
+    params: &[u32],
+    n_threads: usize,
+    out_shape: &[usize],
+) -> Tensor {
+    let out = g.alloc(numel(out_shape));
+    let mut bufs: Vec<&GpuBuffer> = inputs.iter().map(|t| buf(t)).collect();
+    bufs.push(&out);
+    g.dispatch(kernel, &[], &bufs, params, grid_1d(n_threads, 256));
+    Tensor::from_gpu(g, out, out_shape)
+}
+
+pub(crate) fn u(x: usize) -> u32 {
+    x as u32
+}
+pub(crate) fn f(x: f32) -> u32 {
+    x.to_bits()
+}
+
+/// Shorthand used by every op for `Result<Tensor>`.
+pub type TResult = Result<Tensor>;
