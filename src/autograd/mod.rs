@@ -42,6 +42,7 @@ impl Default for Tape {
 }
 
 /// Gradients from one backward pass, indexed by `Var`.
+#[derive(Debug)]
 pub struct Grads {
     grads: Vec<Option<Tensor>>,
 }
@@ -109,7 +110,8 @@ impl Tape {
         inputs: &[Var],
         backward: impl FnOnce(&Tensor) -> Result<Vec<Option<Tensor>>> + Send + 'static,
     ) -> Var {
-        let requires_grad = self.grad_enabled && inputs.iter().any(|v| self.nodes[v.0].requires_grad);
+        let requires_grad =
+            self.grad_enabled && inputs.iter().any(|v| self.nodes[v.0].requires_grad);
         self.nodes.push(Node {
             value,
             inputs: inputs.to_vec(),
@@ -168,7 +170,9 @@ impl Tape {
         for i in (0..=out.0).rev() {
             let Some(g) = grads[i].clone() else { continue };
             let node = &mut self.nodes[i];
-            let Some(bw) = node.backward.take() else { continue };
+            let Some(bw) = node.backward.take() else {
+                continue;
+            };
             let inputs = node.inputs.clone();
             let op = node.op;
             let in_grads = bw(&g)?;

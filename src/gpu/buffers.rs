@@ -94,7 +94,10 @@ impl Drop for Inner {
         if let (Some(buffer), Ok(mut free)) = (self.buffer.take(), self.pool.lock()) {
             free.live_bytes -= self.size;
             free.pooled_bytes += self.size;
-            free.by_size.entry(self.size).or_default().push((self.id, buffer));
+            free.by_size
+                .entry(self.size)
+                .or_default()
+                .push((self.id, buffer));
         }
     }
 }

@@ -51,8 +51,10 @@ pub struct AdapterReport {
     pub features: Vec<String>,
 }
 
-fn instance() -> wgpu::Instance {
-    wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env())
+fn instance(backends: wgpu::Backends) -> wgpu::Instance {
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+    desc.backends = backends;
+    wgpu::Instance::new(desc)
 }
 
 /// The optional features viewcraft asks for when the adapter has them.
@@ -82,10 +84,30 @@ fn report(index: usize, a: &wgpu::Adapter) -> AdapterReport {
     }
 }
 
+/// Adapters on Vulkan/Metal/DX12, or on GL when those have none (probing GL first would
+/// wake EGL on machines that never use it). `WGPU_BACKEND` overrides the choice.
+fn adapters() -> Vec<wgpu::Adapter> {
+    let enumerate = |b| pollster::block_on(instance(b).enumerate_adapters(b));
+    if let Some(b) = wgpu::Backends::from_env() {
+        return enumerate(b);
+    }
+    let primary = enumerate(wgpu::Backends::PRIMARY);
+    if !primary.is_empty() {
+        return primary;
+    }
+    enumerate(wgpu::Backends::GL)
+}
+
 /// Every adapter wgpu can see, on every backend.
 pub fn list_adapters() -> Vec<AdapterReport> {
-    let adapters = pollster::block_on(instance().enumerate_adapters(wgpu::Backends::all()));
-    adapters.iter().enumerate().map(|(i, a)| report(i, a)).collect()
+    let adapters = pollster::block_on(
+        instance(wgpu::Backends::all()).enumerate_adapters(wgpu::Backends::all()),
+    );
+    adapters
+        .iter()
+        .enumerate()
+        .map(|(i, a)| report(i, a))
+        .collect()
 }
 
 fn rank(t: wgpu::DeviceType) -> u8 {
@@ -116,7 +138,11 @@ pub struct Gpu {
 
 impl std::fmt::Debug for Gpu {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} ({:?}, {:?})", self.info.name, self.info.backend, self.info.device_type)
+        write!(
+            f,
+            "{} ({:?}, {:?})",
+            self.info.name, self.info.backend, self.info.device_type
+        )
     }
 }
 
@@ -124,8 +150,7 @@ impl Gpu {
     /// Open an adapter. `spec` is `auto` (best by type: discrete > integrated > virtual > cpu)
     /// or a case-insensitive substring of an adapter name (`llvmpipe`, `nvidia`, `radeon`...).
     pub fn open(spec: &str) -> Result<Arc<Gpu>> {
-        let inst = instance();
-        let mut adapters = pollster::block_on(inst.enumerate_adapters(wgpu::Backends::all()));
+        let mut adapters = adapters();
         if adapters.is_empty() {
             return Err(Error::NoAdapter(NO_ADAPTER_HINT.to_string()));
         }
@@ -144,12 +169,10 @@ impl Gpu {
                 .find(|a| a.get_info().name.to_lowercase().contains(&want))
             {
                 Some(a) => a,
-                None => {
-                    return Err(Error::NoAdapter(format!(
-                        "no adapter name contains `{spec}` (VIEWCRAFT_DEVICE / device); adapters: {}",
-                        names.join(", ")
-                    )))
-                }
+                None => return Err(Error::NoAdapter(format!(
+                    "no adapter name contains `{spec}` (VIEWCRAFT_DEVICE / device); adapters: {}",
+                    names.join(", ")
+                ))),
             }
         };
         Self::from_adapter(adapter)
@@ -203,12 +226,21 @@ impl Gpu {
         if data.is_empty() {
             return dst;
         }
-        let staging = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some("viewcraft upload"),
-            contents: bytemuck::cast_slice(data),
-            usage: wgpu::BufferUsages::COPY_SRC,
-        });
-        self.rec().copy(&self.device, &staging, 0, dst.buffer(), 0, data.len() as u64);
+        let staging = self
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("viewcraft upload"),
+                contents: bytemuck::cast_slice(data),
+                usage: wgpu::BufferUsages::COPY_SRC,
+            });
+        self.rec().copy(
+            &self.device,
+            &staging,
+            0,
+            dst.buffer(),
+            0,
+            data.len() as u64,
+        );
         dst
     }
 
@@ -226,16 +258,24 @@ impl Gpu {
         params: &[u32],
         grid: [u32; 3],
     ) {
-        let p = self
-            .pipelines
-            .lock()
-            .expect("pipeline cache poisoned")
-            .get(&self.device, kernel, constants);
-        self.rec().dispatch(&self.device, &self.queue, &p, buffers, params, grid);
+        let p = self.pipelines.lock().expect("pipeline cache poisoned").get(
+            &self.device,
+            kernel,
+            constants,
+        );
+        self.rec()
+            .dispatch(&self.device, &self.queue, &p, buffers, params, grid);
     }
 
     /// Record a copy of `len` values from `src[src_off..]` to `dst[dst_off..]`.
-    pub fn copy(&self, src: &GpuBuffer, src_off: usize, dst: &GpuBuffer, dst_off: usize, len: usize) {
+    pub fn copy(
+        &self,
+        src: &GpuBuffer,
+        src_off: usize,
+        dst: &GpuBuffer,
+        dst_off: usize,
+        len: usize,
+    ) {
         if len == 0 {
             return;
         }
@@ -321,7 +361,9 @@ impl Gpu {
             let resolve = self.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("viewcraft timestamps"),
                 size: 256,
-                usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::STORAGE,
+                usage: wgpu::BufferUsages::QUERY_RESOLVE
+                    | wgpu::BufferUsages::COPY_SRC
+                    | wgpu::BufferUsages::STORAGE,
                 mapped_at_creation: false,
             });
             self.rec().resolve_queries(&self.device, qs, 2, &resolve);
@@ -334,7 +376,8 @@ impl Gpu {
         let gpu = match gpu_s {
             Some(resolve) => {
                 let tmp = self.alloc(64);
-                self.rec().copy(&self.device, &resolve, 0, tmp.buffer(), 0, 4);
+                self.rec()
+                    .copy(&self.device, &resolve, 0, tmp.buffer(), 0, 4);
                 let v = self.read(&tmp, 4)?;
                 let t0 = (v[0].to_bits() as u64) | ((v[1].to_bits() as u64) << 32);
                 let t1 = (v[2].to_bits() as u64) | ((v[3].to_bits() as u64) << 32);
@@ -365,6 +408,9 @@ impl Gpu {
 
     /// Number of distinct compiled pipelines.
     pub fn pipelines_compiled(&self) -> usize {
-        self.pipelines.lock().expect("pipeline cache poisoned").len()
+        self.pipelines
+            .lock()
+            .expect("pipeline cache poisoned")
+            .len()
     }
 }

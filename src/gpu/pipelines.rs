@@ -78,7 +78,9 @@ impl PipelineCache {
             .entry_points
             .iter()
             .position(|e| e.name == kernel.entry)
-            .unwrap_or_else(|| panic!("{}.wgsl has no entry point {}", kernel.shader, kernel.entry));
+            .unwrap_or_else(|| {
+                panic!("{}.wgsl has no entry point {}", kernel.shader, kernel.entry)
+            });
         let ep_info = info.get_entry_point(ep_index);
         let mut entries = Vec::new();
         let mut uses_params = false;

@@ -74,7 +74,10 @@ impl Recorder {
             p.pipeline,
             p.storage_bindings.len()
         );
-        assert!(params.len() * 4 <= PARAM_BLOCK as usize, "params exceed one block");
+        assert!(
+            params.len() * 4 <= PARAM_BLOCK as usize,
+            "params exceed one block"
+        );
         if self.arena.len() as u64 >= ARENA_BLOCKS * PARAM_BLOCK {
             self.flush(device, queue);
         }
@@ -121,11 +124,13 @@ impl Recorder {
             });
             let pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some("viewcraft kernels"),
-                timestamp_writes: ts.as_ref().map(|(qs, first)| wgpu::ComputePassTimestampWrites {
-                    query_set: qs,
-                    beginning_of_pass_write_index: Some(*first),
-                    end_of_pass_write_index: Some(first + 1),
-                }),
+                timestamp_writes: ts
+                    .as_ref()
+                    .map(|(qs, first)| wgpu::ComputePassTimestampWrites {
+                        query_set: qs,
+                        beginning_of_pass_write_index: Some(*first),
+                        end_of_pass_write_index: Some(first + 1),
+                    }),
             });
             self.pass = Some(pass.forget_lifetime());
         }
@@ -158,13 +163,23 @@ impl Recorder {
         self.timestamps = Some((qs, first));
     }
 
-    pub fn resolve_queries(&mut self, device: &wgpu::Device, qs: &wgpu::QuerySet, n: u32, dst: &wgpu::Buffer) {
+    pub fn resolve_queries(
+        &mut self,
+        device: &wgpu::Device,
+        qs: &wgpu::QuerySet,
+        n: u32,
+        dst: &wgpu::Buffer,
+    ) {
         self.close_pass();
         self.encoder(device).resolve_query_set(qs, 0..n, dst, 0);
     }
 
     /// Submit everything recorded so far (one command buffer).
-    pub fn flush(&mut self, device: &wgpu::Device, queue: &wgpu::Queue) -> Option<wgpu::SubmissionIndex> {
+    pub fn flush(
+        &mut self,
+        device: &wgpu::Device,
+        queue: &wgpu::Queue,
+    ) -> Option<wgpu::SubmissionIndex> {
         self.close_pass();
         let enc = self.encoder.take()?;
         if !self.arena.is_empty() {

@@ -5,14 +5,20 @@ pub const PRELUDE: &str = include_str!("../../shaders/prelude.wgsl");
 
 /// (name, source) of every shader file under `shaders/`, prelude excluded.
 pub const ALL: &[(&str, &str)] = &[
-    ("elementwise", include_str!("../../shaders/elementwise.wgsl")),
+    (
+        "elementwise",
+        include_str!("../../shaders/elementwise.wgsl"),
+    ),
     ("reduce", include_str!("../../shaders/reduce.wgsl")),
     ("matmul", include_str!("../../shaders/matmul.wgsl")),
     ("conv2d", include_str!("../../shaders/conv2d.wgsl")),
     ("batchnorm", include_str!("../../shaders/batchnorm.wgsl")),
     ("pool", include_str!("../../shaders/pool.wgsl")),
     ("l2norm", include_str!("../../shaders/l2norm.wgsl")),
-    ("cross_entropy", include_str!("../../shaders/cross_entropy.wgsl")),
+    (
+        "cross_entropy",
+        include_str!("../../shaders/cross_entropy.wgsl"),
+    ),
 ];
 
 /// The full source of shader `name` (prelude + file).

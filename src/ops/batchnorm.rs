@@ -29,7 +29,10 @@ pub struct BatchNorm {
 
 impl Default for BatchNorm {
     fn default() -> Self {
-        Self { momentum: 0.1, eps: 1e-5 }
+        Self {
+            momentum: 0.1,
+            eps: 1e-5,
+        }
     }
 }
 
@@ -38,7 +41,10 @@ pub fn dims(x: &[usize]) -> Result<(usize, usize, usize)> {
     match *x {
         [n, c] => Ok((n, c, 1)),
         [n, c, h, w] => Ok((n, c, h * w)),
-        _ => Err(Error::shape("batch_norm", format!("expects [N, C] or [N, C, H, W], got {x:?}"))),
+        _ => Err(Error::shape(
+            "batch_norm",
+            format!("expects [N, C] or [N, C, H, W], got {x:?}"),
+        )),
     }
 }
 
@@ -69,11 +75,23 @@ pub fn stats_ref<T: Real>(x: &[T], n: usize, c: usize, s: usize) -> (Vec<T>, Vec
 
 /// y = (x − mean)·invstd·γ + β.
 #[allow(clippy::too_many_arguments)]
-pub fn apply_ref<T: Real>(x: &[T], mean: &[T], invstd: &[T], gamma: Option<&[T]>, beta: Option<&[T]>, n: usize, c: usize, s: usize) -> Vec<T> {
+pub fn apply_ref<T: Real>(
+    x: &[T],
+    mean: &[T],
+    invstd: &[T],
+    gamma: Option<&[T]>,
+    beta: Option<&[T]>,
+    n: usize,
+    c: usize,
+    s: usize,
+) -> Vec<T> {
     let mut y = vec![T::zero(); x.len()];
     for i in 0..n {
         for ch in 0..c {
-            let (g, b) = (gamma.map_or(T::one(), |g| g[ch]), beta.map_or(T::zero(), |b| b[ch]));
+            let (g, b) = (
+                gamma.map_or(T::one(), |g| g[ch]),
+                beta.map_or(T::zero(), |b| b[ch]),
+            );
             for k in 0..s {
                 let e = (i * c + ch) * s + k;
                 y[e] = (x[e] - mean[ch]) * invstd[ch] * g + b;
@@ -145,15 +163,33 @@ pub fn forward(
     relu: bool,
 ) -> Result<BnForward> {
     let (n, c, s) = dims(x.shape())?;
-    for (name, t) in [("weight", gamma), ("bias", beta), ("running_mean", Some(&*running_mean)), ("running_var", Some(&*running_var))] {
+    for (name, t) in [
+        ("weight", gamma),
+        ("bias", beta),
+        ("running_mean", Some(&*running_mean)),
+        ("running_var", Some(&*running_var)),
+    ] {
         if let Some(t) = t {
             if t.shape() != [c] {
-                return Err(Error::shape("batch_norm", format!("{name} of shape {:?} for input {:?} with {c} channels", t.shape(), x.shape())));
+                return Err(Error::shape(
+                    "batch_norm",
+                    format!(
+                        "{name} of shape {:?} for input {:?} with {c} channels",
+                        t.shape(),
+                        x.shape()
+                    ),
+                ));
             }
         }
     }
     if train && n * s < 2 {
-        return Err(Error::shape("batch_norm", format!("training needs more than one value per channel, got input {:?}", x.shape())));
+        return Err(Error::shape(
+            "batch_norm",
+            format!(
+                "training needs more than one value per channel, got input {:?}",
+                x.shape()
+            ),
+        ));
     }
     let mut all = vec![x, &*running_mean, &*running_var];
     all.extend(gamma);
@@ -175,23 +211,49 @@ pub fn forward(
                         *r = (1.0 - m) * *r + m * v * unb;
                     }
                 }
-                (mean, var.iter().map(|v| 1.0 / (v + cfg.eps).sqrt()).collect::<Vec<_>>())
+                (
+                    mean,
+                    var.iter()
+                        .map(|v| 1.0 / (v + cfg.eps).sqrt())
+                        .collect::<Vec<_>>(),
+                )
             } else {
                 let rm = running_mean.cpu_data().unwrap_or_default().to_vec();
                 let rv = running_var.cpu_data().unwrap_or_default();
                 (rm, rv.iter().map(|v| 1.0 / (v + cfg.eps).sqrt()).collect())
             };
-            let mut y = apply_ref(xv, &mean, &invstd, gamma.and_then(|t| t.cpu_data()), beta.and_then(|t| t.cpu_data()), n, c, s);
+            let mut y = apply_ref(
+                xv,
+                &mean,
+                &invstd,
+                gamma.and_then(|t| t.cpu_data()),
+                beta.and_then(|t| t.cpu_data()),
+                n,
+                c,
+                s,
+            );
             if relu {
                 y.iter_mut().for_each(|v| *v = v.max(0.0));
             }
             let saved = [mean, invstd].concat();
-            Ok(BnForward { y: cpu(y, x.shape()), saved: cpu(saved, &[2 * c]) })
+            Ok(BnForward {
+                y: cpu(y, x.shape()),
+                saved: cpu(saved, &[2 * c]),
+            })
         }
         Device::Gpu(g) => {
             let stats = g.alloc(2 * c);
             let flags = (update_running && train) as u32 | (relu as u32) << 1;
-            let p = [u(n), u(c), u(s), gamma.is_some() as u32, f(cfg.eps), f(cfg.momentum), flags, 0];
+            let p = [
+                u(n),
+                u(c),
+                u(s),
+                gamma.is_some() as u32,
+                f(cfg.eps),
+                f(cfg.momentum),
+                flags,
+                0,
+            ];
             let (rm, rv) = (buf(running_mean), buf(running_var));
             if train {
                 g.dispatch(STATS, &[], &[buf(x), &stats, rm, rv], &p, [c as u32, 1, 1]);
@@ -201,14 +263,29 @@ pub fn forward(
             let out = g.alloc(x.numel());
             let gb = gamma.map(buf).unwrap_or(&stats);
             let bb = beta.map(buf).unwrap_or(&stats);
-            g.dispatch(APPLY, &[], &[buf(x), gb, bb, &out, &stats], &p, grid_1d(x.numel(), 256));
-            Ok(BnForward { y: Tensor::from_gpu(&g, out, x.shape()), saved: Tensor::from_gpu(&g, stats, &[2 * c]) })
+            g.dispatch(
+                APPLY,
+                &[],
+                &[buf(x), gb, bb, &out, &stats],
+                &p,
+                grid_1d(x.numel(), 256),
+            );
+            Ok(BnForward {
+                y: Tensor::from_gpu(&g, out, x.shape()),
+                saved: Tensor::from_gpu(&g, stats, &[2 * c]),
+            })
         }
     }
 }
 
 /// (gx, gγ, gβ) given the forward's saved statistics.
-pub fn backward(x: &Tensor, gy: &Tensor, saved: &Tensor, gamma: Option<&Tensor>, train: bool) -> Result<(Tensor, Tensor, Tensor)> {
+pub fn backward(
+    x: &Tensor,
+    gy: &Tensor,
+    saved: &Tensor,
+    gamma: Option<&Tensor>,
+    train: bool,
+) -> Result<(Tensor, Tensor, Tensor)> {
     let (n, c, s) = dims(x.shape())?;
     match same_device("batch_norm_backward", &[x, gy, saved])? {
         Device::Cpu => {
@@ -230,10 +307,22 @@ pub fn backward(x: &Tensor, gy: &Tensor, saved: &Tensor, gamma: Option<&Tensor>,
             let red = g.alloc(2 * c);
             let flags = if train { 0 } else { 4 };
             let p = [u(n), u(c), u(s), gamma.is_some() as u32, 0, 0, flags, 0];
-            g.dispatch(BWD_REDUCE, &[], &[buf(x), buf(gy), &red, buf(saved)], &p, [c as u32, 1, 1]);
+            g.dispatch(
+                BWD_REDUCE,
+                &[],
+                &[buf(x), buf(gy), &red, buf(saved)],
+                &p,
+                [c as u32, 1, 1],
+            );
             let out = g.alloc(x.numel());
             let gam = gamma.map(buf).unwrap_or(buf(saved));
-            g.dispatch(BWD_INPUT, &[], &[buf(x), buf(gy), gam, &red, &out, buf(saved)], &p, grid_1d(x.numel(), 256));
+            g.dispatch(
+                BWD_INPUT,
+                &[],
+                &[buf(x), buf(gy), gam, &red, &out, buf(saved)],
+                &p,
+                grid_1d(x.numel(), 256),
+            );
             let red = Tensor::from_gpu(&g, red, &[2 * c]);
             let gb = crate::ops::shape_ops::slice_batch(&red, 0, c)?;
             let gg = crate::ops::shape_ops::slice_batch(&red, c, c)?;
@@ -259,7 +348,17 @@ impl Tape {
         let xv = self.value(x).clone();
         let gv = gamma.map(|v| self.value(v).clone());
         let bv = beta.map(|v| self.value(v).clone());
-        let fw = forward(&xv, gv.as_ref(), bv.as_ref(), running_mean, running_var, cfg, train, train, false)?;
+        let fw = forward(
+            &xv,
+            gv.as_ref(),
+            bv.as_ref(),
+            running_mean,
+            running_var,
+            cfg,
+            train,
+            train,
+            false,
+        )?;
         let mut inputs = vec![x];
         inputs.extend(gamma);
         inputs.extend(beta);

@@ -50,10 +50,16 @@ impl Conv2d {
     /// The shape rule.
     pub fn dims(&self, x: &[usize], w: &[usize]) -> Result<Dims> {
         let (&[n, c, h, wd], &[o, wc, kh, kw]) = (x, w) else {
-            return Err(Error::shape("conv2d", format!("expects x [N,C,H,W] and weight [O,C,KH,KW], got {x:?} and {w:?}")));
+            return Err(Error::shape(
+                "conv2d",
+                format!("expects x [N,C,H,W] and weight [O,C,KH,KW], got {x:?} and {w:?}"),
+            ));
         };
         if wc != c {
-            return Err(Error::shape("conv2d", format!("input {x:?} has {c} channels but weight {w:?} expects {wc}")));
+            return Err(Error::shape(
+                "conv2d",
+                format!("input {x:?} has {c} channels but weight {w:?} expects {wc}"),
+            ));
         }
         if self.stride == 0 {
             return Err(Error::shape("conv2d", "stride must be at least 1"));
@@ -61,12 +67,27 @@ impl Conv2d {
         if h + 2 * self.pad < kh || wd + 2 * self.pad < kw {
             return Err(Error::shape(
                 "conv2d",
-                format!("kernel {kh}x{kw} larger than the padded input {x:?} (padding {})", self.pad),
+                format!(
+                    "kernel {kh}x{kw} larger than the padded input {x:?} (padding {})",
+                    self.pad
+                ),
             ));
         }
         let oh = (h + 2 * self.pad - kh) / self.stride + 1;
         let ow = (wd + 2 * self.pad - kw) / self.stride + 1;
-        Ok(Dims { n, c, h, w: wd, o, kh, kw, oh, ow, stride: self.stride, pad: self.pad })
+        Ok(Dims {
+            n,
+            c,
+            h,
+            w: wd,
+            o,
+            kh,
+            kw,
+            oh,
+            ow,
+            stride: self.stride,
+            pad: self.pad,
+        })
     }
 }
 
@@ -86,98 +107,141 @@ impl Dims {
 pub fn forward_ref<T: Real>(x: &[T], w: &[T], d: &Dims) -> Vec<T> {
     let (ohw, hw, kk) = (d.oh * d.ow, d.h * d.w, d.kh * d.kw);
     let mut y = vec![T::zero(); d.n * d.o * ohw];
-    y.par_chunks_mut((d.o * ohw).max(1)).enumerate().for_each(|(n, yn)| {
-        for o in 0..d.o {
-            let yo = &mut yn[o * ohw..(o + 1) * ohw];
-            for c in 0..d.c {
-                let xc = &x[(n * d.c + c) * hw..(n * d.c + c + 1) * hw];
-                for ky in 0..d.kh {
-                    for kx in 0..d.kw {
-                        let wv = w[(o * d.c + c) * kk + ky * d.kw + kx];
-                        for oy in 0..d.oh {
-                            let Some(iy) = d.src(oy, ky, d.h) else { continue };
-                            for ox in 0..d.ow {
-                                if let Some(ix) = d.src(ox, kx, d.w) {
-                                    yo[oy * d.ow + ox] += wv * xc[iy * d.w + ix];
+    y.par_chunks_mut((d.o * ohw).max(1))
+        .enumerate()
+        .for_each(|(n, yn)| {
+            for o in 0..d.o {
+                let yo = &mut yn[o * ohw..(o + 1) * ohw];
+                for c in 0..d.c {
+                    let xc = &x[(n * d.c + c) * hw..(n * d.c + c + 1) * hw];
+                    for ky in 0..d.kh {
+                        for kx in 0..d.kw {
+                            let wv = w[(o * d.c + c) * kk + ky * d.kw + kx];
+                            for oy in 0..d.oh {
+                                let Some(iy) = d.src(oy, ky, d.h) else {
+                                    continue;
+                                };
+                                for ox in 0..d.ow {
+                                    if let Some(ix) = d.src(ox, kx, d.w) {
+                                        yo[oy * d.ow + ox] += wv * xc[iy * d.w + ix];
+                                    }
                                 }
                             }
                         }
                     }
                 }
             }
-        }
-    });
+        });
     y
 }
 
 pub fn backward_input_ref<T: Real>(gy: &[T], w: &[T], d: &Dims) -> Vec<T> {
     let (ohw, hw, kk) = (d.oh * d.ow, d.h * d.w, d.kh * d.kw);
     let mut gx = vec![T::zero(); d.n * d.c * hw];
-    gx.par_chunks_mut((d.c * hw).max(1)).enumerate().for_each(|(n, gxn)| {
-        for o in 0..d.o {
-            let go = &gy[(n * d.o + o) * ohw..(n * d.o + o + 1) * ohw];
-            for c in 0..d.c {
-                let gxc = &mut gxn[c * hw..(c + 1) * hw];
-                for ky in 0..d.kh {
-                    for kx in 0..d.kw {
-                        let wv = w[(o * d.c + c) * kk + ky * d.kw + kx];
-                        for oy in 0..d.oh {
-                            let Some(iy) = d.src(oy, ky, d.h) else { continue };
-                            for ox in 0..d.ow {
-                                if let Some(ix) = d.src(ox, kx, d.w) {
-                                    gxc[iy * d.w + ix] += wv * go[oy * d.ow + ox];
+    gx.par_chunks_mut((d.c * hw).max(1))
+        .enumerate()
+        .for_each(|(n, gxn)| {
+            for o in 0..d.o {
+                let go = &gy[(n * d.o + o) * ohw..(n * d.o + o + 1) * ohw];
+                for c in 0..d.c {
+                    let gxc = &mut gxn[c * hw..(c + 1) * hw];
+                    for ky in 0..d.kh {
+                        for kx in 0..d.kw {
+                            let wv = w[(o * d.c + c) * kk + ky * d.kw + kx];
+                            for oy in 0..d.oh {
+                                let Some(iy) = d.src(oy, ky, d.h) else {
+                                    continue;
+                                };
+                                for ox in 0..d.ow {
+                                    if let Some(ix) = d.src(ox, kx, d.w) {
+                                        gxc[iy * d.w + ix] += wv * go[oy * d.ow + ox];
+                                    }
                                 }
                             }
                         }
                     }
                 }
             }
-        }
-    });
+        });
     gx
 }
 
 pub fn backward_weight_ref<T: Real>(gy: &[T], x: &[T], d: &Dims) -> Vec<T> {
     let (ohw, hw, kk) = (d.oh * d.ow, d.h * d.w, d.kh * d.kw);
     let mut gw = vec![T::zero(); d.o * d.c * kk];
-    gw.par_chunks_mut((d.c * kk).max(1)).enumerate().for_each(|(o, gwo)| {
-        for n in 0..d.n {
-            let go = &gy[(n * d.o + o) * ohw..(n * d.o + o + 1) * ohw];
-            for c in 0..d.c {
-                let xc = &x[(n * d.c + c) * hw..(n * d.c + c + 1) * hw];
-                for ky in 0..d.kh {
-                    for kx in 0..d.kw {
-                        let mut s = T::zero();
-                        for oy in 0..d.oh {
-                            let Some(iy) = d.src(oy, ky, d.h) else { continue };
-                            for ox in 0..d.ow {
-                                if let Some(ix) = d.src(ox, kx, d.w) {
-                                    s += go[oy * d.ow + ox] * xc[iy * d.w + ix];
+    gw.par_chunks_mut((d.c * kk).max(1))
+        .enumerate()
+        .for_each(|(o, gwo)| {
+            for n in 0..d.n {
+                let go = &gy[(n * d.o + o) * ohw..(n * d.o + o + 1) * ohw];
+                for c in 0..d.c {
+                    let xc = &x[(n * d.c + c) * hw..(n * d.c + c + 1) * hw];
+                    for ky in 0..d.kh {
+                        for kx in 0..d.kw {
+                            let mut s = T::zero();
+                            for oy in 0..d.oh {
+                                let Some(iy) = d.src(oy, ky, d.h) else {
+                                    continue;
+                                };
+                                for ox in 0..d.ow {
+                                    if let Some(ix) = d.src(ox, kx, d.w) {
+                                        s += go[oy * d.ow + ox] * xc[iy * d.w + ix];
+                                    }
                                 }
                             }
+                            gwo[c * kk + ky * d.kw + kx] += s;
                         }
-                        gwo[c * kk + ky * d.kw + kx] += s;
                     }
                 }
             }
-        }
-    });
+        });
     gw
 }
 
-fn params(d: &Dims, total: usize, blocks_x: usize, blocks_ch: usize, ch4: usize, nsplit: usize) -> [u32; 16] {
+fn params(
+    d: &Dims,
+    total: usize,
+    blocks_x: usize,
+    blocks_ch: usize,
+    ch4: usize,
+    nsplit: usize,
+) -> [u32; 16] {
     [
-        u(d.n), u(d.c), u(d.h), u(d.w), u(d.o), u(d.oh), u(d.ow), u(d.kh),
-        u(d.kw), u(d.stride), u(d.pad), u(total), u(blocks_x), u(blocks_ch), u(ch4), u(nsplit),
+        u(d.n),
+        u(d.c),
+        u(d.h),
+        u(d.w),
+        u(d.o),
+        u(d.oh),
+        u(d.ow),
+        u(d.kh),
+        u(d.kw),
+        u(d.stride),
+        u(d.pad),
+        u(total),
+        u(blocks_x),
+        u(blocks_ch),
+        u(ch4),
+        u(nsplit),
     ]
 }
 
 fn relayout(g: &Arc<Gpu>, w: &GpuBuffer, d: &Dims, forward: bool) -> GpuBuffer {
-    let (kernel, lead, ch) = if forward { (RELAYOUT_FWD, d.c, d.o) } else { (RELAYOUT_BWD, d.o, d.c) };
+    let (kernel, lead, ch) = if forward {
+        (RELAYOUT_FWD, d.c, d.o)
+    } else {
+        (RELAYOUT_BWD, d.o, d.c)
+    };
     let ch4 = ch.div_ceil(4) * 4;
     let len = lead * d.kh * d.kw * ch4;
     let out = g.alloc(len);
-    g.dispatch(kernel, &[], &[w, &out], &params(d, 0, 0, 0, ch4, 0), grid_1d(len, 256));
+    g.dispatch(
+        kernel,
+        &[],
+        &[w, &out],
+        &params(d, 0, 0, 0, ch4, 0),
+        grid_1d(len, 256),
+    );
     out
 }
 
@@ -186,7 +250,14 @@ pub fn forward(x: &Tensor, w: &Tensor, cfg: Conv2d) -> TResult {
     let d = cfg.dims(x.shape(), w.shape())?;
     let yshape = [d.n, d.o, d.oh, d.ow];
     match same_device("conv2d", &[x, w])? {
-        Device::Cpu => Ok(cpu(forward_ref(x.cpu_data().unwrap_or_default(), w.cpu_data().unwrap_or_default(), &d), &yshape)),
+        Device::Cpu => Ok(cpu(
+            forward_ref(
+                x.cpu_data().unwrap_or_default(),
+                w.cpu_data().unwrap_or_default(),
+                &d,
+            ),
+            &yshape,
+        )),
         Device::Gpu(g) => {
             let wt = relayout(&g, buf(w), &d, true);
             let (bx, bc) = (d.ow.div_ceil(8), d.o.div_ceil(4));
@@ -203,14 +274,27 @@ pub fn forward(x: &Tensor, w: &Tensor, cfg: Conv2d) -> TResult {
 pub fn backward_input(gy: &Tensor, w: &Tensor, d: &Dims) -> TResult {
     let xshape = [d.n, d.c, d.h, d.w];
     match same_device("conv2d_backward_input", &[gy, w])? {
-        Device::Cpu => Ok(cpu(backward_input_ref(gy.cpu_data().unwrap_or_default(), w.cpu_data().unwrap_or_default(), d), &xshape)),
+        Device::Cpu => Ok(cpu(
+            backward_input_ref(
+                gy.cpu_data().unwrap_or_default(),
+                w.cpu_data().unwrap_or_default(),
+                d,
+            ),
+            &xshape,
+        )),
         Device::Gpu(g) => {
             let wt = relayout(&g, buf(w), d, false);
             let (bx, bc) = (d.w.div_ceil(8), d.c.div_ceil(4));
             let total = d.n * bc * d.h * bx;
             let out = g.alloc(d.n * d.c * d.h * d.w);
             let p = params(d, total, bx, bc, bc * 4, 1);
-            g.dispatch(BACKWARD_INPUT, &[], &[buf(gy), &wt, &out], &p, grid_1d(total, 64));
+            g.dispatch(
+                BACKWARD_INPUT,
+                &[],
+                &[buf(gy), &wt, &out],
+                &p,
+                grid_1d(total, 64),
+            );
             Ok(Tensor::from_gpu(&g, out, &xshape))
         }
     }
@@ -220,7 +304,14 @@ pub fn backward_input(gy: &Tensor, w: &Tensor, d: &Dims) -> TResult {
 pub fn backward_weight(gy: &Tensor, x: &Tensor, d: &Dims) -> TResult {
     let wshape = [d.o, d.c, d.kh, d.kw];
     match same_device("conv2d_backward_weight", &[gy, x])? {
-        Device::Cpu => Ok(cpu(backward_weight_ref(gy.cpu_data().unwrap_or_default(), x.cpu_data().unwrap_or_default(), d), &wshape)),
+        Device::Cpu => Ok(cpu(
+            backward_weight_ref(
+                gy.cpu_data().unwrap_or_default(),
+                x.cpu_data().unwrap_or_default(),
+                d,
+            ),
+            &wshape,
+        )),
         Device::Gpu(g) => {
             let (bo, bc) = (d.o.div_ceil(4), d.c.div_ceil(4));
             let base = bo * bc * d.kh * d.kw;
@@ -234,9 +325,19 @@ pub fn backward_weight(gy: &Tensor, x: &Tensor, d: &Dims) -> TResult {
             let wlen = d.o * d.c * d.kh * d.kw;
             let out = g.alloc(wlen * nsplit);
             let p = params(d, total, 0, bo, bc, nsplit);
-            g.dispatch(BACKWARD_WEIGHT, &[], &[buf(x), buf(gy), &out], &p, grid_1d(total, 64));
+            g.dispatch(
+                BACKWARD_WEIGHT,
+                &[],
+                &[buf(x), buf(gy), &out],
+                &p,
+                grid_1d(total, 64),
+            );
             let partial = Tensor::from_gpu(&g, out, &[nsplit, wlen]);
-            let gw = if nsplit == 1 { partial } else { crate::ops::reduce::col_sum(&partial, 1.0)? };
+            let gw = if nsplit == 1 {
+                partial
+            } else {
+                crate::ops::reduce::col_sum(&partial, 1.0)?
+            };
             gw.reshape(&wshape)
         }
     }
@@ -250,7 +351,11 @@ impl Tape {
         let need_gx = self.requires_grad(x);
         Ok(self.record("conv2d", y, &[x, w], move |gy| {
             // The stem's input gradient (the images) is never needed.
-            let gx = if need_gx { Some(backward_input(gy, &wv, &d)?) } else { None };
+            let gx = if need_gx {
+                Some(backward_input(gy, &wv, &d)?)
+            } else {
+                None
+            };
             Ok(vec![gx, Some(backward_weight(gy, &xv, &d)?)])
         }))
     }

@@ -22,7 +22,9 @@ fn lse<T: Real>(row: &[T]) -> T {
 
 /// Per-row losses.
 pub fn forward_ref<T: Real>(x: &[T], labels: &[usize], n: usize, k: usize) -> Vec<T> {
-    (0..n).map(|i| lse(&x[i * k..(i + 1) * k]) - x[i * k + labels[i]]).collect()
+    (0..n)
+        .map(|i| lse(&x[i * k..(i + 1) * k]) - x[i * k + labels[i]])
+        .collect()
 }
 
 /// Gradient of Σ_i g_i·loss_i.
@@ -42,14 +44,30 @@ pub fn backward_ref<T: Real>(x: &[T], labels: &[usize], g: &[T], n: usize, k: us
 /// Validate shapes and label values; returns (N, K).
 fn check(logits: &Tensor, labels: &Tensor) -> Result<(usize, usize)> {
     let &[n, k] = logits.shape() else {
-        return Err(Error::shape("cross_entropy", format!("expects logits [N, K], got {:?}", logits.shape())));
+        return Err(Error::shape(
+            "cross_entropy",
+            format!("expects logits [N, K], got {:?}", logits.shape()),
+        ));
     };
     if labels.shape() != [n] {
-        return Err(Error::shape("cross_entropy", format!("labels of shape {:?} for logits {:?}", labels.shape(), logits.shape())));
+        return Err(Error::shape(
+            "cross_entropy",
+            format!(
+                "labels of shape {:?} for logits {:?}",
+                labels.shape(),
+                logits.shape()
+            ),
+        ));
     }
     if let Some(l) = labels.cpu_data() {
-        if let Some(bad) = l.iter().find(|&&v| v < 0.0 || v as usize >= k || v.fract() != 0.0) {
-            return Err(Error::shape("cross_entropy", format!("label {bad} outside 0..{k}")));
+        if let Some(bad) = l
+            .iter()
+            .find(|&&v| v < 0.0 || v as usize >= k || v.fract() != 0.0)
+        {
+            return Err(Error::shape(
+                "cross_entropy",
+                format!("label {bad} outside 0..{k}"),
+            ));
         }
     }
     Ok((n, k))
@@ -63,10 +81,24 @@ fn labels_usize(labels: &Tensor) -> Result<Vec<usize>> {
 pub fn cross_entropy_rows(logits: &Tensor, labels: &Tensor) -> TResult {
     let (n, k) = check(logits, labels)?;
     match same_device("cross_entropy", &[logits, labels])? {
-        Device::Cpu => Ok(cpu(forward_ref(logits.cpu_data().unwrap_or_default(), &labels_usize(labels)?, n, k), &[n])),
+        Device::Cpu => Ok(cpu(
+            forward_ref(
+                logits.cpu_data().unwrap_or_default(),
+                &labels_usize(labels)?,
+                n,
+                k,
+            ),
+            &[n],
+        )),
         Device::Gpu(g) => {
             let out = g.alloc(n);
-            g.dispatch(FWD, &[], &[buf(logits), buf(labels), &out], &[u(n), u(k), 0, 0], grid_1d(n, 64));
+            g.dispatch(
+                FWD,
+                &[],
+                &[buf(logits), buf(labels), &out],
+                &[u(n), u(k), 0, 0],
+                grid_1d(n, 64),
+            );
             Ok(Tensor::from_gpu(&g, out, &[n]))
         }
     }
@@ -77,12 +109,24 @@ pub fn cross_entropy_rows_backward(logits: &Tensor, labels: &Tensor, g: &Tensor)
     let (n, k) = check(logits, labels)?;
     match same_device("cross_entropy_backward", &[logits, labels, g])? {
         Device::Cpu => Ok(cpu(
-            backward_ref(logits.cpu_data().unwrap_or_default(), &labels_usize(labels)?, g.cpu_data().unwrap_or_default(), n, k),
+            backward_ref(
+                logits.cpu_data().unwrap_or_default(),
+                &labels_usize(labels)?,
+                g.cpu_data().unwrap_or_default(),
+                n,
+                k,
+            ),
             &[n, k],
         )),
         Device::Gpu(gpu) => {
             let out = gpu.alloc(n * k);
-            gpu.dispatch(BWD, &[], &[buf(logits), buf(labels), buf(g), &out], &[u(n), u(k), 0, 0], grid_1d(n, 64));
+            gpu.dispatch(
+                BWD,
+                &[],
+                &[buf(logits), buf(labels), buf(g), &out],
+                &[u(n), u(k), 0, 0],
+                grid_1d(n, 64),
+            );
             Ok(Tensor::from_gpu(&gpu, out, &[n, k]))
         }
     }
@@ -93,7 +137,9 @@ impl Tape {
     pub fn cross_entropy_rows(&mut self, logits: Var, labels: &Tensor) -> Result<Var> {
         let (lv, lab) = (self.value(logits).clone(), labels.clone());
         let y = cross_entropy_rows(&lv, &lab)?;
-        Ok(self.record("cross_entropy", y, &[logits], move |g| Ok(vec![Some(cross_entropy_rows_backward(&lv, &lab, g)?)])))
+        Ok(self.record("cross_entropy", y, &[logits], move |g| {
+            Ok(vec![Some(cross_entropy_rows_backward(&lv, &lab, g)?)])
+        }))
     }
 
     /// Mean cross-entropy (a one-element tensor).

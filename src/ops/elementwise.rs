@@ -26,7 +26,9 @@ const BROADCAST: Kernel = Kernel::new("elementwise", "broadcast_scalar");
 // ---- CPU references -------------------------------------------------------------------
 
 pub fn relu_ref<T: Real>(x: &[T]) -> Vec<T> {
-    x.iter().map(|&v| if v > T::zero() { v } else { T::zero() }).collect()
+    x.iter()
+        .map(|&v| if v > T::zero() { v } else { T::zero() })
+        .collect()
 }
 
 pub fn relu_backward_ref<T: Real>(x: &[T], gy: &[T]) -> Vec<T> {
@@ -50,7 +52,12 @@ pub fn affine_ref<T: Real>(x: &[T], s: T, t: T) -> Vec<T> {
 
 // ---- tensor-level ops (device dispatch) ------------------------------------------------
 
-fn unary(x: &Tensor, kernel: Kernel, params: &[u32], cpu_fn: impl Fn(&[f32]) -> Vec<f32>) -> TResult {
+fn unary(
+    x: &Tensor,
+    kernel: Kernel,
+    params: &[u32],
+    cpu_fn: impl Fn(&[f32]) -> Vec<f32>,
+) -> TResult {
     match x.storage() {
         Storage::Cpu(v) => Ok(cpu(cpu_fn(v), x.shape())),
         Storage::Gpu(g, _) => Ok(map_kernel(g, kernel, &[x], params, x.numel(), x.shape())),
@@ -66,8 +73,21 @@ fn binary(
 ) -> TResult {
     same_shape(op, a, b)?;
     match same_device(op, &[a, b])? {
-        Device::Cpu => Ok(cpu(cpu_fn(a.cpu_data().unwrap_or_default(), b.cpu_data().unwrap_or_default()), a.shape())),
-        Device::Gpu(g) => Ok(map_kernel(&g, kernel, &[a, b], &[u(a.numel()), 0, 0, 0], a.numel(), a.shape())),
+        Device::Cpu => Ok(cpu(
+            cpu_fn(
+                a.cpu_data().unwrap_or_default(),
+                b.cpu_data().unwrap_or_default(),
+            ),
+            a.shape(),
+        )),
+        Device::Gpu(g) => Ok(map_kernel(
+            &g,
+            kernel,
+            &[a, b],
+            &[u(a.numel()), 0, 0, 0],
+            a.numel(),
+            a.shape(),
+        )),
     }
 }
 
@@ -89,7 +109,9 @@ pub fn mul(a: &Tensor, b: &Tensor) -> TResult {
 
 /// x * s + t with host scalars.
 pub fn affine(x: &Tensor, s: f32, t: f32) -> TResult {
-    unary(x, AFFINE, &[u(x.numel()), f(s), f(t), 0], |v| affine_ref(v, s, t))
+    unary(x, AFFINE, &[u(x.numel()), f(s), f(t), 0], |v| {
+        affine_ref(v, s, t)
+    })
 }
 
 pub fn fill(value: f32, shape: &[usize], device: &Device) -> TResult {
@@ -97,7 +119,13 @@ pub fn fill(value: f32, shape: &[usize], device: &Device) -> TResult {
         Device::Cpu => Ok(cpu(vec![value; numel(shape)], shape)),
         Device::Gpu(g) => {
             let out = g.alloc(numel(shape));
-            g.dispatch(FILL, &[], &[&out], &[u(numel(shape)), f(value), 0, 0], grid_1d(numel(shape), 256));
+            g.dispatch(
+                FILL,
+                &[],
+                &[&out],
+                &[u(numel(shape)), f(value), 0, 0],
+                grid_1d(numel(shape), 256),
+            );
             Ok(Tensor::from_gpu(g, out, shape))
         }
     }
@@ -107,13 +135,22 @@ pub fn fill(value: f32, shape: &[usize], device: &Device) -> TResult {
 /// its device (no readback).
 pub fn broadcast_scalar(scalar: &Tensor, s: f32, shape: &[usize]) -> TResult {
     if scalar.numel() != 1 {
-        return Err(crate::Error::shape("broadcast_scalar", format!("expects one value, got shape {:?}", scalar.shape())));
+        return Err(crate::Error::shape(
+            "broadcast_scalar",
+            format!("expects one value, got shape {:?}", scalar.shape()),
+        ));
     }
     match scalar.storage() {
         Storage::Cpu(v) => Ok(cpu(vec![v[0] * s; numel(shape)], shape)),
         Storage::Gpu(g, _) => {
             let out = g.alloc(numel(shape));
-            g.dispatch(BROADCAST, &[], &[buf(scalar), &out], &[u(numel(shape)), f(s), 0, 0], grid_1d(numel(shape), 256));
+            g.dispatch(
+                BROADCAST,
+                &[],
+                &[buf(scalar), &out],
+                &[u(numel(shape)), f(s), 0, 0],
+                grid_1d(numel(shape), 256),
+            );
             Ok(Tensor::from_gpu(g, out, shape))
         }
     }
@@ -125,24 +162,32 @@ impl Tape {
     pub fn relu(&mut self, x: Var) -> Result<Var> {
         let xv = self.value(x).clone();
         let y = relu(&xv)?;
-        Ok(self.record("relu", y, &[x], move |gy| Ok(vec![Some(relu_backward(&xv, gy)?)])))
+        Ok(self.record("relu", y, &[x], move |gy| {
+            Ok(vec![Some(relu_backward(&xv, gy)?)])
+        }))
     }
 
     pub fn add(&mut self, a: Var, b: Var) -> Result<Var> {
         let y = add(self.value(a), self.value(b))?;
-        Ok(self.record("add", y, &[a, b], |gy| Ok(vec![Some(gy.clone()), Some(gy.clone())])))
+        Ok(self.record("add", y, &[a, b], |gy| {
+            Ok(vec![Some(gy.clone()), Some(gy.clone())])
+        }))
     }
 
     pub fn mul(&mut self, a: Var, b: Var) -> Result<Var> {
         let (av, bv) = (self.value(a).clone(), self.value(b).clone());
         let y = mul(&av, &bv)?;
-        Ok(self.record("mul", y, &[a, b], move |gy| Ok(vec![Some(mul(gy, &bv)?), Some(mul(gy, &av)?)])))
+        Ok(self.record("mul", y, &[a, b], move |gy| {
+            Ok(vec![Some(mul(gy, &bv)?), Some(mul(gy, &av)?)])
+        }))
     }
 
     /// x * s + t for host scalars (scale, shift, negate).
     pub fn affine(&mut self, x: Var, s: f32, t: f32) -> Result<Var> {
         let y = affine(self.value(x), s, t)?;
-        Ok(self.record("affine", y, &[x], move |gy| Ok(vec![Some(affine(gy, s, 0.0)?)])))
+        Ok(self.record("affine", y, &[x], move |gy| {
+            Ok(vec![Some(affine(gy, s, 0.0)?)])
+        }))
     }
 
     pub fn scale(&mut self, x: Var, s: f32) -> Result<Var> {

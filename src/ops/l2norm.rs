@@ -51,17 +51,29 @@ pub fn backward_ref<T: Real>(x: &[T], gy: &[T], n: usize, d: usize, eps: T) -> V
 fn dims(x: &[usize]) -> Result<(usize, usize)> {
     match *x {
         [n, d] => Ok((n, d)),
-        _ => Err(Error::shape("l2_normalize", format!("expects [N, D], got {x:?}"))),
+        _ => Err(Error::shape(
+            "l2_normalize",
+            format!("expects [N, D], got {x:?}"),
+        )),
     }
 }
 
 pub fn l2_normalize(x: &Tensor) -> TResult {
     let (n, d) = dims(x.shape())?;
     match x.device() {
-        Device::Cpu => Ok(cpu(forward_ref(x.cpu_data().unwrap_or_default(), n, d, EPS), x.shape())),
+        Device::Cpu => Ok(cpu(
+            forward_ref(x.cpu_data().unwrap_or_default(), n, d, EPS),
+            x.shape(),
+        )),
         Device::Gpu(g) => {
             let out = g.alloc(n * d);
-            g.dispatch(FWD, &[], &[buf(x), &out], &[u(n), u(d), f(EPS), 0], grid_1d(n, 64));
+            g.dispatch(
+                FWD,
+                &[],
+                &[buf(x), &out],
+                &[u(n), u(d), f(EPS), 0],
+                grid_1d(n, 64),
+            );
             Ok(Tensor::from_gpu(&g, out, x.shape()))
         }
     }
@@ -72,12 +84,24 @@ pub fn l2_normalize_backward(x: &Tensor, gy: &Tensor) -> TResult {
     same_shape("l2_normalize_backward", x, gy)?;
     match same_device("l2_normalize_backward", &[x, gy])? {
         Device::Cpu => Ok(cpu(
-            backward_ref(x.cpu_data().unwrap_or_default(), gy.cpu_data().unwrap_or_default(), n, d, EPS),
+            backward_ref(
+                x.cpu_data().unwrap_or_default(),
+                gy.cpu_data().unwrap_or_default(),
+                n,
+                d,
+                EPS,
+            ),
             x.shape(),
         )),
         Device::Gpu(g) => {
             let out = g.alloc(n * d);
-            g.dispatch(BWD, &[], &[buf(x), buf(gy), &out], &[u(n), u(d), f(EPS), 0], grid_1d(n, 64));
+            g.dispatch(
+                BWD,
+                &[],
+                &[buf(x), buf(gy), &out],
+                &[u(n), u(d), f(EPS), 0],
+                grid_1d(n, 64),
+            );
             Ok(Tensor::from_gpu(&g, out, x.shape()))
         }
     }
@@ -87,7 +111,9 @@ impl Tape {
     pub fn l2_normalize(&mut self, x: Var) -> Result<Var> {
         let xv = self.value(x).clone();
         let y = l2_normalize(&xv)?;
-        Ok(self.record("l2_normalize", y, &[x], move |gy| Ok(vec![Some(l2_normalize_backward(&xv, gy)?)])))
+        Ok(self.record("l2_normalize", y, &[x], move |gy| {
+            Ok(vec![Some(l2_normalize_backward(&xv, gy)?)])
+        }))
     }
 
     /// Row-wise cosine similarity of two [N, D] matrices: [N].

@@ -21,7 +21,16 @@ const MATMUL_TILED: Kernel = Kernel::new("matmul", "matmul_tiled");
 
 /// C[m, n] = op(A)·op(B) (+ bias). Rows of C are computed in parallel for the f32 path.
 #[allow(clippy::too_many_arguments)]
-pub fn matmul_ref<T: Real>(a: &[T], b: &[T], bias: Option<&[T]>, m: usize, n: usize, k: usize, ta: bool, tb: bool) -> Vec<T> {
+pub fn matmul_ref<T: Real>(
+    a: &[T],
+    b: &[T],
+    bias: Option<&[T]>,
+    m: usize,
+    n: usize,
+    k: usize,
+    ta: bool,
+    tb: bool,
+) -> Vec<T> {
     let mut c = vec![T::zero(); m * n];
     c.par_chunks_mut(n.max(1)).enumerate().for_each(|(i, row)| {
         for kk in 0..k {
@@ -47,16 +56,29 @@ pub fn matmul_ref<T: Real>(a: &[T], b: &[T], bias: Option<&[T]>, m: usize, n: us
 }
 
 /// (m, n, k) of op(A)·op(B), or a shape error naming both shapes.
-fn dims(op: &'static str, a: &[usize], b: &[usize], ta: bool, tb: bool) -> Result<(usize, usize, usize)> {
+fn dims(
+    op: &'static str,
+    a: &[usize],
+    b: &[usize],
+    ta: bool,
+    tb: bool,
+) -> Result<(usize, usize, usize)> {
     let (&[a0, a1], &[b0, b1]) = (a, b) else {
-        return Err(Error::shape(op, format!("expects matrices, got {a:?} and {b:?}")));
+        return Err(Error::shape(
+            op,
+            format!("expects matrices, got {a:?} and {b:?}"),
+        ));
     };
     let (m, ka) = if ta { (a1, a0) } else { (a0, a1) };
     let (kb, n) = if tb { (b1, b0) } else { (b0, b1) };
     if ka != kb {
         return Err(Error::shape(
             op,
-            format!("inner dimensions differ: {a:?}{} · {b:?}{}", if ta { "ᵀ" } else { "" }, if tb { "ᵀ" } else { "" }),
+            format!(
+                "inner dimensions differ: {a:?}{} · {b:?}{}",
+                if ta { "ᵀ" } else { "" },
+                if tb { "ᵀ" } else { "" }
+            ),
         ));
     }
     Ok((m, n, ka))
@@ -68,7 +90,10 @@ pub fn matmul_t(a: &Tensor, b: &Tensor, bias: Option<&Tensor>, ta: bool, tb: boo
     let mut ts = vec![a, b];
     if let Some(bias) = bias {
         if bias.shape() != [n] {
-            return Err(Error::shape("matmul", format!("bias of shape {:?} for {n} columns", bias.shape())));
+            return Err(Error::shape(
+                "matmul",
+                format!("bias of shape {:?} for {n} columns", bias.shape()),
+            ));
         }
         ts.push(bias);
     }
@@ -96,12 +121,33 @@ pub fn matmul_t(a: &Tensor, b: &Tensor, bias: Option<&Tensor>, ta: bool, tb: boo
             }
             // A bias binding is always needed; without bias, any buffer will do (never read).
             let bias_buf = bias.map(buf).unwrap_or(buf(a));
-            let params = [u(m), u(n), u(k), ta as u32, tb as u32, bias.is_some() as u32, 0, 0];
+            let params = [
+                u(m),
+                u(n),
+                u(k),
+                ta as u32,
+                tb as u32,
+                bias.is_some() as u32,
+                0,
+                0,
+            ];
             let (kernel, grid) = match g.variant {
-                KernelVariant::RegisterTiled => (MATMUL_REG, [n.div_ceil(64) as u32, m.div_ceil(64) as u32, 1]),
-                KernelVariant::WorkgroupTiled => (MATMUL_TILED, [n.div_ceil(64) as u32, m.div_ceil(64) as u32, 1]),
+                KernelVariant::RegisterTiled => (
+                    MATMUL_REG,
+                    [n.div_ceil(64) as u32, m.div_ceil(64) as u32, 1],
+                ),
+                KernelVariant::WorkgroupTiled => (
+                    MATMUL_TILED,
+                    [n.div_ceil(64) as u32, m.div_ceil(64) as u32, 1],
+                ),
             };
-            g.dispatch(kernel, &[], &[buf(a), buf(b), bias_buf, &out], &params, grid);
+            g.dispatch(
+                kernel,
+                &[],
+                &[buf(a), buf(b), bias_buf, &out],
+                &params,
+                grid,
+            );
             Ok(Tensor::from_gpu(&g, out, &[m, n]))
         }
     }
@@ -114,9 +160,51 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> TResult {
 /// y = x·Wᵀ + b.
 pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> TResult {
     matmul_t(x, w, b, false, true).map_err(|e| match e {
-        Error::Shape { msg, .. } => Error::shape("linear", format!("input {:?}, weight {:?}: {msg}", x.shape(), w.shape())),
+        Error::Shape { msg, .. } => Error::shape(
+            "linear",
+            format!("input {:?}, weight {:?}: {msg}", x.shape(), w.shape()),
+        ),
         e => e,
     })
+}
+
+/// An operand of a product's gradient: A, B, or G (the output gradient).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Operand {
+    A,
+    B,
+    G,
+}
+
+/// For C = op(A)·op(B), the products giving gA and gB: (lhs, rhs, transpose lhs, transpose
+/// rhs). With A' = op(A), B' = op(B): gA' = gC·B'ᵀ and gB' = A'ᵀ·gC, mapped back through the
+/// transposes. Shared by the tape and the f64 gradient check.
+pub fn matmul_grad_plan(ta: bool, tb: bool) -> [(Operand, Operand, bool, bool); 2] {
+    use Operand::*;
+    let ga = if ta {
+        (B, G, tb, true)
+    } else {
+        (G, B, false, !tb)
+    };
+    let gb = if tb {
+        (G, A, true, ta)
+    } else {
+        (A, G, !ta, false)
+    };
+    [ga, gb]
+}
+
+fn grads(a: &Tensor, b: &Tensor, gc: &Tensor, ta: bool, tb: bool) -> Result<[Tensor; 2]> {
+    let pick = |o: Operand| match o {
+        Operand::A => a,
+        Operand::B => b,
+        Operand::G => gc,
+    };
+    let [p, q] = matmul_grad_plan(ta, tb);
+    Ok([
+        matmul_t(pick(p.0), pick(p.1), None, p.2, p.3)?,
+        matmul_t(pick(q.0), pick(q.1), None, q.2, q.3)?,
+    ])
 }
 
 impl Tape {
@@ -125,9 +213,7 @@ impl Tape {
         let (av, bv) = (self.value(a).clone(), self.value(b).clone());
         let y = matmul_t(&av, &bv, None, ta, tb)?;
         Ok(self.record("matmul", y, &[a, b], move |gc| {
-            // C = A'·B' with A' = op(A), B' = op(B): gA' = gC·B'ᵀ, gB' = A'ᵀ·gC.
-            let ga = if ta { matmul_t(&bv, gc, None, tb, true)? } else { matmul_t(gc, &bv, None, false, !tb)? };
-            let gb = if tb { matmul_t(gc, &av, None, true, ta)? } else { matmul_t(&av, gc, None, !ta, false)? };
+            let [ga, gb] = grads(&av, &bv, gc, ta, tb)?;
             Ok(vec![Some(ga), Some(gb)])
         }))
     }
@@ -145,8 +231,8 @@ impl Tape {
         inputs.extend(b);
         let has_bias = b.is_some();
         Ok(self.record("linear", y, &inputs, move |gy| {
-            let gx = matmul_t(gy, &wv, None, false, false)?;
-            let gw = matmul_t(gy, &xv, None, true, false)?;
+            // y = x·Wᵀ is the product with tb = true.
+            let [gx, gw] = grads(&xv, &wv, gy, false, true)?;
             let mut out = vec![Some(gx), Some(gw)];
             if has_bias {
                 out.push(Some(col_sum(gy, 1.0)?));

@@ -23,7 +23,9 @@ pub fn sum_ref<T: Real>(x: &[T]) -> T {
 }
 
 pub fn row_sum_ref<T: Real>(x: &[T], m: usize, n: usize) -> Vec<T> {
-    (0..m).map(|i| x[i * n..(i + 1) * n].iter().copied().sum()).collect()
+    (0..m)
+        .map(|i| x[i * n..(i + 1) * n].iter().copied().sum())
+        .collect()
 }
 
 pub fn col_sum_ref<T: Real>(x: &[T], m: usize, n: usize) -> Vec<T> {
@@ -43,7 +45,10 @@ pub fn row_broadcast_ref<T: Real>(g: &[T], n: usize) -> Vec<T> {
 fn matrix(op: &'static str, x: &Tensor) -> Result<(usize, usize)> {
     match x.shape() {
         [m, n] => Ok((*m, *n)),
-        s => Err(Error::shape(op, format!("expects a matrix [M, N], got {s:?}"))),
+        s => Err(Error::shape(
+            op,
+            format!("expects a matrix [M, N], got {s:?}"),
+        )),
     }
 }
 
@@ -53,7 +58,13 @@ pub fn sum_scaled(x: &Tensor, scale: f32) -> TResult {
         Storage::Cpu(v) => Ok(cpu(vec![sum_ref(v) * scale], &[1])),
         Storage::Gpu(g, b) => {
             let out = g.alloc(1);
-            g.dispatch(SUM_ALL, &[], &[b, &out], &[u(x.numel()), 0, f(scale), 0], [1, 1, 1]);
+            g.dispatch(
+                SUM_ALL,
+                &[],
+                &[b, &out],
+                &[u(x.numel()), 0, f(scale), 0],
+                [1, 1, 1],
+            );
             Ok(Tensor::from_gpu(g, out, &[1]))
         }
     }
@@ -71,10 +82,22 @@ pub fn mean(x: &Tensor) -> TResult {
 pub fn col_sum(x: &Tensor, scale: f32) -> TResult {
     let (m, n) = matrix("col_sum", x)?;
     match x.storage() {
-        Storage::Cpu(v) => Ok(cpu(col_sum_ref(v, m, n).into_iter().map(|s| s * scale).collect(), &[n])),
+        Storage::Cpu(v) => Ok(cpu(
+            col_sum_ref(v, m, n)
+                .into_iter()
+                .map(|s| s * scale)
+                .collect(),
+            &[n],
+        )),
         Storage::Gpu(g, b) => {
             let out = g.alloc(n);
-            g.dispatch(COL_SUM, &[], &[b, &out], &[u(m), u(n), f(scale), 0], grid_1d(n, 256));
+            g.dispatch(
+                COL_SUM,
+                &[],
+                &[b, &out],
+                &[u(m), u(n), f(scale), 0],
+                grid_1d(n, 256),
+            );
             Ok(Tensor::from_gpu(g, out, &[n]))
         }
     }
@@ -86,7 +109,13 @@ pub fn row_sum(x: &Tensor) -> TResult {
         Storage::Cpu(v) => Ok(cpu(row_sum_ref(v, m, n), &[m])),
         Storage::Gpu(g, b) => {
             let out = g.alloc(m);
-            g.dispatch(ROW_SUM, &[], &[b, &out], &[u(m), u(n), f(1.0), 0], grid_1d(m, 256));
+            g.dispatch(
+                ROW_SUM,
+                &[],
+                &[b, &out],
+                &[u(m), u(n), f(1.0), 0],
+                grid_1d(m, 256),
+            );
             Ok(Tensor::from_gpu(g, out, &[m]))
         }
     }
@@ -96,10 +125,22 @@ pub fn row_sum(x: &Tensor) -> TResult {
 pub fn row_broadcast(g: &Tensor, n: usize, scale: f32) -> TResult {
     let m = g.numel();
     match g.storage() {
-        Storage::Cpu(v) => Ok(cpu(row_broadcast_ref(v, n).into_iter().map(|s| s * scale).collect(), &[m, n])),
+        Storage::Cpu(v) => Ok(cpu(
+            row_broadcast_ref(v, n)
+                .into_iter()
+                .map(|s| s * scale)
+                .collect(),
+            &[m, n],
+        )),
         Storage::Gpu(gpu, _) => {
             let out = gpu.alloc(m * n);
-            gpu.dispatch(ROW_BROADCAST, &[], &[buf(g), &out], &[u(m), u(n), f(scale), 0], grid_1d(m * n, 256));
+            gpu.dispatch(
+                ROW_BROADCAST,
+                &[],
+                &[buf(g), &out],
+                &[u(m), u(n), f(scale), 0],
+                grid_1d(m * n, 256),
+            );
             Ok(Tensor::from_gpu(gpu, out, &[m, n]))
         }
     }
@@ -109,20 +150,26 @@ impl Tape {
     pub fn sum(&mut self, x: Var) -> Result<Var> {
         let shape = self.value(x).shape().to_vec();
         let y = sum(self.value(x))?;
-        Ok(self.record("sum", y, &[x], move |gy| Ok(vec![Some(broadcast_scalar(gy, 1.0, &shape)?)])))
+        Ok(self.record("sum", y, &[x], move |gy| {
+            Ok(vec![Some(broadcast_scalar(gy, 1.0, &shape)?)])
+        }))
     }
 
     pub fn mean(&mut self, x: Var) -> Result<Var> {
         let shape = self.value(x).shape().to_vec();
         let n = self.value(x).numel() as f32;
         let y = mean(self.value(x))?;
-        Ok(self.record("mean", y, &[x], move |gy| Ok(vec![Some(broadcast_scalar(gy, 1.0 / n, &shape)?)])))
+        Ok(self.record("mean", y, &[x], move |gy| {
+            Ok(vec![Some(broadcast_scalar(gy, 1.0 / n, &shape)?)])
+        }))
     }
 
     /// [M, N] → [M], summing each row.
     pub fn row_sum(&mut self, x: Var) -> Result<Var> {
         let n = matrix("row_sum", self.value(x))?.1;
         let y = row_sum(self.value(x))?;
-        Ok(self.record("row_sum", y, &[x], move |gy| Ok(vec![Some(row_broadcast(gy, n, 1.0)?)])))
+        Ok(self.record("row_sum", y, &[x], move |gy| {
+            Ok(vec![Some(row_broadcast(gy, n, 1.0)?)])
+        }))
     }
 }

@@ -13,18 +13,28 @@ use crate::tensor::{same_device, Device, Tensor};
 
 /// Rows `start..start+len` of the first dimension.
 pub fn slice_batch(x: &Tensor, start: usize, len: usize) -> Result<Tensor> {
-    let n = *x.shape().first().ok_or_else(|| Error::shape("slice_batch", "scalar input"))?;
+    let n = *x
+        .shape()
+        .first()
+        .ok_or_else(|| Error::shape("slice_batch", "scalar input"))?;
     if start + len > n {
         return Err(Error::shape(
             "slice_batch",
-            format!("rows {start}..{} of a tensor of shape {:?}", start + len, x.shape()),
+            format!(
+                "rows {start}..{} of a tensor of shape {:?}",
+                start + len,
+                x.shape()
+            ),
         ));
     }
     let row = x.numel() / n.max(1);
     let mut shape = x.shape().to_vec();
     shape[0] = len;
     match x.device() {
-        Device::Cpu => Ok(cpu(x.cpu_data().unwrap_or_default()[start * row..(start + len) * row].to_vec(), &shape)),
+        Device::Cpu => Ok(cpu(
+            x.cpu_data().unwrap_or_default()[start * row..(start + len) * row].to_vec(),
+            &shape,
+        )),
         Device::Gpu(g) => {
             let out = g.alloc(len * row);
             g.copy(buf(x), start * row, &out, 0, len * row);
@@ -35,14 +45,20 @@ pub fn slice_batch(x: &Tensor, start: usize, len: usize) -> Result<Tensor> {
 
 /// Concatenate along the first dimension; the other dimensions must agree.
 pub fn concat(xs: &[&Tensor]) -> Result<Tensor> {
-    let first = xs.first().ok_or_else(|| Error::shape("concat", "no inputs"))?;
+    let first = xs
+        .first()
+        .ok_or_else(|| Error::shape("concat", "no inputs"))?;
     let dev = same_device("concat", xs)?;
     let tail = &first.shape()[1..];
     for x in xs {
         if x.rank() == 0 || &x.shape()[1..] != tail {
             return Err(Error::shape(
                 "concat",
-                format!("shapes {:?} and {:?} differ beyond the batch dimension", first.shape(), x.shape()),
+                format!(
+                    "shapes {:?} and {:?} differ beyond the batch dimension",
+                    first.shape(),
+                    x.shape()
+                ),
             ));
         }
     }
@@ -74,7 +90,8 @@ fn pad_batch(g: &Tensor, start: usize, shape: &[usize]) -> Result<Tensor> {
     match g.device() {
         Device::Cpu => {
             let mut v = vec![0.0; shape.iter().product()];
-            v[start * row..start * row + g.numel()].copy_from_slice(g.cpu_data().unwrap_or_default());
+            v[start * row..start * row + g.numel()]
+                .copy_from_slice(g.cpu_data().unwrap_or_default());
             Ok(cpu(v, shape))
         }
         Device::Gpu(gpu) => {
@@ -89,13 +106,17 @@ impl Tape {
     pub fn reshape(&mut self, x: Var, shape: &[usize]) -> Result<Var> {
         let old = self.value(x).shape().to_vec();
         let y = self.value(x).reshape(shape)?;
-        Ok(self.record("reshape", y, &[x], move |gy| Ok(vec![Some(gy.reshape(&old)?)])))
+        Ok(self.record("reshape", y, &[x], move |gy| {
+            Ok(vec![Some(gy.reshape(&old)?)])
+        }))
     }
 
     /// [N, ...] → [N, prod(...)].
     pub fn flatten(&mut self, x: Var) -> Result<Var> {
         let s = self.value(x).shape();
-        let n = *s.first().ok_or_else(|| Error::shape("flatten", "scalar input"))?;
+        let n = *s
+            .first()
+            .ok_or_else(|| Error::shape("flatten", "scalar input"))?;
         let rest = s[1..].iter().product();
         self.reshape(x, &[n, rest])
     }
@@ -118,7 +139,9 @@ impl Tape {
     pub fn slice_batch(&mut self, x: Var, start: usize, len: usize) -> Result<Var> {
         let shape = self.value(x).shape().to_vec();
         let y = slice_batch(self.value(x), start, len)?;
-        Ok(self.record("slice_batch", y, &[x], move |gy| Ok(vec![Some(pad_batch(gy, start, &shape)?)])))
+        Ok(self.record("slice_batch", y, &[x], move |gy| {
+            Ok(vec![Some(pad_batch(gy, start, &shape)?)])
+        }))
     }
 
     /// Split along the batch into pieces of the given sizes.

@@ -44,7 +44,10 @@ impl Device {
     pub fn name(&self) -> String {
         match self {
             Device::Cpu => "cpu (reference)".into(),
-            Device::Gpu(g) => format!("{} ({:?}, {:?})", g.info.name, g.info.backend, g.info.device_type),
+            Device::Gpu(g) => format!(
+                "{} ({:?}, {:?})",
+                g.info.name, g.info.backend, g.info.device_type
+            ),
         }
     }
 
@@ -158,8 +161,16 @@ impl Tensor {
     }
 
     /// Uniform values in [lo, hi).
-    pub fn rand_uniform(shape: &[usize], lo: f32, hi: f32, rng: &mut impl Rng, device: &Device) -> Result<Tensor> {
-        let v = (0..numel(shape)).map(|_| rng.random_range(lo..hi)).collect();
+    pub fn rand_uniform(
+        shape: &[usize],
+        lo: f32,
+        hi: f32,
+        rng: &mut impl Rng,
+        device: &Device,
+    ) -> Result<Tensor> {
+        let v = (0..numel(shape))
+            .map(|_| rng.random_range(lo..hi))
+            .collect();
         Self::from_vec(v, shape, device)
     }
 
@@ -206,7 +217,14 @@ impl Tensor {
     /// The single value of a one-element tensor.
     pub fn item(&self) -> Result<f32> {
         if self.numel() != 1 {
-            return Err(Error::shape("item", format!("tensor of shape {:?} has {} values", self.shape, self.numel())));
+            return Err(Error::shape(
+                "item",
+                format!(
+                    "tensor of shape {:?} has {} values",
+                    self.shape,
+                    self.numel()
+                ),
+            ));
         }
         Ok(self.to_vec()?[0])
     }
@@ -238,7 +256,12 @@ impl Tensor {
         if numel(shape) != self.numel() {
             return Err(Error::shape(
                 "reshape",
-                format!("cannot view {:?} ({} values) as {:?}", self.shape, self.numel(), shape),
+                format!(
+                    "cannot view {:?} ({} values) as {:?}",
+                    self.shape,
+                    self.numel(),
+                    shape
+                ),
             ));
         }
         Ok(Tensor {
@@ -259,7 +282,10 @@ impl Tensor {
     /// recorded copy, so it takes effect in order with the step.
     pub fn assign(&mut self, src: &Tensor) -> Result<()> {
         if src.shape != self.shape {
-            return Err(Error::shape("assign", format!("{:?} into {:?}", src.shape, self.shape)));
+            return Err(Error::shape(
+                "assign",
+                format!("{:?} into {:?}", src.shape, self.shape),
+            ));
         }
         match (&mut self.storage, &src.storage) {
             (Storage::Cpu(d), Storage::Cpu(s)) => {
@@ -298,7 +324,10 @@ pub fn same_device(op: &'static str, ts: &[&Tensor]) -> Result<Device> {
 /// Shapes must be equal (for elementwise ops).
 pub fn same_shape(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
     if a.shape() != b.shape() {
-        return Err(Error::shape(op, format!("shapes {:?} and {:?} differ", a.shape(), b.shape())));
+        return Err(Error::shape(
+            op,
+            format!("shapes {:?} and {:?} differ", a.shape(), b.shape()),
+        ));
     }
     Ok(())
 }

@@ -1,0 +1,172 @@
+//! The tape: reverse topological order, gradient accumulation for values used twice,
+//! stop-gradient (detach, no_grad), and a composite network whose gradients on the GPU equal
+//! those of the CPU path.
+
+mod common;
+use common::*;
+use viewcraft::ops::batchnorm::BatchNorm;
+use viewcraft::ops::conv2d::Conv2d;
+use viewcraft::ops::pool::MaxPool;
+use viewcraft::tensor::{Device, Tensor};
+use viewcraft::Tape;
+
+#[test]
+fn value_used_twice_accumulates() {
+    let d = Device::Cpu;
+    let mut tape = Tape::new();
+    let x = tape.param(t(&[1.5, -2.0, 3.0], &[3], &d));
+    // y = x·x + 3x  →  dy/dx = 2x + 3
+    let xx = tape.mul(x, x).unwrap();
+    let x3 = tape.scale(x, 3.0).unwrap();
+    let y = tape.add(xx, x3).unwrap();
+    let l = tape.sum(y).unwrap();
+    let g = tape.backward(l).unwrap();
+    assert_eq!(g.get(x).unwrap().to_vec().unwrap(), vec![6.0, -1.0, 9.0]);
+}
+
+#[test]
+fn detach_and_no_grad_stop_gradients() {
+    let d = Device::Cpu;
+    let mut tape = Tape::new();
+    let x = tape.param(t(&[1.0, 2.0], &[2], &d));
+    let xd = tape.detach(x);
+    // y = x · stopgrad(x)  →  dy/dx = stopgrad(x)
+    let y = tape.mul(x, xd).unwrap();
+    let z = tape.no_grad(|tp| tp.scale(x, 10.0).unwrap());
+    assert!(!tape.requires_grad(z));
+    let yz = tape.add(y, z).unwrap();
+    let l = tape.sum(yz).unwrap();
+    let g = tape.backward(l).unwrap();
+    assert_eq!(g.get(x).unwrap().to_vec().unwrap(), vec![1.0, 2.0]);
+    assert!(g.get(xd).is_none());
+}
+
+#[test]
+fn backward_errors_are_typed() {
+    let d = Device::Cpu;
+    let mut tape = Tape::new();
+    let x = tape.param(t(&[1.0, 2.0], &[2], &d));
+    let e = tape.backward(x).unwrap_err().to_string();
+    assert!(e.contains("scalar"), "{e}");
+}
+
+/// conv → BN → ReLU → max-pool → conv(s2) → BN → ReLU → global pool → linear → CE.
+fn network(dev: &Device, data: &[Vec<f32>]) -> (f32, Vec<Vec<f32>>, Vec<f32>) {
+    let mut tape = Tape::new();
+    let x = tape.input(t(&data[0], &[3, 3, 10, 10], dev));
+    let w1 = tape.param(t(&data[1], &[7, 3, 3, 3], dev));
+    let g1 = tape.param(t(&data[2], &[7], dev));
+    let b1 = tape.param(t(&data[3], &[7], dev));
+    let w2 = tape.param(t(&data[4], &[5, 7, 3, 3], dev));
+    let fw = tape.param(t(&data[5], &[4, 5], dev));
+    let fb = tape.param(t(&data[6], &[4], dev));
+    let mut rm1 = Tensor::zeros(&[7], dev).unwrap();
+    let mut rv1 = Tensor::ones(&[7], dev).unwrap();
+    let mut rm2 = Tensor::zeros(&[5], dev).unwrap();
+    let mut rv2 = Tensor::ones(&[5], dev).unwrap();
+    let h = tape.conv2d(x, w1, Conv2d::new(1, 1)).unwrap();
+    let h = tape
+        .batch_norm(
+            h,
+            Some(g1),
+            Some(b1),
+            &mut rm1,
+            &mut rv1,
+            BatchNorm::default(),
+            true,
+        )
+        .unwrap();
+    let h = tape.relu(h).unwrap();
+    let h = tape
+        .max_pool2d(
+            h,
+            MaxPool {
+                k: 3,
+                stride: 2,
+                pad: 1,
+            },
+        )
+        .unwrap();
+    let h = tape.conv2d(h, w2, Conv2d::new(2, 1)).unwrap();
+    let h = tape
+        .batch_norm(
+            h,
+            None,
+            None,
+            &mut rm2,
+            &mut rv2,
+            BatchNorm::default(),
+            true,
+        )
+        .unwrap();
+    let h = tape.relu(h).unwrap();
+    let h = tape.global_avg_pool(h).unwrap();
+    let logits = tape.linear(h, fw, Some(fb)).unwrap();
+    let labels = t(&[0.0, 3.0, 1.0], &[3], dev);
+    let loss = tape.cross_entropy(logits, &labels).unwrap();
+    let lv = tape.value(loss).item().unwrap();
+    let g = tape.backward(loss).unwrap();
+    let grads = [w1, g1, b1, w2, fw, fb]
+        .iter()
+        .map(|&p| g.get(p).unwrap().to_vec().unwrap())
+        .collect();
+    let mut stats = rm1.to_vec().unwrap();
+    stats.extend(rv2.to_vec().unwrap());
+    (lv, grads, stats)
+}
+
+#[test]
+fn composite_network_gpu_equals_cpu() {
+    let Some(g) = gpu() else { return };
+    let (mut r, seed) = rng();
+    let sizes = [900, 189, 7, 7, 315, 20, 4];
+    let data: Vec<Vec<f32>> = sizes.iter().map(|&n| randn(&mut r, n)).collect();
+    let (lc, gc, sc) = network(&Device::Cpu, &data);
+    let (lg, gg, sg) = network(&g, &data);
+    assert_close(
+        &format!("composite loss seed {seed}"),
+        &[lg],
+        &[lc],
+        1e-5,
+        1e-5,
+    );
+    for (i, (a, b)) in gg.iter().zip(&gc).enumerate() {
+        assert_close(&format!("composite grad {i} seed {seed}"), a, b, 1e-4, 1e-3);
+    }
+    assert_close(
+        &format!("composite running stats seed {seed}"),
+        &sg,
+        &sc,
+        1e-5,
+        1e-5,
+    );
+}
+
+#[test]
+fn one_submit_per_step() {
+    let Some(shared) = gpu() else { return };
+    // A device of its own: other tests of this binary submit concurrently on the shared one.
+    let g = Device::open(&shared.gpu().unwrap().info.name).unwrap();
+    let gpu = g.gpu().unwrap().clone();
+    let (mut r, _) = rng();
+    let data: Vec<Vec<f32>> = [900, 189, 7, 7, 315, 20, 4]
+        .iter()
+        .map(|&n| randn(&mut r, n))
+        .collect();
+    // Record a forward + backward without reading anything back: nothing is submitted until
+    // the first readback.
+    gpu.sync().unwrap();
+    let (_, s0) = gpu.counters();
+    let mut tape = Tape::new();
+    let x = tape.param(t(&data[0], &[3, 3, 10, 10], &g));
+    let w = tape.param(t(&data[1], &[7, 3, 3, 3], &g));
+    let h = tape.conv2d(x, w, Conv2d::new(1, 1)).unwrap();
+    let h = tape.relu(h).unwrap();
+    let l = tape.mean(h).unwrap();
+    let grads = tape.backward(l).unwrap();
+    let (_, s1) = gpu.counters();
+    assert_eq!(s1, s0, "recording must not submit");
+    let _ = grads.get(w).unwrap().to_vec().unwrap();
+    let (_, s2) = gpu.counters();
+    assert_eq!(s2, s0 + 1, "one submit for the whole step and its readback");
+}

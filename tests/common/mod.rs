@@ -1,0 +1,214 @@
+//! Shared test helpers: the GPU device (shared by all tests of a binary), fresh random inputs
+//! with their seed printed on failure, and `atol + rtol·|ref|` comparisons that print the
+//! first mismatches with their indices.
+#![allow(dead_code)]
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::sync::OnceLock;
+use viewcraft::tensor::{Device, Tensor};
+
+/// The wgpu adapter for GPU tests (`VIEWCRAFT_TEST_DEVICE`, default `auto`). Outside CI a
+/// missing adapter skips with a printed reason; with `CI=true` it fails the test.
+pub fn gpu() -> Option<Device> {
+    static DEV: OnceLock<Result<Device, String>> = OnceLock::new();
+    let r = DEV.get_or_init(|| {
+        let spec = std::env::var("VIEWCRAFT_TEST_DEVICE").unwrap_or_else(|_| "auto".into());
+        Device::open(&spec).map_err(|e| e.to_string())
+    });
+    match r {
+        Ok(d) => Some(d.clone()),
+        Err(e) => {
+            if std::env::var("CI").is_ok_and(|v| v == "true") {
+                panic!("CI=true and no GPU adapter: {e}");
+            }
+            eprintln!("SKIP (no GPU adapter): {e}");
+            None
+        }
+    }
+}
+
+/// A fresh seed per call (printed in every failure message).
+pub fn rng() -> (StdRng, u64) {
+    let seed: u64 = rand::rng().random();
+    (StdRng::seed_from_u64(seed), seed)
+}
+
+pub fn randn(rng: &mut StdRng, n: usize) -> Vec<f32> {
+    use rand_distr::{Distribution, StandardNormal};
+    (0..n).map(|_| StandardNormal.sample(rng)).collect()
+}
+
+/// Values bounded away from 0 (for kinks such as ReLU's).
+pub fn randn_away(rng: &mut StdRng, n: usize, gap: f32) -> Vec<f32> {
+    randn(rng, n)
+        .into_iter()
+        .map(|v| {
+            if v.abs() < gap {
+                v.signum() * gap + v
+            } else {
+                v
+            }
+        })
+        .collect()
+}
+
+pub fn t(data: &[f32], shape: &[usize], d: &Device) -> Tensor {
+    Tensor::from_slice(data, shape, d).unwrap()
+}
+
+/// Assert `|got − want| ≤ atol + rtol·|want|` element-wise; print the worst and the first
+/// few mismatches. Also rejects an all-zero reference (a test on zeros cannot fail).
+pub fn assert_close<W: Copy + Into<f64>>(
+    what: &str,
+    got: &[f32],
+    want: &[W],
+    atol: f64,
+    rtol: f64,
+) {
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "{what}: length {} vs {}",
+        got.len(),
+        want.len()
+    );
+    let want: Vec<f64> = want.iter().map(|&w| w.into()).collect();
+    assert!(
+        want.is_empty() || want.iter().any(|w| w.abs() > 1e-12),
+        "{what}: reference is all zeros; the test cannot fail"
+    );
+    let mut bad = Vec::new();
+    let mut worst = (0usize, 0.0f64);
+    for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
+        let err = (g as f64 - w).abs();
+        let tol = atol + rtol * w.abs();
+        if err / tol > worst.1 {
+            worst = (i, err / tol);
+        }
+        if !(err <= tol) {
+            bad.push((i, g, w, err));
+        }
+    }
+    if !bad.is_empty() {
+        let first: Vec<String> = bad
+            .iter()
+            .take(6)
+            .map(|(i, g, w, e)| format!("[{i}] got {g:.7e} want {w:.7e} (err {e:.2e})"))
+            .collect();
+        panic!(
+            "{what}: {} of {} values outside atol {atol:.1e} + rtol {rtol:.1e}; worst at [{}] ({:.1}× tolerance); first: {}",
+            bad.len(),
+            got.len(),
+            worst.0,
+            worst.1,
+            first.join(", ")
+        );
+    }
+}
+
+pub fn to_f64(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|&x| x as f64).collect()
+}
+
+/// Central finite differences of a scalar function in f64 against an analytic gradient.
+pub fn check_grad(what: &str, x: &[f64], grad: &[f64], f: impl Fn(&[f64]) -> f64) {
+    let h = 1e-6;
+    let mut xp = x.to_vec();
+    let mut max_rel = 0.0f64;
+    for i in 0..x.len() {
+        xp[i] = x[i] + h;
+        let fp = f(&xp);
+        xp[i] = x[i] - h;
+        let fm = f(&xp);
+        xp[i] = x[i];
+        let num = (fp - fm) / (2.0 * h);
+        let err = (num - grad[i]).abs();
+        let tol = 1e-6 + 1e-5 * num.abs().max(grad[i].abs());
+        assert!(
+            err <= tol,
+            "{what}: d/dx[{i}] analytic {:.9e} vs finite difference {:.9e} (err {err:.2e})",
+            grad[i],
+            num
+        );
+        max_rel = max_rel.max(err / (num.abs() + 1e-12));
+    }
+    assert!(
+        grad.iter().any(|g| g.abs() > 1e-9),
+        "{what}: gradient is all zeros; the check cannot fail"
+    );
+}
+
+pub fn dot(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// One golden PyTorch fixture (`tests/fixtures/NAME.safetensors`): f32 inputs, f64 references.
+pub struct Fixture {
+    pub name: String,
+    bytes: Vec<u8>,
+}
+
+impl Fixture {
+    pub fn load(name: &str) -> Fixture {
+        let path = format!(
+            "{}/tests/fixtures/{name}.safetensors",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        Fixture {
+            name: name.into(),
+            bytes,
+        }
+    }
+
+    /// (values as f64, shape) of any float or int tensor.
+    pub fn get(&self, key: &str) -> (Vec<f64>, Vec<usize>) {
+        let st = safetensors::SafeTensors::deserialize(&self.bytes).unwrap();
+        let t = st
+            .tensor(key)
+            .unwrap_or_else(|e| panic!("{}: {key}: {e}", self.name));
+        let d = t.data();
+        let v: Vec<f64> = match t.dtype() {
+            safetensors::Dtype::F32 => d
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64)
+                .collect(),
+            safetensors::Dtype::F64 => d
+                .chunks_exact(8)
+                .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+                .collect(),
+            safetensors::Dtype::I64 => d
+                .chunks_exact(8)
+                .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f64)
+                .collect(),
+            other => panic!("{}: {key}: unsupported dtype {other:?}", self.name),
+        };
+        (v, t.shape().to_vec())
+    }
+
+    pub fn f64(&self, key: &str) -> Vec<f64> {
+        self.get(key).0
+    }
+
+    pub fn f32(&self, key: &str) -> Vec<f32> {
+        self.get(key).0.iter().map(|&v| v as f32).collect()
+    }
+
+    pub fn shape(&self, key: &str) -> Vec<usize> {
+        self.get(key).1
+    }
+
+    pub fn meta(&self, key: &str) -> String {
+        let (_, m) = safetensors::SafeTensors::read_metadata(&self.bytes).unwrap();
+        m.metadata()
+            .as_ref()
+            .and_then(|m| m.get(key).cloned())
+            .unwrap_or_else(|| panic!("{}: no metadata {key}", self.name))
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        let st = safetensors::SafeTensors::deserialize(&self.bytes).unwrap();
+        st.names().into_iter().map(String::from).collect()
+    }
+}
