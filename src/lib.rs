@@ -2,9 +2,12 @@
 //! on any GPU through wgpu, with a plain-Rust CPU reference for every kernel.
 
 pub mod autograd;
+pub mod bench;
+pub mod cli;
 pub mod error;
 pub mod gpu;
 pub mod ops;
+pub mod smoke;
 pub mod tensor;
 
 pub use autograd::{Grads, Tape, Var};

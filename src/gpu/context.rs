@@ -73,7 +73,7 @@ fn report(index: usize, a: &wgpu::Adapter) -> AdapterReport {
         device_type: format!("{:?}", info.device_type),
         driver: info.driver.clone(),
         driver_info: info.driver_info.clone(),
-        max_storage_buffer_binding_size: l.max_storage_buffer_binding_size as u64,
+        max_storage_buffer_binding_size: l.max_storage_buffer_binding_size,
         max_buffer_size: l.max_buffer_size,
         max_compute_workgroup_size_x: l.max_compute_workgroup_size_x,
         max_compute_invocations_per_workgroup: l.max_compute_invocations_per_workgroup,
@@ -131,6 +131,9 @@ pub struct Gpu {
     pub limits: wgpu::Limits,
     pub features: wgpu::Features,
     pub variant: KernelVariant,
+    /// Whether shaders keep wgpu's injected bounds checks and loop bounds
+    /// (`VIEWCRAFT_SHADER_CHECKS=1`).
+    pub shader_checks: bool,
     pool: BufferPool,
     pipelines: Mutex<PipelineCache>,
     rec: Mutex<Recorder>,
@@ -169,10 +172,12 @@ impl Gpu {
                 .find(|a| a.get_info().name.to_lowercase().contains(&want))
             {
                 Some(a) => a,
-                None => return Err(Error::NoAdapter(format!(
+                None => {
+                    return Err(Error::NoAdapter(format!(
                     "no adapter name contains `{spec}` (VIEWCRAFT_DEVICE / device); adapters: {}",
                     names.join(", ")
-                ))),
+                )))
+                }
             }
         };
         Self::from_adapter(adapter)
@@ -197,6 +202,7 @@ impl Gpu {
             _ => KernelVariant::for_device_type(info.device_type),
         };
         let rec = Recorder::new(&device);
+        let shader_checks = std::env::var("VIEWCRAFT_SHADER_CHECKS").is_ok_and(|v| v == "1");
         Ok(Arc::new(Gpu {
             pool: BufferPool::new(device.clone()),
             device,
@@ -205,6 +211,7 @@ impl Gpu {
             limits,
             features,
             variant,
+            shader_checks,
             pipelines: Mutex::new(PipelineCache::default()),
             rec: Mutex::new(rec),
         }))
@@ -262,6 +269,7 @@ impl Gpu {
             &self.device,
             kernel,
             constants,
+            self.shader_checks,
         );
         self.rec()
             .dispatch(&self.device, &self.queue, &p, buffers, params, grid);

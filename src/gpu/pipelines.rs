@@ -52,6 +52,7 @@ impl PipelineCache {
         device: &wgpu::Device,
         kernel: Kernel,
         constants: &[(&str, f64)],
+        checked: bool,
     ) -> std::sync::Arc<Pipeline> {
         let key: PipelineKey = (
             kernel,
@@ -68,10 +69,24 @@ impl PipelineCache {
                 .unwrap_or_else(|| panic!("unknown shader {}", kernel.shader));
             // Validated by the shader test; a failure here is a build defect, not user input.
             let (m, i) = shaders::validate(kernel.shader, &src).unwrap_or_else(|e| panic!("{e}"));
-            let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            let desc = wgpu::ShaderModuleDescriptor {
                 label: Some(kernel.shader),
                 source: wgpu::ShaderSource::Wgsl(src.into()),
-            });
+            };
+            let module = if checked {
+                device.create_shader_module(desc)
+            } else {
+                // SAFETY: every kernel clamps its reads and guards its writes with the sizes
+                // it is dispatched with (tests compare every kernel with the CPU reference,
+                // odd shapes included), and every loop has a bound from its parameters. The
+                // injected checks cost a large factor on CPU adapters: extra clamps on every
+                // access and loop counters that block unrolling. VIEWCRAFT_SHADER_CHECKS=1
+                // turns them back on.
+                unsafe {
+                    device
+                        .create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked())
+                }
+            };
             (module, m, i)
         });
         let ep_index = naga_module

@@ -10,6 +10,7 @@ use super::{buf, cpu, u, Real, TResult};
 use crate::autograd::{Tape, Var};
 use crate::error::{Error, Result};
 use crate::gpu::{grid_1d, Gpu, GpuBuffer, Kernel, KernelVariant};
+use crate::ops::linear::matmul_ref;
 use crate::tensor::{same_device, Device, Tensor};
 use rayon::prelude::*;
 use std::sync::Arc;
@@ -104,98 +105,121 @@ impl Dims {
     }
 }
 
-pub fn forward_ref<T: Real>(x: &[T], w: &[T], d: &Dims) -> Vec<T> {
-    let (ohw, hw, kk) = (d.oh * d.ow, d.h * d.w, d.kh * d.kw);
-    let mut y = vec![T::zero(); d.n * d.o * ohw];
-    y.par_chunks_mut((d.o * ohw).max(1))
-        .enumerate()
-        .for_each(|(n, yn)| {
-            for o in 0..d.o {
-                let yo = &mut yn[o * ohw..(o + 1) * ohw];
-                for c in 0..d.c {
-                    let xc = &x[(n * d.c + c) * hw..(n * d.c + c + 1) * hw];
-                    for ky in 0..d.kh {
-                        for kx in 0..d.kw {
-                            let wv = w[(o * d.c + c) * kk + ky * d.kw + kx];
-                            for oy in 0..d.oh {
-                                let Some(iy) = d.src(oy, ky, d.h) else {
-                                    continue;
-                                };
-                                for ox in 0..d.ow {
-                                    if let Some(ix) = d.src(ox, kx, d.w) {
-                                        yo[oy * d.ow + ox] += wv * xc[iy * d.w + ix];
-                                    }
-                                }
+/// Patches of image `xn` [C, H, W] as columns: cols[(c·KH + ky)·KW + kx][oy·OW + ox]
+/// (zero where the window leaves the image). `transposed` gives [P, K] instead of [K, P].
+fn im2col<T: Real>(xn: &[T], d: &Dims, transposed: bool) -> Vec<T> {
+    let (p, k) = (d.oh * d.ow, d.c * d.kh * d.kw);
+    let mut cols = vec![T::zero(); k * p];
+    for c in 0..d.c {
+        for ky in 0..d.kh {
+            for kx in 0..d.kw {
+                let row = (c * d.kh + ky) * d.kw + kx;
+                for oy in 0..d.oh {
+                    let Some(iy) = d.src(oy, ky, d.h) else {
+                        continue;
+                    };
+                    for ox in 0..d.ow {
+                        if let Some(ix) = d.src(ox, kx, d.w) {
+                            let v = xn[(c * d.h + iy) * d.w + ix];
+                            let col = oy * d.ow + ox;
+                            if transposed {
+                                cols[col * k + row] = v;
+                            } else {
+                                cols[row * p + col] = v;
                             }
                         }
                     }
                 }
             }
+        }
+    }
+    cols
+}
+
+/// Scatter-add columns [K, P] back onto an image [C, H, W] (the adjoint of `im2col`).
+fn col2im<T: Real>(cols: &[T], d: &Dims, xn: &mut [T]) {
+    let p = d.oh * d.ow;
+    for c in 0..d.c {
+        for ky in 0..d.kh {
+            for kx in 0..d.kw {
+                let row = (c * d.kh + ky) * d.kw + kx;
+                for oy in 0..d.oh {
+                    let Some(iy) = d.src(oy, ky, d.h) else {
+                        continue;
+                    };
+                    for ox in 0..d.ow {
+                        if let Some(ix) = d.src(ox, kx, d.w) {
+                            xn[(c * d.h + iy) * d.w + ix] += cols[row * p + oy * d.ow + ox];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+// The CPU reference lowers each image to a matrix product (im2col): the sums of the
+// definition above in a cache-friendly order, so that the CPU path is usable for training.
+
+pub fn forward_ref<T: Real>(x: &[T], w: &[T], d: &Dims) -> Vec<T> {
+    let (p, k, chw) = (d.oh * d.ow, d.c * d.kh * d.kw, d.c * d.h * d.w);
+    let mut y = vec![T::zero(); d.n * d.o * p];
+    y.par_chunks_mut((d.o * p).max(1))
+        .enumerate()
+        .for_each(|(n, yn)| {
+            let cols = im2col(&x[n * chw..(n + 1) * chw], d, false);
+            yn.copy_from_slice(&matmul_ref(w, &cols, None, d.o, p, k, false, false));
         });
     y
 }
 
 pub fn backward_input_ref<T: Real>(gy: &[T], w: &[T], d: &Dims) -> Vec<T> {
-    let (ohw, hw, kk) = (d.oh * d.ow, d.h * d.w, d.kh * d.kw);
-    let mut gx = vec![T::zero(); d.n * d.c * hw];
-    gx.par_chunks_mut((d.c * hw).max(1))
+    let (p, k, chw) = (d.oh * d.ow, d.c * d.kh * d.kw, d.c * d.h * d.w);
+    let mut gx = vec![T::zero(); d.n * chw];
+    gx.par_chunks_mut(chw.max(1))
         .enumerate()
         .for_each(|(n, gxn)| {
-            for o in 0..d.o {
-                let go = &gy[(n * d.o + o) * ohw..(n * d.o + o + 1) * ohw];
-                for c in 0..d.c {
-                    let gxc = &mut gxn[c * hw..(c + 1) * hw];
-                    for ky in 0..d.kh {
-                        for kx in 0..d.kw {
-                            let wv = w[(o * d.c + c) * kk + ky * d.kw + kx];
-                            for oy in 0..d.oh {
-                                let Some(iy) = d.src(oy, ky, d.h) else {
-                                    continue;
-                                };
-                                for ox in 0..d.ow {
-                                    if let Some(ix) = d.src(ox, kx, d.w) {
-                                        gxc[iy * d.w + ix] += wv * go[oy * d.ow + ox];
-                                    }
-                                }
-                            }
-                        }
-                    }
-                }
-            }
+            // dcols = Wᵀ · gy_n
+            let dcols = matmul_ref(
+                w,
+                &gy[n * d.o * p..(n + 1) * d.o * p],
+                None,
+                k,
+                p,
+                d.o,
+                true,
+                false,
+            );
+            col2im(&dcols, d, gxn);
         });
     gx
 }
 
 pub fn backward_weight_ref<T: Real>(gy: &[T], x: &[T], d: &Dims) -> Vec<T> {
-    let (ohw, hw, kk) = (d.oh * d.ow, d.h * d.w, d.kh * d.kw);
-    let mut gw = vec![T::zero(); d.o * d.c * kk];
-    gw.par_chunks_mut((d.c * kk).max(1))
-        .enumerate()
-        .for_each(|(o, gwo)| {
-            for n in 0..d.n {
-                let go = &gy[(n * d.o + o) * ohw..(n * d.o + o + 1) * ohw];
-                for c in 0..d.c {
-                    let xc = &x[(n * d.c + c) * hw..(n * d.c + c + 1) * hw];
-                    for ky in 0..d.kh {
-                        for kx in 0..d.kw {
-                            let mut s = T::zero();
-                            for oy in 0..d.oh {
-                                let Some(iy) = d.src(oy, ky, d.h) else {
-                                    continue;
-                                };
-                                for ox in 0..d.ow {
-                                    if let Some(ix) = d.src(ox, kx, d.w) {
-                                        s += go[oy * d.ow + ox] * xc[iy * d.w + ix];
-                                    }
-                                }
-                            }
-                            gwo[c * kk + ky * d.kw + kx] += s;
-                        }
-                    }
-                }
-            }
-        });
-    gw
+    let (p, k, chw) = (d.oh * d.ow, d.c * d.kh * d.kw, d.c * d.h * d.w);
+    (0..d.n)
+        .into_par_iter()
+        .map(|n| {
+            // gw += gy_n · colsᵀ
+            let cols_t = im2col(&x[n * chw..(n + 1) * chw], d, true);
+            matmul_ref(
+                &gy[n * d.o * p..(n + 1) * d.o * p],
+                &cols_t,
+                None,
+                d.o,
+                k,
+                p,
+                false,
+                false,
+            )
+        })
+        .reduce(
+            || vec![T::zero(); d.o * k],
+            |mut a, b| {
+                a.iter_mut().zip(&b).for_each(|(x, y)| *x += *y);
+                a
+            },
+        )
 }
 
 fn params(

@@ -86,7 +86,8 @@ pub fn assert_close<W: Copy + Into<f64>>(
         if err / tol > worst.1 {
             worst = (i, err / tol);
         }
-        if !(err <= tol) {
+        // NaN-safe: a NaN error is a mismatch.
+        if err.is_nan() || err > tol {
             bad.push((i, g, w, err));
         }
     }

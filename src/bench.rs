@@ -1,0 +1,177 @@
+//! Kernel benchmarks shared by `cargo bench` and `viewcraft bench`: every variant is validated
+//! against the CPU reference before it is timed; times come from GPU timestamps where the
+//! adapter has them, else from wall time over a batch of repetitions in one submission.
+
+use std::time::Instant;
+
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::ops::conv2d::{self, Conv2d, Dims};
+use crate::ops::linear;
+use crate::tensor::{Device, Tensor};
+
+#[derive(Clone, Debug, Serialize)]
+pub struct KernelResult {
+    pub kernel: String,
+    pub shape: String,
+    pub gflop: f64,
+    pub seconds: f64,
+    pub gflops: f64,
+    /// Seconds by GPU timestamps, when available.
+    pub gpu_seconds: Option<f64>,
+    pub max_rel_err: f64,
+}
+
+/// The ResNet-18 CIFAR 3×3 s1 p1 convolutions at batch 32.
+pub fn resnet18_cifar_convs(batch: usize) -> Vec<(String, Dims)> {
+    [(64, 32), (128, 16), (256, 8), (512, 4)]
+        .iter()
+        .map(|&(c, hw)| {
+            let d = Conv2d::new(1, 1)
+                .dims(&[batch, c, hw, hw], &[c, c, 3, 3])
+                .expect("valid shape");
+            (format!("{c}ch {hw}x{hw} b{batch}"), d)
+        })
+        .collect()
+}
+
+fn rand_t(shape: &[usize], seed: u64, dev: &Device) -> Result<Tensor> {
+    Tensor::randn(shape, 1.0, &mut StdRng::seed_from_u64(seed), dev)
+}
+
+/// Normwise relative error max|got − want| / max|want| (f32 sums of thousands of terms in
+/// another order differ by ~1e-6 of the largest value; a wrong kernel by O(1)).
+fn rel_err(got: &Tensor, want: &Tensor) -> Result<f64> {
+    let (g, w) = (got.to_vec()?, want.to_vec()?);
+    let scale = w.iter().fold(0.0f32, |m, v| m.max(v.abs())) as f64;
+    let diff = g
+        .iter()
+        .zip(&w)
+        .map(|(&a, &b)| (a as f64 - b as f64).abs())
+        .fold(0.0, f64::max);
+    Ok(diff / scale.max(f64::MIN_POSITIVE))
+}
+
+/// Time `reps` recordings of `f` in one submission.
+fn time(
+    dev: &Device,
+    reps: usize,
+    mut f: impl FnMut() -> Result<Tensor>,
+) -> Result<(f64, Option<f64>)> {
+    f()?; // warm-up: compiles the pipelines, fills the pool
+    dev.sync()?;
+    match dev {
+        Device::Gpu(g) => {
+            let (r, wall, gpu) = g.time(|| (0..reps).try_for_each(|_| f().map(|_| ())))?;
+            r?;
+            Ok((wall / reps as f64, gpu.map(|s| s / reps as f64)))
+        }
+        Device::Cpu => {
+            let t0 = Instant::now();
+            for _ in 0..reps {
+                f()?;
+            }
+            Ok((t0.elapsed().as_secs_f64() / reps as f64, None))
+        }
+    }
+}
+
+/// The three convolution kernels by name.
+pub const CONV_KERNELS: [&str; 3] = [
+    "conv2d_forward",
+    "conv2d_backward_input",
+    "conv2d_backward_weight",
+];
+
+/// Run convolution kernel `kernel` (one of `CONV_KERNELS`) once.
+pub fn run_conv(kernel: &str, x: &Tensor, w: &Tensor, gy: &Tensor, d: &Dims) -> Result<Tensor> {
+    match kernel {
+        "conv2d_forward" => conv2d::forward(x, w, Conv2d::new(d.stride, d.pad)),
+        "conv2d_backward_input" => conv2d::backward_input(gy, w, d),
+        "conv2d_backward_weight" => conv2d::backward_weight(gy, x, d),
+        other => Err(Error::Config {
+            field: "kernel".into(),
+            msg: format!("unknown kernel `{other}`"),
+        }),
+    }
+}
+
+/// Random x, w, gy for a convolution on `dev`.
+pub fn conv_inputs(d: &Dims, dev: &Device) -> Result<[Tensor; 3]> {
+    Ok([
+        rand_t(&[d.n, d.c, d.h, d.w], 1, dev)?,
+        rand_t(&[d.o, d.c, d.kh, d.kw], 2, dev)?,
+        rand_t(&[d.n, d.o, d.oh, d.ow], 3, dev)?,
+    ])
+}
+
+/// Forward, input-gradient and weight-gradient of one convolution.
+pub fn bench_conv(dev: &Device, name: &str, d: &Dims, reps: usize) -> Result<Vec<KernelResult>> {
+    let [x, w, gy] = conv_inputs(d, dev)?;
+    let (xc, wc, gyc) = (
+        x.to_device(&Device::Cpu)?,
+        w.to_device(&Device::Cpu)?,
+        gy.to_device(&Device::Cpu)?,
+    );
+    let gflop = 2.0 * d.macs() as f64 * 1e-9;
+    let mut out = Vec::new();
+    for kernel in CONV_KERNELS {
+        let err = rel_err(
+            &run_conv(kernel, &x, &w, &gy, d)?,
+            &run_conv(kernel, &xc, &wc, &gyc, d)?,
+        )?;
+        if err > 1e-4 {
+            return Err(Error::Gpu(format!("{kernel} {name}: result differs from the CPU reference (rel. error {err:.2e}); not timing it")));
+        }
+        let (secs, gpu) = time(dev, reps, || run_conv(kernel, &x, &w, &gy, d))?;
+        let best = gpu.unwrap_or(secs);
+        out.push(KernelResult {
+            kernel: kernel.into(),
+            shape: name.into(),
+            gflop,
+            seconds: secs,
+            gflops: gflop / best,
+            gpu_seconds: gpu,
+            max_rel_err: err,
+        });
+    }
+    Ok(out)
+}
+
+/// C = A·B at n×n×n.
+pub fn bench_matmul(dev: &Device, n: usize, reps: usize) -> Result<KernelResult> {
+    let a = rand_t(&[n, n], 4, dev)?;
+    let b = rand_t(&[n, n], 5, dev)?;
+    let want = linear::matmul(&a.to_device(&Device::Cpu)?, &b.to_device(&Device::Cpu)?)?;
+    let err = rel_err(&linear::matmul(&a, &b)?, &want)?;
+    if err > 1e-4 {
+        return Err(Error::Gpu(format!(
+            "matmul {n}: result differs from the CPU reference (rel. error {err:.2e})"
+        )));
+    }
+    let (secs, gpu) = time(dev, reps, || linear::matmul(&a, &b))?;
+    let gflop = 2.0 * (n * n * n) as f64 * 1e-9;
+    Ok(KernelResult {
+        kernel: "matmul".into(),
+        shape: format!("{n}x{n}x{n}"),
+        gflop,
+        seconds: secs,
+        gflops: gflop / gpu.unwrap_or(secs),
+        gpu_seconds: gpu,
+        max_rel_err: err,
+    })
+}
+
+/// The kernel set: the four ResNet-18 CIFAR convolutions (three kernels each) at
+/// batch 32 and a 512³ matmul.
+pub fn kernel_suite(dev: &Device, reps: usize) -> Result<Vec<KernelResult>> {
+    let mut out = Vec::new();
+    for (name, d) in resnet18_cifar_convs(32) {
+        out.extend(bench_conv(dev, &name, &d, reps)?);
+    }
+    out.push(bench_matmul(dev, 512, reps)?);
+    Ok(out)
+}

@@ -1,0 +1,143 @@
+//! The `viewcraft` command line. Subcommands land with the issues that build them; every
+//! user error becomes one line on stderr and a non-zero exit, never a panic.
+
+use clap::{Parser, Subcommand};
+
+use crate::bench;
+use crate::error::{Error, Result};
+use crate::gpu::{context::NO_ADAPTER_HINT, list_adapters};
+use crate::tensor::Device;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "viewcraft",
+    version,
+    about = "Self-supervised visual representation learning on any GPU (wgpu)"
+)]
+pub struct Cli {
+    /// Device: `auto` (best adapter), `cpu` (the reference path) or a substring of an
+    /// adapter name. Overrides VIEWCRAFT_DEVICE.
+    #[arg(long, global = true)]
+    pub device: Option<String>,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// List every adapter wgpu can see: backend, type, limits, features.
+    Devices {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Kernel benchmarks (validated against the CPU reference before timing).
+    Bench {
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+        /// Repetitions per kernel.
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+    },
+    /// A short end-to-end check of the selected device: a small CNN trained for a few SGD
+    /// steps, its first gradients compared with the CPU reference.
+    Smoke {
+        #[arg(long, default_value_t = 10)]
+        steps: usize,
+    },
+}
+
+/// The device to use: `--device`, else VIEWCRAFT_DEVICE, else `auto`. With `auto` and no
+/// adapter, fall back to the CPU path with one line saying so.
+pub fn select_device(flag: Option<&str>) -> Result<Device> {
+    let spec = flag
+        .map(str::to_string)
+        .or_else(|| std::env::var("VIEWCRAFT_DEVICE").ok())
+        .unwrap_or_else(|| "auto".into());
+    match Device::open(&spec) {
+        Ok(d) => Ok(d),
+        Err(Error::NoAdapter(msg)) if spec.eq_ignore_ascii_case("auto") => {
+            eprintln!("viewcraft: {msg}; running on the CPU path");
+            Ok(Device::Cpu)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command.unwrap_or(Command::Smoke { steps: 10 }) {
+        Command::Devices { json } => devices(json),
+        Command::Bench { json, reps } => {
+            let dev = select_device(cli.device.as_deref())?;
+            let results = bench::kernel_suite(&dev, reps)?;
+            if json {
+                let v = serde_json::json!({ "device": dev.name(), "kernels": results });
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&v).map_err(|e| Error::Gpu(e.to_string()))?
+                );
+            } else {
+                println!("device: {}", dev.name());
+                for r in results {
+                    let gpu = r
+                        .gpu_seconds
+                        .map(|s| format!("{:.2} ms (timestamps)", s * 1e3))
+                        .unwrap_or_default();
+                    println!(
+                        "{:24} {:18} {:8.2} GFLOP/s  {:8.2} ms wall  {gpu}",
+                        r.kernel,
+                        r.shape,
+                        r.gflops,
+                        r.seconds * 1e3
+                    );
+                }
+            }
+            Ok(())
+        }
+        Command::Smoke { steps } => {
+            let dev = select_device(cli.device.as_deref())?;
+            crate::smoke::run(&dev, steps)
+        }
+    }
+}
+
+fn devices(json: bool) -> Result<()> {
+    let list = list_adapters();
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&list).map_err(|e| Error::Gpu(e.to_string()))?
+        );
+        return Ok(());
+    }
+    if list.is_empty() {
+        println!("{NO_ADAPTER_HINT}");
+        return Ok(());
+    }
+    for a in list {
+        println!("[{}] {}", a.index, a.name);
+        println!(
+            "    backend {}  type {}  driver {} {}",
+            a.backend, a.device_type, a.driver, a.driver_info
+        );
+        println!(
+            "    max storage binding {} MiB, max buffer {} MiB, workgroup ≤ {} invocations ({} x), shared {} KiB, {} storage buffers/stage",
+            a.max_storage_buffer_binding_size >> 20,
+            a.max_buffer_size >> 20,
+            a.max_compute_invocations_per_workgroup,
+            a.max_compute_workgroup_size_x,
+            a.max_compute_workgroup_storage_size >> 10,
+            a.max_storage_buffers_per_shader_stage
+        );
+        println!(
+            "    features: {}",
+            if a.features.is_empty() {
+                "none of timestamp/subgroup/f16".into()
+            } else {
+                a.features.join(", ")
+            }
+        );
+    }
+    Ok(())
+}

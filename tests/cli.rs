@@ -1,0 +1,61 @@
+//! The binary: device listing, the default smoke job on the CPU path and on the adapter, the
+//! no-adapter fallback, and a clear one-line error for a device that does not exist.
+
+use std::process::Command;
+
+fn viewcraft() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_viewcraft"))
+}
+
+fn run(cmd: &mut Command) -> (i32, String, String) {
+    let out = cmd.output().expect("run viewcraft");
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+#[test]
+fn smoke_on_cpu_path_trains() {
+    let (code, out, err) = run(viewcraft().args(["--device", "cpu", "smoke", "--steps", "3"]));
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("cpu (reference)") && out.contains("3 steps"), "{out}");
+}
+
+#[test]
+fn no_adapter_falls_back_to_cpu_with_one_line() {
+    // No adapter exists for this backend on Linux: `auto` must fall back and say how to get one.
+    let (code, out, err) = run(viewcraft().env("WGPU_BACKEND", "dx12").env_remove("VIEWCRAFT_DEVICE").args(["smoke", "--steps", "1"]));
+    assert_eq!(code, 0, "{out}{err}");
+    let line = err.lines().find(|l| l.contains("no GPU adapter")).unwrap_or_else(|| panic!("no fallback line in: {err}"));
+    assert!(line.contains("mesa-vulkan-drivers") && line.contains("CPU path"), "{line}");
+}
+
+#[test]
+fn unknown_device_is_a_clear_error() {
+    let (code, out, err) = run(viewcraft().args(["--device", "no-such-gpu-xyz", "smoke"]));
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(err.contains("no-such-gpu-xyz") && !err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn devices_lists_the_adapter() {
+    let (code, out, err) = run(viewcraft().args(["devices", "--json"]));
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let list = v.as_array().expect("array");
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        assert!(!list.is_empty(), "CI=true but `devices` found no adapter");
+    }
+    for a in list {
+        assert!(a["name"].is_string() && a["backend"].is_string() && a["device_type"].is_string(), "{a}");
+    }
+}
+
+#[test]
+fn smoke_on_the_adapter_matches_cpu() {
+    // Runs on the adapter when there is one (the smoke job compares its first step with the
+    // CPU reference and fails on a mismatch).
+    let (code, out, err) = run(viewcraft().env("VIEWCRAFT_DEVICE", "auto").args(["smoke", "--steps", "2"]));
+    assert_eq!(code, 0, "{out}{err}");
+    if !out.contains("cpu (reference)") {
+        assert!(out.contains("first step vs CPU reference"), "{out}");
+    }
+}
