@@ -9,30 +9,49 @@ fn viewcraft() -> Command {
 
 fn run(cmd: &mut Command) -> (i32, String, String) {
     let out = cmd.output().expect("run viewcraft");
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
 }
 
 #[test]
 fn smoke_on_cpu_path_trains() {
     let (code, out, err) = run(viewcraft().args(["--device", "cpu", "smoke", "--steps", "3"]));
     assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains("cpu (reference)") && out.contains("3 steps"), "{out}");
+    assert!(
+        out.contains("cpu (reference)") && out.contains("3 steps"),
+        "{out}"
+    );
 }
 
 #[test]
 fn no_adapter_falls_back_to_cpu_with_one_line() {
     // No adapter exists for this backend on Linux: `auto` must fall back and say how to get one.
-    let (code, out, err) = run(viewcraft().env("WGPU_BACKEND", "dx12").env_remove("VIEWCRAFT_DEVICE").args(["smoke", "--steps", "1"]));
+    let (code, out, err) = run(viewcraft()
+        .env("WGPU_BACKEND", "dx12")
+        .env_remove("VIEWCRAFT_DEVICE")
+        .args(["smoke", "--steps", "1"]));
     assert_eq!(code, 0, "{out}{err}");
-    let line = err.lines().find(|l| l.contains("no GPU adapter")).unwrap_or_else(|| panic!("no fallback line in: {err}"));
-    assert!(line.contains("mesa-vulkan-drivers") && line.contains("CPU path"), "{line}");
+    let line = err
+        .lines()
+        .find(|l| l.contains("no GPU adapter"))
+        .unwrap_or_else(|| panic!("no fallback line in: {err}"));
+    assert!(
+        line.contains("mesa-vulkan-drivers") && line.contains("CPU path"),
+        "{line}"
+    );
 }
 
 #[test]
 fn unknown_device_is_a_clear_error() {
     let (code, out, err) = run(viewcraft().args(["--device", "no-such-gpu-xyz", "smoke"]));
     assert_eq!(code, 2, "{out}{err}");
-    assert!(err.contains("no-such-gpu-xyz") && !err.contains("panicked"), "{err}");
+    assert!(
+        err.contains("no-such-gpu-xyz") && !err.contains("panicked"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -45,7 +64,10 @@ fn devices_lists_the_adapter() {
         assert!(!list.is_empty(), "CI=true but `devices` found no adapter");
     }
     for a in list {
-        assert!(a["name"].is_string() && a["backend"].is_string() && a["device_type"].is_string(), "{a}");
+        assert!(
+            a["name"].is_string() && a["backend"].is_string() && a["device_type"].is_string(),
+            "{a}"
+        );
     }
 }
 
@@ -53,7 +75,9 @@ fn devices_lists_the_adapter() {
 fn smoke_on_the_adapter_matches_cpu() {
     // Runs on the adapter when there is one (the smoke job compares its first step with the
     // CPU reference and fails on a mismatch).
-    let (code, out, err) = run(viewcraft().env("VIEWCRAFT_DEVICE", "auto").args(["smoke", "--steps", "2"]));
+    let (code, out, err) = run(viewcraft()
+        .env("VIEWCRAFT_DEVICE", "auto")
+        .args(["smoke", "--steps", "2"]));
     assert_eq!(code, 0, "{out}{err}");
     if !out.contains("cpu (reference)") {
         assert!(out.contains("first step vs CPU reference"), "{out}");

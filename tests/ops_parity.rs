@@ -573,3 +573,51 @@ fn shape_errors_name_op_and_shapes() {
         .to_string();
     assert!(e.contains("label 7"), "{e}");
 }
+
+#[test]
+fn both_kernel_families_agree_with_cpu() {
+    // The family not chosen for this adapter is forced on it, so both are validated wherever
+    // the tests run (lavapipe picks RegisterTiled, real GPUs WorkgroupTiled).
+    let Some(shared) = gpu() else { return };
+    let name = shared.gpu().unwrap().info.name.clone();
+    for variant in [
+        viewcraft::gpu::KernelVariant::RegisterTiled,
+        viewcraft::gpu::KernelVariant::WorkgroupTiled,
+    ] {
+        let g = Device::Gpu(viewcraft::gpu::Gpu::open_with_variant(&name, Some(variant)).unwrap());
+        for (m, n, k, ta, tb) in [
+            (5, 3, 7, false, true),
+            (70, 130, 33, true, false),
+            (64, 64, 64, true, true),
+            (129, 65, 200, false, false),
+        ] {
+            let (mut r, seed) = rng();
+            let ash = if ta { [k, m] } else { [m, k] };
+            let bsh = if tb { [n, k] } else { [k, n] };
+            let (ac, ag) = both(&randn(&mut r, m * k), &ash, &g);
+            let (bc, bg) = both(&randn(&mut r, k * n), &bsh, &g);
+            let want = v(&linear::matmul_t(&ac, &bc, None, ta, tb).unwrap());
+            let got = v(&linear::matmul_t(&ag, &bg, None, ta, tb).unwrap());
+            assert_close(
+                &format!("{variant:?} matmul m{m} n{n} k{k} ta{ta} tb{tb} seed {seed}"),
+                &got,
+                &want,
+                1e-5 * (k as f64).sqrt() * 2.0,
+                1e-4,
+            );
+        }
+        let (mut r, seed) = rng();
+        let d = conv2d::Conv2d::new(1, 1)
+            .dims(&[5, 6, 7, 7], &[9, 6, 3, 3])
+            .unwrap();
+        let (xc, xg) = both(&randn(&mut r, 5 * 6 * 49), &[5, 6, 7, 7], &g);
+        let (gyc, gyg) = both(&randn(&mut r, 5 * 9 * 49), &[5, 9, 7, 7], &g);
+        assert_close(
+            &format!("{variant:?} conv2d grad_w seed {seed}"),
+            &v(&conv2d::backward_weight(&gyg, &xg, &d).unwrap()),
+            &v(&conv2d::backward_weight(&gyc, &xc, &d).unwrap()),
+            1e-4,
+            1e-4,
+        );
+    }
+}

@@ -153,6 +153,11 @@ impl Gpu {
     /// Open an adapter. `spec` is `auto` (best by type: discrete > integrated > virtual > cpu)
     /// or a case-insensitive substring of an adapter name (`llvmpipe`, `nvidia`, `radeon`...).
     pub fn open(spec: &str) -> Result<Arc<Gpu>> {
+        Self::open_with_variant(spec, None)
+    }
+
+    /// Like `open`, forcing a kernel family (tests run both families on one adapter).
+    pub fn open_with_variant(spec: &str, variant: Option<KernelVariant>) -> Result<Arc<Gpu>> {
         let mut adapters = adapters();
         if adapters.is_empty() {
             return Err(Error::NoAdapter(NO_ADAPTER_HINT.to_string()));
@@ -180,10 +185,10 @@ impl Gpu {
                 }
             }
         };
-        Self::from_adapter(adapter)
+        Self::from_adapter(adapter, variant)
     }
 
-    fn from_adapter(adapter: wgpu::Adapter) -> Result<Arc<Gpu>> {
+    fn from_adapter(adapter: wgpu::Adapter, forced: Option<KernelVariant>) -> Result<Arc<Gpu>> {
         let info = adapter.get_info();
         let limits = adapter.limits();
         let features = adapter.features() & wanted_features();
@@ -196,11 +201,14 @@ impl Gpu {
             trace: wgpu::Trace::Off,
         }))
         .map_err(|e| Error::Gpu(format!("{}: cannot open device: {e}", info.name)))?;
-        let variant = match std::env::var("VIEWCRAFT_KERNELS").ok().as_deref() {
-            Some("register") => KernelVariant::RegisterTiled,
-            Some("workgroup") => KernelVariant::WorkgroupTiled,
-            _ => KernelVariant::for_device_type(info.device_type),
-        };
+        let variant =
+            forced.unwrap_or_else(
+                || match std::env::var("VIEWCRAFT_KERNELS").ok().as_deref() {
+                    Some("register") => KernelVariant::RegisterTiled,
+                    Some("workgroup") => KernelVariant::WorkgroupTiled,
+                    _ => KernelVariant::for_device_type(info.device_type),
+                },
+            );
         let rec = Recorder::new(&device);
         let shader_checks = std::env::var("VIEWCRAFT_SHADER_CHECKS").is_ok_and(|v| v == "1");
         Ok(Arc::new(Gpu {
