@@ -6,6 +6,7 @@ pub mod bench;
 pub mod cli;
 pub mod error;
 pub mod gpu;
+pub mod nn;
 pub mod ops;
 pub mod smoke;
 pub mod tensor;

@@ -1,0 +1,184 @@
+//! Layers over the op set, with parameters kept in a named store (torchvision names and
+//! layouts, so state dicts map 1:1 onto `torchvision.models`).
+
+pub mod resnet;
+
+use rand::Rng;
+use rand_distr::{Distribution, Normal, Uniform};
+
+use crate::autograd::{Tape, Var};
+use crate::error::{Error, Result};
+use crate::ops::batchnorm::BatchNorm;
+use crate::ops::conv2d::Conv2d;
+use crate::tensor::{Device, Tensor};
+
+/// A named tensor: a trainable parameter or a buffer (BN running statistics).
+#[derive(Clone, Debug)]
+pub struct Param {
+    pub name: String,
+    pub value: Tensor,
+    pub trainable: bool,
+}
+
+/// All parameters and buffers of a model, in registration order.
+#[derive(Clone, Debug, Default)]
+pub struct ParamStore {
+    pub params: Vec<Param>,
+}
+
+/// Tape variables for the trainable entries of a store (`None` for buffers).
+pub struct Bound {
+    vars: Vec<Option<Var>>,
+}
+
+impl Bound {
+    pub fn var(&self, id: usize) -> Result<Var> {
+        self.vars
+            .get(id)
+            .copied()
+            .flatten()
+            .ok_or_else(|| Error::Autograd(format!("parameter #{id} is not bound to the tape")))
+    }
+    /// (store id, var) of every bound parameter.
+    pub fn iter(&self) -> impl Iterator<Item = (usize, Var)> + '_ {
+        self.vars.iter().enumerate().filter_map(|(i, v)| v.map(|v| (i, v)))
+    }
+}
+
+impl ParamStore {
+    pub fn add(&mut self, name: impl Into<String>, value: Tensor, trainable: bool) -> usize {
+        self.params.push(Param { name: name.into(), value, trainable });
+        self.params.len() - 1
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Param> {
+        self.params.iter().find(|p| p.name == name)
+    }
+
+    pub fn id(&self, name: &str) -> Option<usize> {
+        self.params.iter().position(|p| p.name == name)
+    }
+
+    /// Put every trainable tensor on the tape as a leaf that needs a gradient (`trainable`
+    /// false: as constants, e.g. a momentum encoder).
+    pub fn bind(&self, tape: &mut Tape, trainable: bool) -> Bound {
+        let vars = self
+            .params
+            .iter()
+            .map(|p| p.trainable.then(|| if trainable { tape.param(p.value.clone()) } else { tape.input(p.value.clone()) }))
+            .collect();
+        Bound { vars }
+    }
+
+    /// Two distinct entries mutably (BN running mean and variance).
+    pub fn pair_mut(&mut self, a: usize, b: usize) -> (&mut Tensor, &mut Tensor) {
+        assert!(a < b, "pair_mut expects a < b");
+        let (lo, hi) = self.params.split_at_mut(b);
+        (&mut lo[a].value, &mut hi[0].value)
+    }
+
+    /// Copy values from `other` by name (shapes must match); returns how many were copied.
+    pub fn load_from(&mut self, other: &ParamStore) -> Result<usize> {
+        let mut n = 0;
+        for p in &mut self.params {
+            if let Some(o) = other.get(&p.name) {
+                if o.value.shape() != p.value.shape() {
+                    return Err(Error::shape("load", format!("{}: shape {:?} vs {:?}", p.name, o.value.shape(), p.value.shape())));
+                }
+                p.value = o.value.to_device(&p.value.device())?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    pub fn to_device(&self, device: &Device) -> Result<ParamStore> {
+        let params = self
+            .params
+            .iter()
+            .map(|p| Ok(Param { name: p.name.clone(), value: p.value.to_device(device)?, trainable: p.trainable }))
+            .collect::<Result<_>>()?;
+        Ok(ParamStore { params })
+    }
+}
+
+/// Kaiming-normal (fan_out, ReLU gain) conv weights, as torchvision's ResNet init.
+fn kaiming_normal_fan_out(shape: &[usize], rng: &mut impl Rng, device: &Device) -> Result<Tensor> {
+    let fan_out: usize = shape[0] * shape[2..].iter().product::<usize>();
+    let std = (2.0 / fan_out as f32).sqrt();
+    let n = Normal::new(0.0f32, std).map_err(|e| Error::Autograd(e.to_string()))?;
+    Tensor::from_vec((0..shape.iter().product()).map(|_| n.sample(rng)).collect(), shape, device)
+}
+
+/// PyTorch's default Linear init: U(±1/√fan_in) for weight and bias.
+fn linear_default(shape: &[usize], fan_in: usize, rng: &mut impl Rng, device: &Device) -> Result<Tensor> {
+    let b = 1.0 / (fan_in as f32).sqrt();
+    let u = Uniform::new_inclusive(-b, b).map_err(|e| Error::Autograd(e.to_string()))?;
+    Tensor::from_vec((0..shape.iter().product()).map(|_| u.sample(rng)).collect(), shape, device)
+}
+
+/// Convolution without bias.
+#[derive(Clone, Debug)]
+pub struct Conv {
+    pub weight: usize,
+    pub cfg: Conv2d,
+}
+
+impl Conv {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(store: &mut ParamStore, name: &str, cin: usize, cout: usize, k: usize, stride: usize, pad: usize, rng: &mut impl Rng, device: &Device) -> Result<Conv> {
+        let w = kaiming_normal_fan_out(&[cout, cin, k, k], rng, device)?;
+        Ok(Conv { weight: store.add(format!("{name}.weight"), w, true), cfg: Conv2d::new(stride, pad) })
+    }
+    pub fn forward(&self, tape: &mut Tape, b: &Bound, x: Var) -> Result<Var> {
+        tape.conv2d(x, b.var(self.weight)?, self.cfg)
+    }
+}
+
+/// Batch norm with running statistics in the store.
+#[derive(Clone, Debug)]
+pub struct Bn {
+    pub weight: Option<usize>,
+    pub bias: Option<usize>,
+    pub running_mean: usize,
+    pub running_var: usize,
+    pub cfg: BatchNorm,
+}
+
+impl Bn {
+    pub fn new(store: &mut ParamStore, name: &str, c: usize, affine: bool, device: &Device) -> Result<Bn> {
+        let (weight, bias) = if affine {
+            (Some(store.add(format!("{name}.weight"), Tensor::ones(&[c], device)?, true)), Some(store.add(format!("{name}.bias"), Tensor::zeros(&[c], device)?, true)))
+        } else {
+            (None, None)
+        };
+        let running_mean = store.add(format!("{name}.running_mean"), Tensor::zeros(&[c], device)?, false);
+        let running_var = store.add(format!("{name}.running_var"), Tensor::ones(&[c], device)?, false);
+        Ok(Bn { weight, bias, running_mean, running_var, cfg: BatchNorm::default() })
+    }
+    pub fn forward(&self, tape: &mut Tape, store: &mut ParamStore, b: &Bound, x: Var, train: bool) -> Result<Var> {
+        let g = self.weight.map(|i| b.var(i)).transpose()?;
+        let bb = self.bias.map(|i| b.var(i)).transpose()?;
+        let (rm, rv) = store.pair_mut(self.running_mean, self.running_var);
+        tape.batch_norm(x, g, bb, rm, rv, self.cfg, train)
+    }
+}
+
+/// Linear layer, PyTorch layout (`weight` [out, in]).
+#[derive(Clone, Debug)]
+pub struct Linear {
+    pub weight: usize,
+    pub bias: Option<usize>,
+}
+
+impl Linear {
+    pub fn new(store: &mut ParamStore, name: &str, fin: usize, fout: usize, bias: bool, rng: &mut impl Rng, device: &Device) -> Result<Linear> {
+        let weight = store.add(format!("{name}.weight"), linear_default(&[fout, fin], fin, rng, device)?, true);
+        let bias = if bias { Some(store.add(format!("{name}.bias"), linear_default(&[fout], fin, rng, device)?, true)) } else { None };
+        Ok(Linear { weight, bias })
+    }
+    pub fn forward(&self, tape: &mut Tape, b: &Bound, x: Var) -> Result<Var> {
+        let bias = self.bias.map(|i| b.var(i)).transpose()?;
+        tape.linear(x, b.var(self.weight)?, bias)
+    }
+}

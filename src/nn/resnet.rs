@@ -1,0 +1,168 @@
+//! ResNet-18/34 (BasicBlock) and ResNet-50 (Bottleneck, stride on the 3×3 as torchvision
+//! v1.5), with the CIFAR stem (3×3 s1, no max-pool) or the ImageNet stem (7×7 s2 + 3×3 s2
+//! max-pool), a base-width knob (64 = standard), torchvision's initialisation and parameter
+//! names (`conv1.weight`, `layer2.0.downsample.0.weight`, `bn1.running_mean`, ...). The
+//! classifier `fc` is optional: SSL methods build their own heads on the pooled features.
+
+use rand::Rng;
+
+use super::{Bn, Bound, Conv, Linear, ParamStore};
+use crate::autograd::{Tape, Var};
+use crate::error::{Error, Result};
+use crate::ops::pool::MaxPool;
+use crate::tensor::Device;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Arch {
+    Resnet18,
+    Resnet34,
+    Resnet50,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stem {
+    Cifar,
+    Imagenet,
+}
+
+#[derive(Clone, Debug)]
+pub struct ResNetConfig {
+    pub arch: Arch,
+    pub stem: Stem,
+    pub width: usize,
+    pub zero_init_residual: bool,
+    /// Classifier outputs (`fc`); `None` for a backbone.
+    pub num_classes: Option<usize>,
+}
+
+#[derive(Clone, Debug)]
+struct Block {
+    convs: Vec<Conv>,
+    bns: Vec<Bn>,
+    downsample: Option<(Conv, Bn)>,
+}
+
+#[derive(Clone, Debug)]
+pub struct ResNet {
+    pub cfg: ResNetConfig,
+    conv1: Conv,
+    bn1: Bn,
+    layers: Vec<Vec<Block>>,
+    pub fc: Option<Linear>,
+    /// Channels of the pooled features.
+    pub out_dim: usize,
+}
+
+impl ResNet {
+    pub fn new(cfg: ResNetConfig, store: &mut ParamStore, rng: &mut impl Rng, device: &Device) -> Result<ResNet> {
+        if cfg.width == 0 {
+            return Err(Error::Config { field: "model.width".into(), msg: "must be at least 1".into() });
+        }
+        let (depths, bottleneck) = match cfg.arch {
+            Arch::Resnet18 => ([2, 2, 2, 2], false),
+            Arch::Resnet34 => ([3, 4, 6, 3], false),
+            Arch::Resnet50 => ([3, 4, 6, 3], true),
+        };
+        let expansion = if bottleneck { 4 } else { 1 };
+        let w = cfg.width;
+        let conv1 = match cfg.stem {
+            Stem::Cifar => Conv::new(store, "conv1", 3, w, 3, 1, 1, rng, device)?,
+            Stem::Imagenet => Conv::new(store, "conv1", 3, w, 7, 2, 3, rng, device)?,
+        };
+        let bn1 = Bn::new(store, "bn1", w, true, device)?;
+        let mut inplanes = w;
+        let mut layers = Vec::new();
+        for (li, &depth) in depths.iter().enumerate() {
+            let planes = w << li;
+            let mut blocks = Vec::new();
+            for bi in 0..depth {
+                let stride = if li > 0 && bi == 0 { 2 } else { 1 };
+                let name = format!("layer{}.{bi}", li + 1);
+                let mut convs = Vec::new();
+                let mut bns = Vec::new();
+                if bottleneck {
+                    convs.push(Conv::new(store, &format!("{name}.conv1"), inplanes, planes, 1, 1, 0, rng, device)?);
+                    bns.push(Bn::new(store, &format!("{name}.bn1"), planes, true, device)?);
+                    convs.push(Conv::new(store, &format!("{name}.conv2"), planes, planes, 3, stride, 1, rng, device)?);
+                    bns.push(Bn::new(store, &format!("{name}.bn2"), planes, true, device)?);
+                    convs.push(Conv::new(store, &format!("{name}.conv3"), planes, planes * expansion, 1, 1, 0, rng, device)?);
+                    bns.push(Bn::new(store, &format!("{name}.bn3"), planes * expansion, true, device)?);
+                } else {
+                    convs.push(Conv::new(store, &format!("{name}.conv1"), inplanes, planes, 3, stride, 1, rng, device)?);
+                    bns.push(Bn::new(store, &format!("{name}.bn1"), planes, true, device)?);
+                    convs.push(Conv::new(store, &format!("{name}.conv2"), planes, planes, 3, 1, 1, rng, device)?);
+                    bns.push(Bn::new(store, &format!("{name}.bn2"), planes, true, device)?);
+                }
+                let downsample = if stride != 1 || inplanes != planes * expansion {
+                    Some((
+                        Conv::new(store, &format!("{name}.downsample.0"), inplanes, planes * expansion, 1, stride, 0, rng, device)?,
+                        Bn::new(store, &format!("{name}.downsample.1"), planes * expansion, true, device)?,
+                    ))
+                } else {
+                    None
+                };
+                if cfg.zero_init_residual {
+                    // The last BN of each residual branch starts at 0: the block is the identity.
+                    let last = bns.last().and_then(|b| b.weight).expect("affine BN");
+                    let shape = store.params[last].value.shape().to_vec();
+                    store.params[last].value = crate::tensor::Tensor::zeros(&shape, device)?;
+                }
+                blocks.push(Block { convs, bns, downsample });
+                inplanes = planes * expansion;
+            }
+            layers.push(blocks);
+        }
+        let fc = match cfg.num_classes {
+            Some(k) => Some(Linear::new(store, "fc", inplanes, k, true, rng, device)?),
+            None => None,
+        };
+        Ok(ResNet { cfg, conv1, bn1, layers, fc, out_dim: inplanes })
+    }
+
+    /// The last stage's output [N, C, h, w] (after the final block's ReLU): the feature map
+    /// ContrastiveCrop's heatmaps are made from.
+    pub fn forward_features(&self, tape: &mut Tape, store: &mut ParamStore, b: &Bound, x: Var, train: bool) -> Result<Var> {
+        let mut h = self.conv1.forward(tape, b, x)?;
+        h = self.bn1.forward(tape, store, b, h, train)?;
+        h = tape.relu(h)?;
+        if self.cfg.stem == Stem::Imagenet {
+            h = tape.max_pool2d(h, MaxPool { k: 3, stride: 2, pad: 1 })?;
+        }
+        for blocks in &self.layers {
+            for blk in blocks {
+                let identity = h;
+                let mut y = h;
+                let n = blk.convs.len();
+                for (i, (conv, bn)) in blk.convs.iter().zip(&blk.bns).enumerate() {
+                    y = conv.forward(tape, b, y)?;
+                    y = bn.forward(tape, store, b, y, train)?;
+                    if i + 1 < n {
+                        y = tape.relu(y)?;
+                    }
+                }
+                let sc = match &blk.downsample {
+                    Some((conv, bn)) => {
+                        let s = conv.forward(tape, b, identity)?;
+                        bn.forward(tape, store, b, s, train)?
+                    }
+                    None => identity,
+                };
+                let sum = tape.add(y, sc)?;
+                h = tape.relu(sum)?;
+            }
+        }
+        Ok(h)
+    }
+
+    /// Pooled features [N, out_dim] (or logits when `fc` exists).
+    pub fn forward(&self, tape: &mut Tape, store: &mut ParamStore, b: &Bound, x: Var, train: bool) -> Result<Var> {
+        let h = self.forward_features(tape, store, b, x, train)?;
+        let f = tape.global_avg_pool(h)?;
+        match &self.fc {
+            Some(fc) => fc.forward(tape, b, f),
+            None => Ok(f),
+        }
+    }
+}
