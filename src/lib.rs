@@ -8,6 +8,7 @@ pub mod error;
 pub mod gpu;
 pub mod nn;
 pub mod ops;
+pub mod optim;
 pub mod smoke;
 pub mod tensor;
 

@@ -19,6 +19,7 @@ pub const ALL: &[(&str, &str)] = &[
         "cross_entropy",
         include_str!("../../shaders/cross_entropy.wgsl"),
     ),
+    ("optim", include_str!("../../shaders/optim.wgsl")),
 ];
 
 /// The full source of shader `name` (prelude + file).
