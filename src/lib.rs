@@ -10,6 +10,7 @@ pub mod nn;
 pub mod ops;
 pub mod optim;
 pub mod smoke;
+pub mod ssl;
 pub mod tensor;
 
 pub use autograd::{Grads, Tape, Var};

@@ -11,17 +11,49 @@ fn sgd_matches_pytorch() {
     let fx = Fixture::load("sgd_momentum");
     let (mut p, g, mut b) = (fx.f64("param"), fx.f64("grad"), fx.f64("momentum_buffer"));
     sgd_ref(&mut p, &g, &mut b, 0.5, 0.9, 1e-4);
-    assert_close("sgd param (f64)", &p.iter().map(|&v| v as f32).collect::<Vec<_>>(), &fx.f64("param_after"), 1e-6, 1e-6);
-    assert_close("sgd buffer (f64)", &b.iter().map(|&v| v as f32).collect::<Vec<_>>(), &fx.f64("momentum_buffer_after"), 1e-6, 1e-6);
+    assert_close(
+        "sgd param (f64)",
+        &p.iter().map(|&v| v as f32).collect::<Vec<_>>(),
+        &fx.f64("param_after"),
+        1e-6,
+        1e-6,
+    );
+    assert_close(
+        "sgd buffer (f64)",
+        &b.iter().map(|&v| v as f32).collect::<Vec<_>>(),
+        &fx.f64("momentum_buffer_after"),
+        1e-6,
+        1e-6,
+    );
     let mut devs = vec![Device::Cpu];
     devs.extend(gpu());
     for d in devs {
         let n = fx.shape("param");
         let mut pt = t(&fx.f32("param"), &n, &d);
         let mut bt = t(&fx.f32("momentum_buffer"), &n, &d);
-        sgd_step(&mut pt, &t(&fx.f32("grad"), &n, &d), &mut bt, 0.5, 0.9, 1e-4).unwrap();
-        assert_close(&format!("sgd param on {d:?}"), &pt.to_vec().unwrap(), &fx.f64("param_after"), 1e-6, 1e-5);
-        assert_close(&format!("sgd buffer on {d:?}"), &bt.to_vec().unwrap(), &fx.f64("momentum_buffer_after"), 1e-6, 1e-5);
+        sgd_step(
+            &mut pt,
+            &t(&fx.f32("grad"), &n, &d),
+            &mut bt,
+            0.5,
+            0.9,
+            1e-4,
+        )
+        .unwrap();
+        assert_close(
+            &format!("sgd param on {d:?}"),
+            &pt.to_vec().unwrap(),
+            &fx.f64("param_after"),
+            1e-6,
+            1e-5,
+        );
+        assert_close(
+            &format!("sgd buffer on {d:?}"),
+            &bt.to_vec().unwrap(),
+            &fx.f64("momentum_buffer_after"),
+            1e-6,
+            1e-5,
+        );
     }
 }
 
@@ -30,14 +62,26 @@ fn ema_matches_pytorch() {
     let fx = Fixture::load("ema");
     let mut tgt = fx.f64("target");
     ema_ref(&mut tgt, &fx.f64("online"), 0.996);
-    assert_close("ema (f64)", &tgt.iter().map(|&v| v as f32).collect::<Vec<_>>(), &fx.f64("target_after"), 1e-7, 1e-7);
+    assert_close(
+        "ema (f64)",
+        &tgt.iter().map(|&v| v as f32).collect::<Vec<_>>(),
+        &fx.f64("target_after"),
+        1e-7,
+        1e-7,
+    );
     let mut devs = vec![Device::Cpu];
     devs.extend(gpu());
     for d in devs {
         let n = fx.shape("target");
         let mut tt = t(&fx.f32("target"), &n, &d);
         ema_update(&mut tt, &t(&fx.f32("online"), &n, &d), 0.996).unwrap();
-        assert_close(&format!("ema on {d:?}"), &tt.to_vec().unwrap(), &fx.f64("target_after"), 1e-6, 1e-6);
+        assert_close(
+            &format!("ema on {d:?}"),
+            &tt.to_vec().unwrap(),
+            &fx.f64("target_after"),
+            1e-6,
+            1e-6,
+        );
     }
 }
 
@@ -45,7 +89,9 @@ fn ema_matches_pytorch() {
 fn cosine_schedule_matches_reference() {
     let fx = Fixture::load("cosine_schedule");
     let want = fx.f64("lr");
-    let got: Vec<f32> = (1..=want.len()).map(|e| cosine_lr(0.5, e, want.len(), 0.1) as f32).collect();
+    let got: Vec<f32> = (1..=want.len())
+        .map(|e| cosine_lr(0.5, e, want.len(), 0.1) as f32)
+        .collect();
     assert_close("cosine lr", &got, &want, 1e-7, 1e-7);
     assert!((cosine_lr(0.5, 1, 500, 0.1) - 0.5).abs() < 1e-12);
 }
@@ -55,7 +101,12 @@ fn gpu_updates_equal_cpu_on_random_tensors() {
     let Some(g) = gpu() else { return };
     for n in [1usize, 7, 1000, 70_001] {
         let (mut r, seed) = rng();
-        let (p, gr, b, o) = (randn(&mut r, n), randn(&mut r, n), randn(&mut r, n), randn(&mut r, n));
+        let (p, gr, b, o) = (
+            randn(&mut r, n),
+            randn(&mut r, n),
+            randn(&mut r, n),
+            randn(&mut r, n),
+        );
         let run = |d: &Device| {
             let mut pt = t(&p, &[n], d);
             let mut bt = t(&b, &[n], d);
@@ -63,11 +114,27 @@ fn gpu_updates_equal_cpu_on_random_tensors() {
             sgd_step(&mut pt, &t(&gr, &[n], d), &mut bt, 0.03, 0.9, 5e-4).unwrap();
             let mut tt = t(&o, &[n], d);
             ema_update(&mut tt, &pt, 0.99).unwrap();
-            (pt.to_vec().unwrap(), bt.to_vec().unwrap(), tt.to_vec().unwrap())
+            (
+                pt.to_vec().unwrap(),
+                bt.to_vec().unwrap(),
+                tt.to_vec().unwrap(),
+            )
         };
         let (c, gg) = (run(&Device::Cpu), run(&g));
-        assert_close(&format!("sgd param n{n} seed {seed}"), &gg.0, &c.0, 1e-6, 1e-6);
-        assert_close(&format!("sgd buffer n{n} seed {seed}"), &gg.1, &c.1, 1e-6, 1e-6);
+        assert_close(
+            &format!("sgd param n{n} seed {seed}"),
+            &gg.0,
+            &c.0,
+            1e-6,
+            1e-6,
+        );
+        assert_close(
+            &format!("sgd buffer n{n} seed {seed}"),
+            &gg.1,
+            &c.1,
+            1e-6,
+            1e-6,
+        );
         assert_close(&format!("ema n{n} seed {seed}"), &gg.2, &c.2, 1e-6, 1e-6);
     }
 }

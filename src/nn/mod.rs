@@ -41,13 +41,20 @@ impl Bound {
     }
     /// (store id, var) of every bound parameter.
     pub fn iter(&self) -> impl Iterator<Item = (usize, Var)> + '_ {
-        self.vars.iter().enumerate().filter_map(|(i, v)| v.map(|v| (i, v)))
+        self.vars
+            .iter()
+            .enumerate()
+            .filter_map(|(i, v)| v.map(|v| (i, v)))
     }
 }
 
 impl ParamStore {
     pub fn add(&mut self, name: impl Into<String>, value: Tensor, trainable: bool) -> usize {
-        self.params.push(Param { name: name.into(), value, trainable });
+        self.params.push(Param {
+            name: name.into(),
+            value,
+            trainable,
+        });
         self.params.len() - 1
     }
 
@@ -65,7 +72,15 @@ impl ParamStore {
         let vars = self
             .params
             .iter()
-            .map(|p| p.trainable.then(|| if trainable { tape.param(p.value.clone()) } else { tape.input(p.value.clone()) }))
+            .map(|p| {
+                p.trainable.then(|| {
+                    if trainable {
+                        tape.param(p.value.clone())
+                    } else {
+                        tape.input(p.value.clone())
+                    }
+                })
+            })
             .collect();
         Bound { vars }
     }
@@ -83,7 +98,15 @@ impl ParamStore {
         for p in &mut self.params {
             if let Some(o) = other.get(&p.name) {
                 if o.value.shape() != p.value.shape() {
-                    return Err(Error::shape("load", format!("{}: shape {:?} vs {:?}", p.name, o.value.shape(), p.value.shape())));
+                    return Err(Error::shape(
+                        "load",
+                        format!(
+                            "{}: shape {:?} vs {:?}",
+                            p.name,
+                            o.value.shape(),
+                            p.value.shape()
+                        ),
+                    ));
                 }
                 p.value = o.value.to_device(&p.value.device())?;
                 n += 1;
@@ -96,7 +119,13 @@ impl ParamStore {
         let params = self
             .params
             .iter()
-            .map(|p| Ok(Param { name: p.name.clone(), value: p.value.to_device(device)?, trainable: p.trainable }))
+            .map(|p| {
+                Ok(Param {
+                    name: p.name.clone(),
+                    value: p.value.to_device(device)?,
+                    trainable: p.trainable,
+                })
+            })
             .collect::<Result<_>>()?;
         Ok(ParamStore { params })
     }
@@ -107,14 +136,27 @@ fn kaiming_normal_fan_out(shape: &[usize], rng: &mut impl Rng, device: &Device) 
     let fan_out: usize = shape[0] * shape[2..].iter().product::<usize>();
     let std = (2.0 / fan_out as f32).sqrt();
     let n = Normal::new(0.0f32, std).map_err(|e| Error::Autograd(e.to_string()))?;
-    Tensor::from_vec((0..shape.iter().product()).map(|_| n.sample(rng)).collect(), shape, device)
+    Tensor::from_vec(
+        (0..shape.iter().product()).map(|_| n.sample(rng)).collect(),
+        shape,
+        device,
+    )
 }
 
 /// PyTorch's default Linear init: U(±1/√fan_in) for weight and bias.
-fn linear_default(shape: &[usize], fan_in: usize, rng: &mut impl Rng, device: &Device) -> Result<Tensor> {
+fn linear_default(
+    shape: &[usize],
+    fan_in: usize,
+    rng: &mut impl Rng,
+    device: &Device,
+) -> Result<Tensor> {
     let b = 1.0 / (fan_in as f32).sqrt();
     let u = Uniform::new_inclusive(-b, b).map_err(|e| Error::Autograd(e.to_string()))?;
-    Tensor::from_vec((0..shape.iter().product()).map(|_| u.sample(rng)).collect(), shape, device)
+    Tensor::from_vec(
+        (0..shape.iter().product()).map(|_| u.sample(rng)).collect(),
+        shape,
+        device,
+    )
 }
 
 /// Convolution without bias.
@@ -126,9 +168,22 @@ pub struct Conv {
 
 impl Conv {
     #[allow(clippy::too_many_arguments)]
-    pub fn new(store: &mut ParamStore, name: &str, cin: usize, cout: usize, k: usize, stride: usize, pad: usize, rng: &mut impl Rng, device: &Device) -> Result<Conv> {
+    pub fn new(
+        store: &mut ParamStore,
+        name: &str,
+        cin: usize,
+        cout: usize,
+        k: usize,
+        stride: usize,
+        pad: usize,
+        rng: &mut impl Rng,
+        device: &Device,
+    ) -> Result<Conv> {
         let w = kaiming_normal_fan_out(&[cout, cin, k, k], rng, device)?;
-        Ok(Conv { weight: store.add(format!("{name}.weight"), w, true), cfg: Conv2d::new(stride, pad) })
+        Ok(Conv {
+            weight: store.add(format!("{name}.weight"), w, true),
+            cfg: Conv2d::new(stride, pad),
+        })
     }
     pub fn forward(&self, tape: &mut Tape, b: &Bound, x: Var) -> Result<Var> {
         tape.conv2d(x, b.var(self.weight)?, self.cfg)
@@ -146,17 +201,47 @@ pub struct Bn {
 }
 
 impl Bn {
-    pub fn new(store: &mut ParamStore, name: &str, c: usize, affine: bool, device: &Device) -> Result<Bn> {
+    pub fn new(
+        store: &mut ParamStore,
+        name: &str,
+        c: usize,
+        affine: bool,
+        device: &Device,
+    ) -> Result<Bn> {
         let (weight, bias) = if affine {
-            (Some(store.add(format!("{name}.weight"), Tensor::ones(&[c], device)?, true)), Some(store.add(format!("{name}.bias"), Tensor::zeros(&[c], device)?, true)))
+            (
+                Some(store.add(format!("{name}.weight"), Tensor::ones(&[c], device)?, true)),
+                Some(store.add(format!("{name}.bias"), Tensor::zeros(&[c], device)?, true)),
+            )
         } else {
             (None, None)
         };
-        let running_mean = store.add(format!("{name}.running_mean"), Tensor::zeros(&[c], device)?, false);
-        let running_var = store.add(format!("{name}.running_var"), Tensor::ones(&[c], device)?, false);
-        Ok(Bn { weight, bias, running_mean, running_var, cfg: BatchNorm::default() })
+        let running_mean = store.add(
+            format!("{name}.running_mean"),
+            Tensor::zeros(&[c], device)?,
+            false,
+        );
+        let running_var = store.add(
+            format!("{name}.running_var"),
+            Tensor::ones(&[c], device)?,
+            false,
+        );
+        Ok(Bn {
+            weight,
+            bias,
+            running_mean,
+            running_var,
+            cfg: BatchNorm::default(),
+        })
     }
-    pub fn forward(&self, tape: &mut Tape, store: &mut ParamStore, b: &Bound, x: Var, train: bool) -> Result<Var> {
+    pub fn forward(
+        &self,
+        tape: &mut Tape,
+        store: &mut ParamStore,
+        b: &Bound,
+        x: Var,
+        train: bool,
+    ) -> Result<Var> {
         let g = self.weight.map(|i| b.var(i)).transpose()?;
         let bb = self.bias.map(|i| b.var(i)).transpose()?;
         let (rm, rv) = store.pair_mut(self.running_mean, self.running_var);
@@ -172,9 +257,29 @@ pub struct Linear {
 }
 
 impl Linear {
-    pub fn new(store: &mut ParamStore, name: &str, fin: usize, fout: usize, bias: bool, rng: &mut impl Rng, device: &Device) -> Result<Linear> {
-        let weight = store.add(format!("{name}.weight"), linear_default(&[fout, fin], fin, rng, device)?, true);
-        let bias = if bias { Some(store.add(format!("{name}.bias"), linear_default(&[fout], fin, rng, device)?, true)) } else { None };
+    pub fn new(
+        store: &mut ParamStore,
+        name: &str,
+        fin: usize,
+        fout: usize,
+        bias: bool,
+        rng: &mut impl Rng,
+        device: &Device,
+    ) -> Result<Linear> {
+        let weight = store.add(
+            format!("{name}.weight"),
+            linear_default(&[fout, fin], fin, rng, device)?,
+            true,
+        );
+        let bias = if bias {
+            Some(store.add(
+                format!("{name}.bias"),
+                linear_default(&[fout], fin, rng, device)?,
+                true,
+            ))
+        } else {
+            None
+        };
         Ok(Linear { weight, bias })
     }
     pub fn forward(&self, tape: &mut Tape, b: &Bound, x: Var) -> Result<Var> {

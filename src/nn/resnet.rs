@@ -56,9 +56,17 @@ pub struct ResNet {
 }
 
 impl ResNet {
-    pub fn new(cfg: ResNetConfig, store: &mut ParamStore, rng: &mut impl Rng, device: &Device) -> Result<ResNet> {
+    pub fn new(
+        cfg: ResNetConfig,
+        store: &mut ParamStore,
+        rng: &mut impl Rng,
+        device: &Device,
+    ) -> Result<ResNet> {
         if cfg.width == 0 {
-            return Err(Error::Config { field: "model.width".into(), msg: "must be at least 1".into() });
+            return Err(Error::Config {
+                field: "model.width".into(),
+                msg: "must be at least 1".into(),
+            });
         }
         let (depths, bottleneck) = match cfg.arch {
             Arch::Resnet18 => ([2, 2, 2, 2], false),
@@ -83,22 +91,118 @@ impl ResNet {
                 let mut convs = Vec::new();
                 let mut bns = Vec::new();
                 if bottleneck {
-                    convs.push(Conv::new(store, &format!("{name}.conv1"), inplanes, planes, 1, 1, 0, rng, device)?);
-                    bns.push(Bn::new(store, &format!("{name}.bn1"), planes, true, device)?);
-                    convs.push(Conv::new(store, &format!("{name}.conv2"), planes, planes, 3, stride, 1, rng, device)?);
-                    bns.push(Bn::new(store, &format!("{name}.bn2"), planes, true, device)?);
-                    convs.push(Conv::new(store, &format!("{name}.conv3"), planes, planes * expansion, 1, 1, 0, rng, device)?);
-                    bns.push(Bn::new(store, &format!("{name}.bn3"), planes * expansion, true, device)?);
+                    convs.push(Conv::new(
+                        store,
+                        &format!("{name}.conv1"),
+                        inplanes,
+                        planes,
+                        1,
+                        1,
+                        0,
+                        rng,
+                        device,
+                    )?);
+                    bns.push(Bn::new(
+                        store,
+                        &format!("{name}.bn1"),
+                        planes,
+                        true,
+                        device,
+                    )?);
+                    convs.push(Conv::new(
+                        store,
+                        &format!("{name}.conv2"),
+                        planes,
+                        planes,
+                        3,
+                        stride,
+                        1,
+                        rng,
+                        device,
+                    )?);
+                    bns.push(Bn::new(
+                        store,
+                        &format!("{name}.bn2"),
+                        planes,
+                        true,
+                        device,
+                    )?);
+                    convs.push(Conv::new(
+                        store,
+                        &format!("{name}.conv3"),
+                        planes,
+                        planes * expansion,
+                        1,
+                        1,
+                        0,
+                        rng,
+                        device,
+                    )?);
+                    bns.push(Bn::new(
+                        store,
+                        &format!("{name}.bn3"),
+                        planes * expansion,
+                        true,
+                        device,
+                    )?);
                 } else {
-                    convs.push(Conv::new(store, &format!("{name}.conv1"), inplanes, planes, 3, stride, 1, rng, device)?);
-                    bns.push(Bn::new(store, &format!("{name}.bn1"), planes, true, device)?);
-                    convs.push(Conv::new(store, &format!("{name}.conv2"), planes, planes, 3, 1, 1, rng, device)?);
-                    bns.push(Bn::new(store, &format!("{name}.bn2"), planes, true, device)?);
+                    convs.push(Conv::new(
+                        store,
+                        &format!("{name}.conv1"),
+                        inplanes,
+                        planes,
+                        3,
+                        stride,
+                        1,
+                        rng,
+                        device,
+                    )?);
+                    bns.push(Bn::new(
+                        store,
+                        &format!("{name}.bn1"),
+                        planes,
+                        true,
+                        device,
+                    )?);
+                    convs.push(Conv::new(
+                        store,
+                        &format!("{name}.conv2"),
+                        planes,
+                        planes,
+                        3,
+                        1,
+                        1,
+                        rng,
+                        device,
+                    )?);
+                    bns.push(Bn::new(
+                        store,
+                        &format!("{name}.bn2"),
+                        planes,
+                        true,
+                        device,
+                    )?);
                 }
                 let downsample = if stride != 1 || inplanes != planes * expansion {
                     Some((
-                        Conv::new(store, &format!("{name}.downsample.0"), inplanes, planes * expansion, 1, stride, 0, rng, device)?,
-                        Bn::new(store, &format!("{name}.downsample.1"), planes * expansion, true, device)?,
+                        Conv::new(
+                            store,
+                            &format!("{name}.downsample.0"),
+                            inplanes,
+                            planes * expansion,
+                            1,
+                            stride,
+                            0,
+                            rng,
+                            device,
+                        )?,
+                        Bn::new(
+                            store,
+                            &format!("{name}.downsample.1"),
+                            planes * expansion,
+                            true,
+                            device,
+                        )?,
                     ))
                 } else {
                     None
@@ -109,7 +213,11 @@ impl ResNet {
                     let shape = store.params[last].value.shape().to_vec();
                     store.params[last].value = crate::tensor::Tensor::zeros(&shape, device)?;
                 }
-                blocks.push(Block { convs, bns, downsample });
+                blocks.push(Block {
+                    convs,
+                    bns,
+                    downsample,
+                });
                 inplanes = planes * expansion;
             }
             layers.push(blocks);
@@ -118,17 +226,38 @@ impl ResNet {
             Some(k) => Some(Linear::new(store, "fc", inplanes, k, true, rng, device)?),
             None => None,
         };
-        Ok(ResNet { cfg, conv1, bn1, layers, fc, out_dim: inplanes })
+        Ok(ResNet {
+            cfg,
+            conv1,
+            bn1,
+            layers,
+            fc,
+            out_dim: inplanes,
+        })
     }
 
     /// The last stage's output [N, C, h, w] (after the final block's ReLU): the feature map
     /// ContrastiveCrop's heatmaps are made from.
-    pub fn forward_features(&self, tape: &mut Tape, store: &mut ParamStore, b: &Bound, x: Var, train: bool) -> Result<Var> {
+    pub fn forward_features(
+        &self,
+        tape: &mut Tape,
+        store: &mut ParamStore,
+        b: &Bound,
+        x: Var,
+        train: bool,
+    ) -> Result<Var> {
         let mut h = self.conv1.forward(tape, b, x)?;
         h = self.bn1.forward(tape, store, b, h, train)?;
         h = tape.relu(h)?;
         if self.cfg.stem == Stem::Imagenet {
-            h = tape.max_pool2d(h, MaxPool { k: 3, stride: 2, pad: 1 })?;
+            h = tape.max_pool2d(
+                h,
+                MaxPool {
+                    k: 3,
+                    stride: 2,
+                    pad: 1,
+                },
+            )?;
         }
         for blocks in &self.layers {
             for blk in blocks {
@@ -157,7 +286,14 @@ impl ResNet {
     }
 
     /// Pooled features [N, out_dim] (or logits when `fc` exists).
-    pub fn forward(&self, tape: &mut Tape, store: &mut ParamStore, b: &Bound, x: Var, train: bool) -> Result<Var> {
+    pub fn forward(
+        &self,
+        tape: &mut Tape,
+        store: &mut ParamStore,
+        b: &Bound,
+        x: Var,
+        train: bool,
+    ) -> Result<Var> {
         let h = self.forward_features(tape, store, b, x, train)?;
         let f = tape.global_avg_pool(h)?;
         match &self.fc {

@@ -34,22 +34,41 @@ pub fn ema_ref<T: Real>(target: &mut [T], online: &[T], m: T) {
 }
 
 /// One SGD step on `param` in place, with its momentum buffer.
-pub fn sgd_step(param: &mut Tensor, grad: &Tensor, buf: &mut Tensor, lr: f32, momentum: f32, wd: f32) -> Result<()> {
+pub fn sgd_step(
+    param: &mut Tensor,
+    grad: &Tensor,
+    buf: &mut Tensor,
+    lr: f32,
+    momentum: f32,
+    wd: f32,
+) -> Result<()> {
     same_shape("sgd_step", param, grad)?;
     same_shape("sgd_step", param, buf)?;
     match same_device("sgd_step", &[param, grad, buf])? {
         Device::Cpu => {
             let g = grad.cpu_data().unwrap_or_default().to_vec();
             let mut b = buf.cpu_data().unwrap_or_default().to_vec();
-            let p = param.cpu_data_mut().ok_or_else(|| Error::Autograd("cpu tensor".into()))?;
+            let p = param
+                .cpu_data_mut()
+                .ok_or_else(|| Error::Autograd("cpu tensor".into()))?;
             sgd_ref(p, &g, &mut b, lr, momentum, wd);
             *buf = Tensor::from_vec(b, buf.shape(), &Device::Cpu)?;
             Ok(())
         }
         Device::Gpu(gpu) => {
             let n = param.numel();
-            let (pb, gb, bb) = (param.gpu_buffer().expect("gpu").1, grad.gpu_buffer().expect("gpu").1, buf.gpu_buffer().expect("gpu").1);
-            gpu.dispatch(SGD, &[], &[pb, gb, bb], &[u(n), f(lr), f(momentum), f(wd)], grid_1d(n, 256));
+            let (pb, gb, bb) = (
+                param.gpu_buffer().expect("gpu").1,
+                grad.gpu_buffer().expect("gpu").1,
+                buf.gpu_buffer().expect("gpu").1,
+            );
+            gpu.dispatch(
+                SGD,
+                &[],
+                &[pb, gb, bb],
+                &[u(n), f(lr), f(momentum), f(wd)],
+                grid_1d(n, 256),
+            );
             Ok(())
         }
     }
@@ -61,13 +80,18 @@ pub fn ema_update(target: &mut Tensor, online: &Tensor, m: f32) -> Result<()> {
     match same_device("ema_update", &[target, online])? {
         Device::Cpu => {
             let o = online.cpu_data().unwrap_or_default().to_vec();
-            let t = target.cpu_data_mut().ok_or_else(|| Error::Autograd("cpu tensor".into()))?;
+            let t = target
+                .cpu_data_mut()
+                .ok_or_else(|| Error::Autograd("cpu tensor".into()))?;
             ema_ref(t, &o, m);
             Ok(())
         }
         Device::Gpu(gpu) => {
             let n = target.numel();
-            let (tb, ob) = (target.gpu_buffer().expect("gpu").1, online.gpu_buffer().expect("gpu").1);
+            let (tb, ob) = (
+                target.gpu_buffer().expect("gpu").1,
+                online.gpu_buffer().expect("gpu").1,
+            );
             gpu.dispatch(EMA, &[], &[tb, ob], &[u(n), 0, f(m), 0], grid_1d(n, 256));
             Ok(())
         }
