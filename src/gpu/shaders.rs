@@ -20,6 +20,10 @@ pub const ALL: &[(&str, &str)] = &[
         include_str!("../../shaders/cross_entropy.wgsl"),
     ),
     ("optim", include_str!("../../shaders/optim.wgsl")),
+    (
+        "heatmap_box",
+        include_str!("../../shaders/heatmap_box.wgsl"),
+    ),
 ];
 
 /// The full source of shader `name` (prelude + file).

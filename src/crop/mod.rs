@@ -1,0 +1,4 @@
+//! Crops: ContrastiveCrop's semantic boxes ([`heatmap`]); the samplers and the schedule come
+//! with the data pipeline.
+
+pub mod heatmap;
