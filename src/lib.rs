@@ -5,6 +5,7 @@ pub mod autograd;
 pub mod bench;
 pub mod cli;
 pub mod crop;
+pub mod data;
 pub mod error;
 pub mod gpu;
 pub mod nn;

@@ -1,0 +1,84 @@
+//! Datasets. Images are kept as uint8 CHW planes (what every format stores), converted to
+//! normalised f32 by the augmentation pipeline.
+
+pub mod cifar;
+
+use std::path::Path;
+
+use crate::error::{Error, Result};
+
+/// An in-memory labelled image dataset of fixed-size RGB images.
+#[derive(Clone, Debug)]
+pub struct ImageSet {
+    /// [N, 3, H, W] uint8, channel planes.
+    pub pixels: Vec<u8>,
+    pub labels: Vec<u32>,
+    pub height: usize,
+    pub width: usize,
+    pub classes: Vec<String>,
+}
+
+impl ImageSet {
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+    /// The CHW bytes of image `i`.
+    pub fn image(&self, i: usize) -> &[u8] {
+        let s = 3 * self.height * self.width;
+        &self.pixels[i * s..(i + 1) * s]
+    }
+    /// The first `n` images (all when `n` is 0 or larger than the set).
+    pub fn truncate(mut self, n: usize) -> ImageSet {
+        if n > 0 && n < self.len() {
+            self.pixels.truncate(n * 3 * self.height * self.width);
+            self.labels.truncate(n);
+        }
+        self
+    }
+}
+
+/// Verify `dir/SHA256SUMS` (lines "hex  name") against the files it lists; a missing sums
+/// file is fine, a mismatch or a missing listed file is an error naming the file.
+pub fn verify_sha256sums(dir: &Path) -> Result<usize> {
+    use sha2::{Digest, Sha256};
+    let sums = dir.join("SHA256SUMS");
+    let Ok(text) = std::fs::read_to_string(&sums) else {
+        return Ok(0);
+    };
+    let mut n = 0;
+    for (lineno, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let (hex, name) = line
+            .split_once(char::is_whitespace)
+            .map(|(h, n)| (h, n.trim().trim_start_matches('*')))
+            .ok_or_else(|| {
+                Error::file(
+                    &sums,
+                    format!("line {}: expected `<sha256>  <file>`", lineno + 1),
+                )
+            })?;
+        let path = dir.join(name);
+        let bytes = std::fs::read(&path)
+            .map_err(|e| Error::file(&path, format!("listed in SHA256SUMS but unreadable: {e}")))?;
+        let got = Sha256::digest(&bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>();
+        if !got.eq_ignore_ascii_case(hex) {
+            return Err(Error::file(
+                &path,
+                format!(
+                    "checksum mismatch (SHA256 {got}, SHA256SUMS says {hex}): the file is corrupt"
+                ),
+            ));
+        }
+        n += 1;
+    }
+    Ok(n)
+}

@@ -1,0 +1,93 @@
+//! Datasets: the shipped CIFAR-10 subset loads and verifies, records round-trip, and corrupt
+//! or truncated files give an error naming the file and the problem.
+
+use viewcraft::data::cifar::{self, Split, Variant};
+use viewcraft::data::verify_sha256sums;
+
+fn tmpdir(tag: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("viewcraft-test-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[test]
+fn shipped_subset_loads_and_verifies() {
+    let root = cifar::embedded_root();
+    assert_eq!(verify_sha256sums(&root).unwrap(), 5);
+    let train = cifar::load(&root, Variant::Cifar10, Split::Train).unwrap();
+    let test = cifar::load(&root, Variant::Cifar10, Split::Test).unwrap();
+    assert_eq!((train.len(), test.len()), (4 * 1017, 1017));
+    assert_eq!(train.image(0).len(), 3072);
+    // Every class is present and images are not blank.
+    for c in 0..10 {
+        assert!(train.labels.contains(&c));
+    }
+    let first = train.image(0);
+    assert!(first.iter().any(|&p| p != first[0]));
+    assert_eq!(train.clone().truncate(100).len(), 100);
+}
+
+#[test]
+fn records_round_trip() {
+    let dir = tmpdir("rt");
+    let mut bytes = Vec::new();
+    for i in 0..3u8 {
+        bytes.push(i * 3); // label
+        bytes.extend((0..3072).map(|p| ((p as u32 * 7 + i as u32) % 251) as u8));
+    }
+    std::fs::write(dir.join("test_batch.bin"), &bytes).unwrap();
+    let s = cifar::load(&dir, Variant::Cifar10, Split::Test).unwrap();
+    assert_eq!(s.labels, vec![0, 3, 6]);
+    assert_eq!(s.image(2)[5], ((5 * 7 + 2) % 251) as u8);
+    // CIFAR-100: coarse + fine label bytes, the fine one is used.
+    let mut b100 = vec![4u8, 77];
+    b100.extend(vec![9u8; 3072]);
+    std::fs::write(dir.join("test.bin"), &b100).unwrap();
+    assert_eq!(
+        cifar::load(&dir, Variant::Cifar100, Split::Test)
+            .unwrap()
+            .labels,
+        vec![77]
+    );
+}
+
+#[test]
+fn bad_files_are_named() {
+    let dir = tmpdir("bad");
+    std::fs::write(dir.join("test_batch.bin"), vec![1u8; 3073 + 100]).unwrap();
+    let e = cifar::load(&dir, Variant::Cifar10, Split::Test)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("test_batch.bin") && e.contains("truncated"),
+        "{e}"
+    );
+    let mut rec = vec![12u8];
+    rec.extend(vec![0u8; 3072]);
+    std::fs::write(dir.join("test_batch.bin"), rec).unwrap();
+    let e = cifar::load(&dir, Variant::Cifar10, Split::Test)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("record 0") && e.contains("label 12"), "{e}");
+    let e = cifar::load(&dir, Variant::Cifar10, Split::Train)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("no Cifar10 Train batch"), "{e}");
+    std::fs::write(
+        dir.join("SHA256SUMS"),
+        format!("{}  test_batch.bin\n", "0".repeat(64)),
+    )
+    .unwrap();
+    let e = cifar::load(&dir, Variant::Cifar10, Split::Test)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("test_batch.bin") && e.contains("checksum mismatch"),
+        "{e}"
+    );
+    let e = cifar::load(&dir.join("missing"), Variant::Cifar10, Split::Test)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("not found"), "{e}");
+}
