@@ -2,3 +2,4 @@
 //! with the data pipeline.
 
 pub mod heatmap;
+pub mod sampler;
