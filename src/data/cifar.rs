@@ -68,7 +68,7 @@ impl Variant {
 /// Parse one binary batch; errors name the file, the record and what is wrong.
 pub fn parse_batch(path: &Path, bytes: &[u8], variant: Variant, set: &mut ImageSet) -> Result<()> {
     let rec = variant.label_bytes() + IMAGE_BYTES;
-    if bytes.is_empty() || bytes.len() % rec != 0 {
+    if bytes.is_empty() || !bytes.len().is_multiple_of(rec) {
         return Err(Error::file(
             path,
             format!("truncated or not a {variant:?} binary batch: {} bytes is not a positive multiple of the {rec}-byte record", bytes.len()),
