@@ -1,6 +1,7 @@
 //! Datasets. Images are kept as uint8 CHW planes (what every format stores), converted to
 //! normalised f32 by the augmentation pipeline.
 
+pub mod augment;
 pub mod cifar;
 
 use std::path::Path;
