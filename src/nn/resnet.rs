@@ -88,97 +88,35 @@ impl ResNet {
             for bi in 0..depth {
                 let stride = if li > 0 && bi == 0 { 2 } else { 1 };
                 let name = format!("layer{}.{bi}", li + 1);
+                // (kernel, in, out, stride) of each conv of the residual branch; the
+                // padding is kernel/2 and every conv is followed by its BN.
+                let specs: Vec<(usize, usize, usize, usize)> = if bottleneck {
+                    vec![
+                        (1, inplanes, planes, 1),
+                        (3, planes, planes, stride),
+                        (1, planes, planes * expansion, 1),
+                    ]
+                } else {
+                    vec![(3, inplanes, planes, stride), (3, planes, planes, 1)]
+                };
                 let mut convs = Vec::new();
                 let mut bns = Vec::new();
-                if bottleneck {
+                for (i, &(k, cin, cout, s)) in specs.iter().enumerate() {
                     convs.push(Conv::new(
                         store,
-                        &format!("{name}.conv1"),
-                        inplanes,
-                        planes,
-                        1,
-                        1,
-                        0,
+                        &format!("{name}.conv{}", i + 1),
+                        cin,
+                        cout,
+                        k,
+                        s,
+                        k / 2,
                         rng,
                         device,
                     )?);
                     bns.push(Bn::new(
                         store,
-                        &format!("{name}.bn1"),
-                        planes,
-                        true,
-                        device,
-                    )?);
-                    convs.push(Conv::new(
-                        store,
-                        &format!("{name}.conv2"),
-                        planes,
-                        planes,
-                        3,
-                        stride,
-                        1,
-                        rng,
-                        device,
-                    )?);
-                    bns.push(Bn::new(
-                        store,
-                        &format!("{name}.bn2"),
-                        planes,
-                        true,
-                        device,
-                    )?);
-                    convs.push(Conv::new(
-                        store,
-                        &format!("{name}.conv3"),
-                        planes,
-                        planes * expansion,
-                        1,
-                        1,
-                        0,
-                        rng,
-                        device,
-                    )?);
-                    bns.push(Bn::new(
-                        store,
-                        &format!("{name}.bn3"),
-                        planes * expansion,
-                        true,
-                        device,
-                    )?);
-                } else {
-                    convs.push(Conv::new(
-                        store,
-                        &format!("{name}.conv1"),
-                        inplanes,
-                        planes,
-                        3,
-                        stride,
-                        1,
-                        rng,
-                        device,
-                    )?);
-                    bns.push(Bn::new(
-                        store,
-                        &format!("{name}.bn1"),
-                        planes,
-                        true,
-                        device,
-                    )?);
-                    convs.push(Conv::new(
-                        store,
-                        &format!("{name}.conv2"),
-                        planes,
-                        planes,
-                        3,
-                        1,
-                        1,
-                        rng,
-                        device,
-                    )?);
-                    bns.push(Bn::new(
-                        store,
-                        &format!("{name}.bn2"),
-                        planes,
+                        &format!("{name}.bn{}", i + 1),
+                        cout,
                         true,
                         device,
                     )?);

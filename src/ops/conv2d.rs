@@ -269,6 +269,29 @@ fn relayout(g: &Arc<Gpu>, w: &GpuBuffer, d: &Dims, forward: bool) -> GpuBuffer {
     out
 }
 
+/// The forward pass and the input gradient share one scheme: 8 pixels × 4 channels per
+/// invocation over the output image (`y` from x, or `gx` from gy), weights re-laid out so the
+/// 4 channels are contiguous.
+fn direct_pass(g: &Arc<Gpu>, src: &Tensor, w: &Tensor, d: &Dims, forward: bool) -> Tensor {
+    let (kernel, ch, rows, cols) = if forward {
+        (FORWARD, d.o, d.oh, d.ow)
+    } else {
+        (BACKWARD_INPUT, d.c, d.h, d.w)
+    };
+    let wt = relayout(g, buf(w), d, forward);
+    let (bx, bc) = (cols.div_ceil(8), ch.div_ceil(4));
+    let total = d.n * bc * rows * bx;
+    let out = g.alloc(d.n * ch * rows * cols);
+    g.dispatch(
+        kernel,
+        &[],
+        &[buf(src), &wt, &out],
+        &params(d, total, bx, bc, bc * 4, 1),
+        grid_1d(total, 64),
+    );
+    Tensor::from_gpu(g, out, &[d.n, ch, rows, cols])
+}
+
 /// y = conv2d(x, w).
 pub fn forward(x: &Tensor, w: &Tensor, cfg: Conv2d) -> TResult {
     let d = cfg.dims(x.shape(), w.shape())?;
@@ -282,15 +305,7 @@ pub fn forward(x: &Tensor, w: &Tensor, cfg: Conv2d) -> TResult {
             ),
             &yshape,
         )),
-        Device::Gpu(g) => {
-            let wt = relayout(&g, buf(w), &d, true);
-            let (bx, bc) = (d.ow.div_ceil(8), d.o.div_ceil(4));
-            let total = d.n * bc * d.oh * bx;
-            let out = g.alloc(d.n * d.o * d.oh * d.ow);
-            let p = params(&d, total, bx, bc, bc * 4, 1);
-            g.dispatch(FORWARD, &[], &[buf(x), &wt, &out], &p, grid_1d(total, 64));
-            Ok(Tensor::from_gpu(&g, out, &yshape))
-        }
+        Device::Gpu(g) => Ok(direct_pass(&g, x, w, &d, true)),
     }
 }
 
@@ -306,21 +321,7 @@ pub fn backward_input(gy: &Tensor, w: &Tensor, d: &Dims) -> TResult {
             ),
             &xshape,
         )),
-        Device::Gpu(g) => {
-            let wt = relayout(&g, buf(w), d, false);
-            let (bx, bc) = (d.w.div_ceil(8), d.c.div_ceil(4));
-            let total = d.n * bc * d.h * bx;
-            let out = g.alloc(d.n * d.c * d.h * d.w);
-            let p = params(d, total, bx, bc, bc * 4, 1);
-            g.dispatch(
-                BACKWARD_INPUT,
-                &[],
-                &[buf(gy), &wt, &out],
-                &p,
-                grid_1d(total, 64),
-            );
-            Ok(Tensor::from_gpu(&g, out, &xshape))
-        }
+        Device::Gpu(g) => Ok(direct_pass(&g, gy, w, d, false)),
     }
 }
 

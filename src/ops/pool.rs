@@ -124,11 +124,10 @@ pub fn avg_pool_backward_ref<T: Real>(gy: &[T], hw: usize) -> Vec<T> {
         .collect()
 }
 
-/// (y, saved argmax indices).
-pub fn max_pool(x: &Tensor, cfg: MaxPool) -> Result<(Tensor, Tensor)> {
-    let (planes, h, w, oh, ow) = max_pool_dims(x.shape(), cfg)?;
-    let yshape = [x.shape()[0], x.shape()[1], oh, ow];
-    let p = [
+/// The kernels' parameter block.
+fn max_pool_params(x: &[usize], cfg: MaxPool) -> Result<[u32; 8]> {
+    let (planes, h, w, oh, ow) = max_pool_dims(x, cfg)?;
+    Ok([
         u(planes),
         u(h),
         u(w),
@@ -137,7 +136,14 @@ pub fn max_pool(x: &Tensor, cfg: MaxPool) -> Result<(Tensor, Tensor)> {
         u(cfg.k),
         u(cfg.stride),
         u(cfg.pad),
-    ];
+    ])
+}
+
+/// (y, saved argmax indices).
+pub fn max_pool(x: &Tensor, cfg: MaxPool) -> Result<(Tensor, Tensor)> {
+    let (planes, h, w, oh, ow) = max_pool_dims(x.shape(), cfg)?;
+    let yshape = [x.shape()[0], x.shape()[1], oh, ow];
+    let p = max_pool_params(x.shape(), cfg)?;
     match x.device() {
         Device::Cpu => {
             let (y, idx) =
@@ -163,16 +169,7 @@ pub fn max_pool(x: &Tensor, cfg: MaxPool) -> Result<(Tensor, Tensor)> {
 
 pub fn max_pool_backward(gy: &Tensor, idx: &Tensor, xshape: &[usize], cfg: MaxPool) -> TResult {
     let (planes, h, w, oh, ow) = max_pool_dims(xshape, cfg)?;
-    let p = [
-        u(planes),
-        u(h),
-        u(w),
-        u(oh),
-        u(ow),
-        u(cfg.k),
-        u(cfg.stride),
-        u(cfg.pad),
-    ];
+    let p = max_pool_params(xshape, cfg)?;
     match gy.device() {
         Device::Cpu => Ok(cpu(
             max_pool_backward_ref(
