@@ -105,11 +105,9 @@ impl Dims {
     }
 }
 
-/// Patches of image `xn` [C, H, W] as columns: cols[(c·KH + ky)·KW + kx][oy·OW + ox]
-/// (zero where the window leaves the image). `transposed` gives [P, K] instead of [K, P].
-fn im2col<T: Real>(xn: &[T], d: &Dims, transposed: bool) -> Vec<T> {
-    let (p, k) = (d.oh * d.ow, d.c * d.kh * d.kw);
-    let mut cols = vec![T::zero(); k * p];
+/// Visit every (patch row k = (c·KH + ky)·KW + kx, output pixel oy·OW + ox, input index
+/// (c·H + iy)·W + ix) where the window lies inside the image: the index map of im2col.
+fn for_each_tap(d: &Dims, mut f: impl FnMut(usize, usize, usize)) {
     for c in 0..d.c {
         for ky in 0..d.kh {
             for kx in 0..d.kw {
@@ -120,42 +118,35 @@ fn im2col<T: Real>(xn: &[T], d: &Dims, transposed: bool) -> Vec<T> {
                     };
                     for ox in 0..d.ow {
                         if let Some(ix) = d.src(ox, kx, d.w) {
-                            let v = xn[(c * d.h + iy) * d.w + ix];
-                            let col = oy * d.ow + ox;
-                            if transposed {
-                                cols[col * k + row] = v;
-                            } else {
-                                cols[row * p + col] = v;
-                            }
+                            f(row, oy * d.ow + ox, (c * d.h + iy) * d.w + ix);
                         }
                     }
                 }
             }
         }
     }
+}
+
+/// Patches of image `xn` [C, H, W] as columns: cols[(c·KH + ky)·KW + kx][oy·OW + ox]
+/// (zero where the window leaves the image). `transposed` gives [P, K] instead of [K, P].
+fn im2col<T: Real>(xn: &[T], d: &Dims, transposed: bool) -> Vec<T> {
+    let (p, k) = (d.oh * d.ow, d.c * d.kh * d.kw);
+    let mut cols = vec![T::zero(); k * p];
+    for_each_tap(d, |row, col, i| {
+        let at = if transposed {
+            col * k + row
+        } else {
+            row * p + col
+        };
+        cols[at] = xn[i];
+    });
     cols
 }
 
 /// Scatter-add columns [K, P] back onto an image [C, H, W] (the adjoint of `im2col`).
 fn col2im<T: Real>(cols: &[T], d: &Dims, xn: &mut [T]) {
     let p = d.oh * d.ow;
-    for c in 0..d.c {
-        for ky in 0..d.kh {
-            for kx in 0..d.kw {
-                let row = (c * d.kh + ky) * d.kw + kx;
-                for oy in 0..d.oh {
-                    let Some(iy) = d.src(oy, ky, d.h) else {
-                        continue;
-                    };
-                    for ox in 0..d.ow {
-                        if let Some(ix) = d.src(ox, kx, d.w) {
-                            xn[(c * d.h + iy) * d.w + ix] += cols[row * p + oy * d.ow + ox];
-                        }
-                    }
-                }
-            }
-        }
-    }
+    for_each_tap(d, |row, col, i| xn[i] += cols[row * p + col]);
 }
 
 // The CPU reference lowers each image to a matrix product (im2col): the sums of the
