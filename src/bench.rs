@@ -175,3 +175,38 @@ pub fn kernel_suite(dev: &Device, reps: usize) -> Result<Vec<KernelResult>> {
     out.push(bench_matmul(dev, 512, reps)?);
     Ok(out)
 }
+
+/// Two-view loader throughput on the shipped CIFAR-10 subset (RandomResizedCrop + flip +
+/// jitter + greyscale + normalise, both views): images per second (one image = two views).
+pub fn loader_throughput(workers: usize, batch: usize) -> Result<(f64, usize)> {
+    use crate::crop::sampler::RrcParams;
+    use crate::data::augment::{mean_std, Jitter};
+    use crate::data::cifar::{self, Split, Variant};
+    use crate::data::loader::{epoch, CropMode, ViewConfig};
+    let set = std::sync::Arc::new(cifar::load(
+        &cifar::embedded_root(),
+        Variant::Cifar10,
+        Split::Train,
+    )?);
+    let (mean, std) = mean_std("cifar10").expect("known dataset");
+    let cfg = ViewConfig {
+        size: 32,
+        jitter: Jitter::default(),
+        mean,
+        std,
+    };
+    let t0 = Instant::now();
+    let n: usize = epoch(
+        set,
+        CropMode::Rrc(RrcParams::default()),
+        cfg,
+        batch,
+        0,
+        0,
+        workers,
+        4,
+    )
+    .map(|b| b.indices.len())
+    .sum();
+    Ok((n as f64 / t0.elapsed().as_secs_f64(), n))
+}

@@ -39,6 +39,9 @@ pub enum Command {
         /// Repetitions per kernel.
         #[arg(long, default_value_t = 3)]
         reps: usize,
+        /// Measure the two-view data loader instead of the kernels.
+        #[arg(long)]
+        loader: bool,
     },
     /// A short end-to-end check of the selected device: a small CNN trained for a few SGD
     /// steps, its first gradients compared with the CPU reference.
@@ -68,7 +71,24 @@ pub fn select_device(flag: Option<&str>) -> Result<Device> {
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command.unwrap_or(Command::Smoke { steps: 10 }) {
         Command::Devices { json } => devices(json),
-        Command::Bench { json, reps } => {
+        Command::Bench {
+            json, loader: true, ..
+        } => {
+            let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+            let (ips, n) = bench::loader_throughput(workers, 256)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "loader_images_per_s": ips, "images": n, "workers": workers })
+                );
+            } else {
+                println!(
+                    "two-view loader: {ips:.0} images/s ({n} CIFAR images, {workers} workers)"
+                );
+            }
+            Ok(())
+        }
+        Command::Bench { json, reps, .. } => {
             let dev = select_device(cli.device.as_deref())?;
             let results = bench::kernel_suite(&dev, reps)?;
             if json {

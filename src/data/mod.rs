@@ -3,6 +3,7 @@
 
 pub mod augment;
 pub mod cifar;
+pub mod loader;
 
 use std::path::Path;
 
