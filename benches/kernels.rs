@@ -1,5 +1,5 @@
 //! `cargo bench`: the ResNet-18 CIFAR convolutions (forward, input gradient, weight gradient)
-//! at batch 32 and a 512³ matmul on the selected device (VIEWCRAFT_DEVICE, default `auto`).
+//! at batch 32 and a 512³ matmul on the selected device (VIEWCRAFT_DEVICE, default `gpu`: any adapter).
 //! Every kernel is first validated against the CPU reference and reported with GPU timestamps
 //! where the adapter has them; criterion then measures wall time per call (a batch of calls
 //! recorded into one submission, so the device is kept busy) with throughput in GFLOP/s
@@ -13,7 +13,7 @@ use viewcraft::ops::linear;
 use viewcraft::tensor::{Device, Tensor};
 
 fn device() -> Device {
-    viewcraft::cli::select_device(None).expect("a device")
+    viewcraft::cli::select_device_or(None, "gpu").expect("a device")
 }
 
 fn timed(dev: &Device, iters: u64, mut f: impl FnMut() -> Tensor) -> Duration {

@@ -45,6 +45,28 @@ fn no_adapter_falls_back_to_cpu_with_one_line() {
 }
 
 #[test]
+fn auto_skips_software_adapters() {
+    // With only a software adapter (lavapipe in CI), `auto` runs on the CPU path and says why.
+    let list = run(viewcraft().args(["devices", "--json"])).1;
+    let v: serde_json::Value = serde_json::from_str(&list).unwrap();
+    let hardware = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|a| !matches!(a["device_type"].as_str(), Some("Cpu") | Some("Other")));
+    let (code, out, err) = run(viewcraft()
+        .env("VIEWCRAFT_DEVICE", "auto")
+        .args(["smoke", "--steps", "1"]));
+    assert_eq!(code, 0, "{out}{err}");
+    if !hardware && !v.as_array().unwrap().is_empty() {
+        assert!(
+            out.contains("cpu (reference)") && err.contains("software adapter"),
+            "{out}{err}"
+        );
+    }
+}
+
+#[test]
 fn unknown_device_is_a_clear_error() {
     let (code, out, err) = run(viewcraft().args(["--device", "no-such-gpu-xyz", "smoke"]));
     assert_eq!(code, 2, "{out}{err}");

@@ -15,8 +15,9 @@ use crate::tensor::Device;
     about = "Self-supervised visual representation learning on any GPU (wgpu)"
 )]
 pub struct Cli {
-    /// Device: `auto` (best adapter), `cpu` (the reference path) or a substring of an
-    /// adapter name. Overrides VIEWCRAFT_DEVICE.
+    /// Device: `auto` (best hardware adapter, else the CPU path), `gpu` (any adapter,
+    /// software ones such as llvmpipe included), `cpu` (the reference path) or a substring of
+    /// an adapter name. Overrides VIEWCRAFT_DEVICE.
     #[arg(long, global = true)]
     pub device: Option<String>,
     #[command(subcommand)]
@@ -51,21 +52,28 @@ pub enum Command {
     },
 }
 
-/// The device to use: `--device`, else VIEWCRAFT_DEVICE, else `auto`. With `auto` and no
-/// adapter, fall back to the CPU path with one line saying so.
-pub fn select_device(flag: Option<&str>) -> Result<Device> {
+/// The device to use: `--device`, else VIEWCRAFT_DEVICE, else `default`. With `auto` or
+/// `gpu` and no usable adapter, fall back to the CPU path with one line saying so.
+pub fn select_device_or(flag: Option<&str>, default: &str) -> Result<Device> {
     let spec = flag
         .map(str::to_string)
         .or_else(|| std::env::var("VIEWCRAFT_DEVICE").ok())
-        .unwrap_or_else(|| "auto".into());
+        .unwrap_or_else(|| default.into());
     match Device::open(&spec) {
         Ok(d) => Ok(d),
-        Err(Error::NoAdapter(msg)) if spec.eq_ignore_ascii_case("auto") => {
+        Err(Error::NoAdapter(msg))
+            if spec.eq_ignore_ascii_case("auto") || spec.eq_ignore_ascii_case("gpu") =>
+        {
             eprintln!("viewcraft: {msg}; running on the CPU path");
             Ok(Device::Cpu)
         }
         Err(e) => Err(e),
     }
+}
+
+/// `select_device_or(flag, "auto")`.
+pub fn select_device(flag: Option<&str>) -> Result<Device> {
+    select_device_or(flag, "auto")
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -89,7 +97,8 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Bench { json, reps, .. } => {
-            let dev = select_device(cli.device.as_deref())?;
+            // Kernel benchmarks measure the GPU path: any adapter, software ones included.
+            let dev = select_device_or(cli.device.as_deref(), "gpu")?;
             let results = bench::kernel_suite(&dev, reps)?;
             if json {
                 let v = serde_json::json!({ "device": dev.name(), "kernels": results });

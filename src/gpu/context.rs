@@ -150,8 +150,10 @@ impl std::fmt::Debug for Gpu {
 }
 
 impl Gpu {
-    /// Open an adapter. `spec` is `auto` (best by type: discrete > integrated > virtual > cpu)
-    /// or a case-insensitive substring of an adapter name (`llvmpipe`, `nvidia`, `radeon`...).
+    /// Open an adapter. `spec` is `auto` (the best hardware adapter: discrete > integrated >
+    /// virtual; an error when there are only software adapters such as llvmpipe, which are
+    /// slower here than the CPU path), `gpu` (the best adapter of any type, software ones
+    /// included) or a case-insensitive substring of an adapter name (`llvmpipe`, `nvidia`...).
     pub fn open(spec: &str) -> Result<Arc<Gpu>> {
         Self::open_with_variant(spec, None)
     }
@@ -162,27 +164,39 @@ impl Gpu {
         if adapters.is_empty() {
             return Err(Error::NoAdapter(NO_ADAPTER_HINT.to_string()));
         }
-        let adapter = if spec.eq_ignore_ascii_case("auto") || spec.is_empty() {
+        let spec_l = spec.to_lowercase();
+        let adapter = if matches!(spec_l.as_str(), "auto" | "" | "gpu") {
             // Prefer Vulkan/Metal/DX12 over GL for the same device type.
             adapters.sort_by_key(|a| {
                 let i = a.get_info();
                 (rank(i.device_type), i.backend == wgpu::Backend::Gl)
             });
-            adapters.swap_remove(0)
+            let best = adapters.swap_remove(0);
+            let info = best.get_info();
+            if spec_l != "gpu"
+                && matches!(
+                    info.device_type,
+                    wgpu::DeviceType::Cpu | wgpu::DeviceType::Other
+                )
+            {
+                return Err(Error::NoAdapter(format!(
+                    "no hardware GPU adapter found; `{}` is a software adapter, slower here than the CPU path (select it with --device gpu or --device {})",
+                    info.name,
+                    info.name.split_whitespace().next().unwrap_or("gpu").to_lowercase()
+                )));
+            }
+            best
         } else {
-            let want = spec.to_lowercase();
             let names: Vec<String> = adapters.iter().map(|a| a.get_info().name).collect();
             match adapters
                 .into_iter()
-                .find(|a| a.get_info().name.to_lowercase().contains(&want))
+                .find(|a| a.get_info().name.to_lowercase().contains(&spec_l))
             {
                 Some(a) => a,
-                None => {
-                    return Err(Error::NoAdapter(format!(
-                    "no adapter name contains `{spec}` (VIEWCRAFT_DEVICE / device); adapters: {}",
+                None => return Err(Error::NoAdapter(format!(
+                    "no adapter name contains `{spec}` (VIEWCRAFT_DEVICE / --device); adapters: {}",
                     names.join(", ")
-                )))
-                }
+                ))),
             }
         };
         Self::from_adapter(adapter, variant)

@@ -28,7 +28,8 @@ impl std::fmt::Debug for Device {
 }
 
 impl Device {
-    /// `cpu`, `auto` (best adapter) or a substring of an adapter name.
+    /// `cpu`, `auto` (best hardware adapter), `gpu` (any adapter) or a substring of an
+    /// adapter name.
     pub fn open(spec: &str) -> Result<Device> {
         if spec.eq_ignore_ascii_case("cpu") {
             return Ok(Device::Cpu);

@@ -8,12 +8,13 @@ use rand::{Rng, SeedableRng};
 use std::sync::OnceLock;
 use viewcraft::tensor::{Device, Tensor};
 
-/// The wgpu adapter for GPU tests (`VIEWCRAFT_TEST_DEVICE`, default `auto`). Outside CI a
+/// The wgpu adapter for GPU tests (`VIEWCRAFT_TEST_DEVICE`, default `gpu`: any adapter,
+/// lavapipe included). Outside CI a
 /// missing adapter skips with a printed reason; with `CI=true` it fails the test.
 pub fn gpu() -> Option<Device> {
     static DEV: OnceLock<Result<Device, String>> = OnceLock::new();
     let r = DEV.get_or_init(|| {
-        let spec = std::env::var("VIEWCRAFT_TEST_DEVICE").unwrap_or_else(|_| "auto".into());
+        let spec = std::env::var("VIEWCRAFT_TEST_DEVICE").unwrap_or_else(|_| "gpu".into());
         Device::open(&spec).map_err(|e| e.to_string())
     });
     match r {
