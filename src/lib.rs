@@ -7,6 +7,7 @@ pub mod cli;
 pub mod crop;
 pub mod data;
 pub mod error;
+pub mod eval;
 pub mod gpu;
 pub mod nn;
 pub mod ops;
@@ -14,6 +15,7 @@ pub mod optim;
 pub mod smoke;
 pub mod ssl;
 pub mod tensor;
+pub mod train;
 
 pub use autograd::{Grads, Tape, Var};
 pub use error::{Error, Result};

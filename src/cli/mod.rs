@@ -1,6 +1,8 @@
 //! The `viewcraft` command line. Subcommands land with the issues that build them; every
 //! user error becomes one line on stderr and a non-zero exit, never a panic.
 
+pub mod quickstart;
+
 use clap::{Parser, Subcommand};
 
 use crate::bench;
@@ -26,6 +28,9 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// The main job (the default): SimCLR + ContrastiveCrop on the shipped CIFAR-10 subset,
+    /// then the kNN monitor and a results table.
+    Quickstart(quickstart::QuickstartArgs),
     /// List every adapter wgpu can see: backend, type, limits, features.
     Devices {
         /// Print JSON instead of a table.
@@ -77,7 +82,11 @@ pub fn select_device(flag: Option<&str>) -> Result<Device> {
 }
 
 pub fn run(cli: Cli) -> Result<()> {
-    match cli.command.unwrap_or(Command::Smoke { steps: 10 }) {
+    match cli.command.unwrap_or(Command::Quickstart(quickstart::QuickstartArgs::default())) {
+        Command::Quickstart(args) => {
+            let dev = select_device(cli.device.as_deref())?;
+            quickstart::run(&args, &dev)
+        }
         Command::Devices { json } => devices(json),
         Command::Bench {
             json, loader: true, ..

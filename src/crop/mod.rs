@@ -3,3 +3,4 @@
 
 pub mod heatmap;
 pub mod sampler;
+pub mod schedule;

@@ -1,0 +1,88 @@
+//! ContrastiveCrop's schedule (SPEC A.0, C.3) and the box update pass.
+//!
+//! Epochs are 1-based. Views use plain RandomResizedCrop while `epoch ≤ warmup_epochs` and
+//! ContrastiveCrop from `warmup_epochs + 1`; boxes are recomputed *after* epoch e when
+//! e ≥ warmup, e ≠ E and e % loc_interval == 0 (never after the last epoch).
+
+use serde::Serialize;
+
+use super::heatmap;
+use super::sampler::BoxF;
+use crate::autograd::Tape;
+use crate::data::augment::{normalize, Rgb};
+use crate::data::ImageSet;
+use crate::error::Result;
+use crate::ssl::{feature_map, Method};
+use crate::tensor::{Device, Tensor};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Schedule {
+    pub epochs: usize,
+    pub warmup_epochs: usize,
+    pub loc_interval: usize,
+}
+
+impl Schedule {
+    pub fn use_box(&self, epoch: usize) -> bool {
+        epoch > self.warmup_epochs
+    }
+    pub fn update_after(&self, epoch: usize) -> bool {
+        epoch >= self.warmup_epochs && epoch != self.epochs && self.loc_interval > 0 && epoch % self.loc_interval == 0
+    }
+}
+
+/// Statistics logged at every box update.
+#[derive(Clone, Debug, Serialize)]
+pub struct BoxStats {
+    pub epoch: usize,
+    /// Mean box area as a fraction of the image ((bottom − top)·(right − left)).
+    pub box_mean_area: f64,
+    /// Share of boxes covering more than 90 % of the image.
+    pub box_near_full: f64,
+    /// Images whose map was constant (previous box kept).
+    pub box_fallbacks: usize,
+}
+
+/// Recompute every image's box in dataset order with the method's online backbone in eval
+/// mode on the eval transform (normalisation only). Only boxes are read back.
+pub fn update_boxes(
+    method: &mut dyn Method,
+    data: &ImageSet,
+    boxes: &mut [BoxF],
+    mean: [f32; 3],
+    std: [f32; 3],
+    k: f32,
+    batch: usize,
+    device: &Device,
+    epoch: usize,
+) -> Result<BoxStats> {
+    let (h, w) = (data.height, data.width);
+    let mut fallbacks = 0;
+    for start in (0..data.len()).step_by(batch.max(1)) {
+        let end = (start + batch).min(data.len());
+        let mut x = Vec::with_capacity((end - start) * 3 * h * w);
+        for i in start..end {
+            x.extend(normalize(&Rgb::new(h, w, data.image(i).to_vec()), mean, std));
+        }
+        let mut tape = Tape::new();
+        let xv = tape.input(Tensor::from_vec(x, &[end - start, 3, h, w], device)?);
+        let fm = feature_map(method, &mut tape, xv)?;
+        let (b, v) = heatmap::boxes(tape.value(fm), (h, w), k)?;
+        let (b, v) = (b.to_vec()?, v.to_vec()?);
+        for (j, i) in (start..end).enumerate() {
+            if v[j] > 0.5 {
+                boxes[i] = [b[4 * j], b[4 * j + 1], b[4 * j + 2], b[4 * j + 3]];
+            } else {
+                fallbacks += 1;
+            }
+        }
+    }
+    let areas: Vec<f64> = boxes.iter().map(|b| ((b[2] - b[0]) * (b[3] - b[1])) as f64).collect();
+    let n = areas.len().max(1) as f64;
+    Ok(BoxStats {
+        epoch,
+        box_mean_area: areas.iter().sum::<f64>() / n,
+        box_near_full: areas.iter().filter(|&&a| a > 0.9).count() as f64 / n,
+        box_fallbacks: fallbacks,
+    })
+}

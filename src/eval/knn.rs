@@ -1,0 +1,61 @@
+//! Backbone features (eval mode, the test transform: normalisation only) and the weighted
+//! kNN classifier used as a monitor (InstDisc-style): cosine similarities of L2-normalised
+//! features, the k nearest training images vote with weight exp(sim/T).
+
+use crate::autograd::Tape;
+use crate::data::augment::{normalize, Rgb};
+use crate::data::ImageSet;
+use crate::error::Result;
+use crate::ops::linear::matmul_ref;
+use crate::ssl::{embed, Method};
+use crate::tensor::{Device, Tensor};
+
+/// Pooled backbone features [N, D] of the whole set, in order.
+pub fn features(method: &mut dyn Method, data: &ImageSet, mean: [f32; 3], std: [f32; 3], batch: usize, device: &Device) -> Result<(Vec<f32>, usize)> {
+    let (h, w) = (data.height, data.width);
+    let mut out = Vec::new();
+    let mut dim = 0;
+    for start in (0..data.len()).step_by(batch.max(1)) {
+        let end = (start + batch).min(data.len());
+        let mut x = Vec::with_capacity((end - start) * 3 * h * w);
+        for i in start..end {
+            x.extend(normalize(&Rgb::new(h, w, data.image(i).to_vec()), mean, std));
+        }
+        let mut tape = Tape::new();
+        let xv = tape.input(Tensor::from_vec(x, &[end - start, 3, h, w], device)?);
+        let f = embed(method, &mut tape, xv)?;
+        dim = tape.value(f).shape()[1];
+        out.extend(tape.value(f).to_vec()?);
+    }
+    Ok((out, dim))
+}
+
+fn l2n(x: &mut [f32], d: usize) {
+    for row in x.chunks_mut(d) {
+        let n = row.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
+        row.iter_mut().for_each(|v| *v /= n);
+    }
+}
+
+/// Top-1 accuracy of the weighted kNN vote.
+#[allow(clippy::too_many_arguments)]
+pub fn knn_accuracy(mut train: Vec<f32>, train_labels: &[u32], mut test: Vec<f32>, test_labels: &[u32], d: usize, classes: usize, k: usize, t: f32) -> f64 {
+    l2n(&mut train, d);
+    l2n(&mut test, d);
+    let (n, m) = (train_labels.len(), test_labels.len());
+    let sim = matmul_ref(&test, &train, None, m, n, d, false, true);
+    let k = k.min(n).max(1);
+    let mut correct = 0;
+    for i in 0..m {
+        let row = &sim[i * n..(i + 1) * n];
+        let mut idx: Vec<usize> = (0..n).collect();
+        idx.select_nth_unstable_by(k - 1, |&a, &b| row[b].total_cmp(&row[a]));
+        let mut score = vec![0f32; classes];
+        for &j in &idx[..k] {
+            score[train_labels[j] as usize] += (row[j] / t).exp();
+        }
+        let pred = (0..classes).max_by(|&a, &b| score[a].total_cmp(&score[b])).unwrap_or(0);
+        correct += (pred as u32 == test_labels[i]) as usize;
+    }
+    correct as f64 / m.max(1) as f64
+}

@@ -1,0 +1,3 @@
+//! Evaluation: backbone features and the weighted kNN monitor.
+
+pub mod knn;

@@ -1,0 +1,76 @@
+//! SimCLR (SPEC A.5): ResNet backbone, projector Linear(D, D) → ReLU → Linear(D, dim) with
+//! biases and no BN (named `fc.0`, `fc.2` as the reference's nn.Sequential), NT-Xent over
+//! both views forwarded as one batch of 2B (shared BN statistics, as the reference), with
+//! temperature τ and the `loss_scale` factor (τ/0.07 in the reference configs).
+
+use rand::Rng;
+
+use super::losses::nt_xent;
+use super::Method;
+use crate::autograd::{Tape, Var};
+use crate::error::Result;
+use crate::nn::resnet::{ResNet, ResNetConfig};
+use crate::nn::{Bound, Linear, ParamStore};
+use crate::tensor::Device;
+
+#[derive(Clone, Debug)]
+pub struct SimClrConfig {
+    pub dim: usize,
+    pub temperature: f32,
+    pub loss_scale: f32,
+}
+
+impl Default for SimClrConfig {
+    fn default() -> Self {
+        Self { dim: 128, temperature: 0.5, loss_scale: 0.5 / 0.07 }
+    }
+}
+
+pub struct SimClr {
+    pub cfg: SimClrConfig,
+    store: ParamStore,
+    backbone: ResNet,
+    fc1: Linear,
+    fc2: Linear,
+}
+
+impl SimClr {
+    pub fn new(model: ResNetConfig, cfg: SimClrConfig, rng: &mut impl Rng, device: &Device) -> Result<SimClr> {
+        let mut store = ParamStore::default();
+        let backbone = ResNet::new(ResNetConfig { num_classes: None, ..model }, &mut store, rng, device)?;
+        let d = backbone.out_dim;
+        let fc1 = Linear::new(&mut store, "fc.0", d, d, true, rng, device)?;
+        let fc2 = Linear::new(&mut store, "fc.2", d, cfg.dim, true, rng, device)?;
+        Ok(SimClr { cfg, store, backbone, fc1, fc2 })
+    }
+
+    /// Projections [2B, dim] of both views (for collapse checks).
+    pub fn project(&mut self, tape: &mut Tape, bound: &Bound, v1: Var, v2: Var) -> Result<Var> {
+        let x = tape.concat(&[v1, v2])?;
+        let f = self.backbone.forward(tape, &mut self.store, bound, x, true)?;
+        let h = self.fc1.forward(tape, bound, f)?;
+        let h = tape.relu(h)?;
+        self.fc2.forward(tape, bound, h)
+    }
+}
+
+impl Method for SimClr {
+    fn name(&self) -> &'static str {
+        "simclr"
+    }
+    fn store(&self) -> &ParamStore {
+        &self.store
+    }
+    fn store_mut(&mut self) -> &mut ParamStore {
+        &mut self.store
+    }
+    fn backbone(&self) -> &ResNet {
+        &self.backbone
+    }
+    fn loss(&mut self, tape: &mut Tape, bound: &Bound, v1: Var, v2: Var) -> Result<Var> {
+        let b = tape.value(v1).shape()[0];
+        let z = self.project(tape, bound, v1, v2)?;
+        let parts = tape.split(z, &[b, b])?;
+        nt_xent(tape, parts[0], parts[1], self.cfg.temperature, self.cfg.loss_scale)
+    }
+}

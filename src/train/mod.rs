@@ -1,0 +1,135 @@
+//! The pre-training loop: epochs with a per-epoch cosine learning rate, two views per image
+//! from the loader (RandomResizedCrop, then ContrastiveCrop after the warm-up), the method's
+//! loss, backward, SGD on every trainable parameter (weight decay on all, as the reference),
+//! the method's after-step hook, and box updates on schedule. On a GPU a step is recorded and
+//! submitted as one command buffer; the loss is read back only every `log_interval` steps.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::autograd::Tape;
+use crate::crop::sampler::{BoxF, ContrastiveCrop, RrcParams, WHOLE_IMAGE};
+use crate::crop::schedule::{update_boxes, BoxStats, Schedule};
+use crate::data::augment::Jitter;
+use crate::data::loader::{epoch, CropMode, ViewConfig};
+use crate::data::ImageSet;
+use crate::error::{Error, Result};
+use crate::optim::{cosine_lr, sgd_step};
+use crate::ssl::Method;
+use crate::tensor::{Device, Tensor};
+
+#[derive(Clone, Debug)]
+pub struct PretrainConfig {
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub momentum: f32,
+    pub weight_decay: f32,
+    /// Cosine floor as a fraction of lr.
+    pub decay_rate: f64,
+    pub seed: u64,
+    pub workers: usize,
+    pub log_interval: usize,
+    /// `false`: RandomResizedCrop throughout (the R-Crop baseline).
+    pub ccrop: bool,
+    pub alpha: f64,
+    pub box_thresh: f32,
+    pub warmup_epochs: usize,
+    pub loc_interval: usize,
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(untagged)]
+pub enum Event {
+    Step { epoch: usize, step: usize, loss: f32, lr: f64 },
+    Epoch { epoch: usize, images_per_s: f64, crop: &'static str },
+    Boxes(BoxStats),
+}
+
+impl PretrainConfig {
+    pub fn validate(&self, n_images: usize) -> Result<()> {
+        let bad = |f: &str, m: String| Err(Error::Config { field: f.into(), msg: m });
+        if self.epochs == 0 {
+            return bad("train.epochs", "must be at least 1".into());
+        }
+        if self.batch_size < 2 || self.batch_size > n_images {
+            return bad("train.batch_size", format!("{} must be in 2..={n_images} (the dataset size)", self.batch_size));
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            return bad("train.lr", format!("{} must be > 0", self.lr));
+        }
+        if !(self.box_thresh > 0.0 && self.box_thresh < 1.0) {
+            return bad("crop.box_thresh", format!("{} must be in (0, 1)", self.box_thresh));
+        }
+        if self.alpha <= 0.0 {
+            return bad("crop.alpha", format!("{} must be > 0", self.alpha));
+        }
+        Ok(())
+    }
+}
+
+/// Train `method` on `data`; returns the final box table (dataset order).
+pub fn pretrain(method: &mut dyn Method, data: Arc<ImageSet>, cfg: &PretrainConfig, device: &Device, mut on: impl FnMut(&Event)) -> Result<Vec<BoxF>> {
+    cfg.validate(data.len())?;
+    let sched = Schedule { epochs: cfg.epochs, warmup_epochs: if cfg.ccrop { cfg.warmup_epochs } else { cfg.epochs }, loc_interval: cfg.loc_interval };
+    let rrc = RrcParams::default();
+    let sampler = ContrastiveCrop::new(rrc, cfg.alpha)?;
+    let view = ViewConfig { size: data.height, jitter: Jitter::default(), mean: cfg.mean, std: cfg.std };
+    let mut boxes = vec![WHOLE_IMAGE; data.len()];
+    // Momentum buffers, one per trainable parameter (zeros reproduce PyTorch's first step).
+    let mut bufs: Vec<Option<Tensor>> = method
+        .store()
+        .params
+        .iter()
+        .map(|p| p.trainable.then(|| Tensor::zeros(p.value.shape(), device)).transpose())
+        .collect::<Result<_>>()?;
+    let (s, b) = (data.height, cfg.batch_size);
+    let mut step = 0;
+    for ep in 1..=cfg.epochs {
+        let lr = cosine_lr(cfg.lr, ep, cfg.epochs, cfg.decay_rate);
+        let use_box = cfg.ccrop && sched.use_box(ep);
+        let mode = if use_box { CropMode::Contrastive { sampler, boxes: Arc::new(boxes.clone()) } } else { CropMode::Rrc(rrc) };
+        let t0 = Instant::now();
+        let mut seen = 0;
+        for batch in epoch(data.clone(), mode, view.clone(), b, cfg.seed, ep as u64, cfg.workers, 4) {
+            step += 1;
+            let [v1, v2] = batch.views;
+            let mut tape = Tape::new();
+            let store_bound = method.store().bind(&mut tape, true);
+            let x1 = tape.input(Tensor::from_vec(v1, &[b, 3, s, s], device)?);
+            let x2 = tape.input(Tensor::from_vec(v2, &[b, 3, s, s], device)?);
+            let loss = method.loss(&mut tape, &store_bound, x1, x2)?;
+            let loss_value = tape.value(loss).clone();
+            let grads = tape.backward(loss)?;
+            for (id, var) in store_bound.iter() {
+                let Some(g) = grads.get(var) else { continue };
+                let buf = bufs[id].as_mut().ok_or_else(|| Error::Autograd("momentum buffer".into()))?;
+                sgd_step(&mut method.store_mut().params[id].value, g, buf, lr as f32, cfg.momentum, cfg.weight_decay)?;
+            }
+            drop(grads);
+            drop(tape);
+            method.after_step()?;
+            if let Device::Gpu(g) = device {
+                g.flush();
+            }
+            seen += b;
+            if step % cfg.log_interval.max(1) == 0 {
+                let l = loss_value.item()?;
+                if !l.is_finite() {
+                    return Err(Error::Autograd(format!("the loss became {l} at epoch {ep}, step {step}; stopping")));
+                }
+                on(&Event::Step { epoch: ep, step, loss: l, lr });
+            }
+        }
+        on(&Event::Epoch { epoch: ep, images_per_s: seen as f64 / t0.elapsed().as_secs_f64(), crop: if use_box { "ccrop" } else { "rcrop" } });
+        if cfg.ccrop && sched.update_after(ep) {
+            let stats = update_boxes(method, &data, &mut boxes, cfg.mean, cfg.std, cfg.box_thresh, b, device, ep)?;
+            on(&Event::Boxes(stats));
+        }
+    }
+    Ok(boxes)
+}
