@@ -82,7 +82,10 @@ pub fn select_device(flag: Option<&str>) -> Result<Device> {
 }
 
 pub fn run(cli: Cli) -> Result<()> {
-    match cli.command.unwrap_or(Command::Quickstart(quickstart::QuickstartArgs::default())) {
+    match cli
+        .command
+        .unwrap_or(Command::Quickstart(quickstart::QuickstartArgs::default()))
+    {
         Command::Quickstart(args) => {
             let dev = select_device(cli.device.as_deref())?;
             quickstart::run(&args, &dev)

@@ -37,7 +37,14 @@ pub struct QuickstartArgs {
 
 impl Default for QuickstartArgs {
     fn default() -> Self {
-        Self { epochs: 5, subset: 1024, width: 16, batch: 128, lr: 0.3, seed: 42 }
+        Self {
+            epochs: 5,
+            subset: 1024,
+            width: 16,
+            batch: 128,
+            lr: 0.3,
+            seed: 42,
+        }
     }
 }
 
@@ -55,7 +62,13 @@ pub fn run(args: &QuickstartArgs, device: &Device) -> Result<()> {
         device.name()
     );
     let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed);
-    let model = ResNetConfig { arch: Arch::Resnet18, stem: Stem::Cifar, width: args.width, zero_init_residual: false, num_classes: None };
+    let model = ResNetConfig {
+        arch: Arch::Resnet18,
+        stem: Stem::Cifar,
+        width: args.width,
+        zero_init_residual: false,
+        num_classes: None,
+    };
     let mut method = SimClr::new(model, SimClrConfig::default(), &mut rng, device)?;
     let warmup = (args.epochs / 5).max(1).min(args.epochs);
     let cfg = PretrainConfig {
@@ -79,12 +92,21 @@ pub fn run(args: &QuickstartArgs, device: &Device) -> Result<()> {
     let mut first = None;
     let mut last = f32::NAN;
     pretrain(&mut method, train.clone(), &cfg, device, |e| match e {
-        Event::Step { epoch, step, loss, lr } => {
+        Event::Step {
+            epoch,
+            step,
+            loss,
+            lr,
+        } => {
             first.get_or_insert(*loss);
             last = *loss;
             println!("  epoch {epoch} step {step:4}  loss {loss:.4}  lr {lr:.4}");
         }
-        Event::Epoch { epoch, images_per_s, crop } => println!("epoch {epoch} done ({crop}), {images_per_s:.1} img/s"),
+        Event::Epoch {
+            epoch,
+            images_per_s,
+            crop,
+        } => println!("epoch {epoch} done ({crop}), {images_per_s:.1} img/s"),
         Event::Boxes(s) => println!(
             "boxes updated after epoch {}: mean area {:.3}, near-full {:.1}%, constant maps {}",
             s.epoch,

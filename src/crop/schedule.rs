@@ -27,7 +27,10 @@ impl Schedule {
         epoch > self.warmup_epochs
     }
     pub fn update_after(&self, epoch: usize) -> bool {
-        epoch >= self.warmup_epochs && epoch != self.epochs && self.loc_interval > 0 && epoch % self.loc_interval == 0
+        epoch >= self.warmup_epochs
+            && epoch != self.epochs
+            && self.loc_interval > 0
+            && epoch.is_multiple_of(self.loc_interval)
     }
 }
 
@@ -43,26 +46,42 @@ pub struct BoxStats {
     pub box_fallbacks: usize,
 }
 
+/// Settings of a box pass: the eval transform's normalisation, the threshold k and the batch.
+#[derive(Clone, Copy, Debug)]
+pub struct BoxPass {
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+    pub k: f32,
+    pub batch: usize,
+}
+
 /// Recompute every image's box in dataset order with the method's online backbone in eval
 /// mode on the eval transform (normalisation only). Only boxes are read back.
 pub fn update_boxes(
     method: &mut dyn Method,
     data: &ImageSet,
     boxes: &mut [BoxF],
-    mean: [f32; 3],
-    std: [f32; 3],
-    k: f32,
-    batch: usize,
+    pass: &BoxPass,
     device: &Device,
     epoch: usize,
 ) -> Result<BoxStats> {
+    let BoxPass {
+        mean,
+        std,
+        k,
+        batch,
+    } = *pass;
     let (h, w) = (data.height, data.width);
     let mut fallbacks = 0;
     for start in (0..data.len()).step_by(batch.max(1)) {
         let end = (start + batch).min(data.len());
         let mut x = Vec::with_capacity((end - start) * 3 * h * w);
         for i in start..end {
-            x.extend(normalize(&Rgb::new(h, w, data.image(i).to_vec()), mean, std));
+            x.extend(normalize(
+                &Rgb::new(h, w, data.image(i).to_vec()),
+                mean,
+                std,
+            ));
         }
         let mut tape = Tape::new();
         let xv = tape.input(Tensor::from_vec(x, &[end - start, 3, h, w], device)?);
@@ -77,7 +96,10 @@ pub fn update_boxes(
             }
         }
     }
-    let areas: Vec<f64> = boxes.iter().map(|b| ((b[2] - b[0]) * (b[3] - b[1])) as f64).collect();
+    let areas: Vec<f64> = boxes
+        .iter()
+        .map(|b| ((b[2] - b[0]) * (b[3] - b[1])) as f64)
+        .collect();
     let n = areas.len().max(1) as f64;
     Ok(BoxStats {
         epoch,

@@ -11,7 +11,14 @@ use crate::ssl::{embed, Method};
 use crate::tensor::{Device, Tensor};
 
 /// Pooled backbone features [N, D] of the whole set, in order.
-pub fn features(method: &mut dyn Method, data: &ImageSet, mean: [f32; 3], std: [f32; 3], batch: usize, device: &Device) -> Result<(Vec<f32>, usize)> {
+pub fn features(
+    method: &mut dyn Method,
+    data: &ImageSet,
+    mean: [f32; 3],
+    std: [f32; 3],
+    batch: usize,
+    device: &Device,
+) -> Result<(Vec<f32>, usize)> {
     let (h, w) = (data.height, data.width);
     let mut out = Vec::new();
     let mut dim = 0;
@@ -19,7 +26,11 @@ pub fn features(method: &mut dyn Method, data: &ImageSet, mean: [f32; 3], std: [
         let end = (start + batch).min(data.len());
         let mut x = Vec::with_capacity((end - start) * 3 * h * w);
         for i in start..end {
-            x.extend(normalize(&Rgb::new(h, w, data.image(i).to_vec()), mean, std));
+            x.extend(normalize(
+                &Rgb::new(h, w, data.image(i).to_vec()),
+                mean,
+                std,
+            ));
         }
         let mut tape = Tape::new();
         let xv = tape.input(Tensor::from_vec(x, &[end - start, 3, h, w], device)?);
@@ -39,7 +50,16 @@ fn l2n(x: &mut [f32], d: usize) {
 
 /// Top-1 accuracy of the weighted kNN vote.
 #[allow(clippy::too_many_arguments)]
-pub fn knn_accuracy(mut train: Vec<f32>, train_labels: &[u32], mut test: Vec<f32>, test_labels: &[u32], d: usize, classes: usize, k: usize, t: f32) -> f64 {
+pub fn knn_accuracy(
+    mut train: Vec<f32>,
+    train_labels: &[u32],
+    mut test: Vec<f32>,
+    test_labels: &[u32],
+    d: usize,
+    classes: usize,
+    k: usize,
+    t: f32,
+) -> f64 {
     l2n(&mut train, d);
     l2n(&mut test, d);
     let (n, m) = (train_labels.len(), test_labels.len());
@@ -54,7 +74,9 @@ pub fn knn_accuracy(mut train: Vec<f32>, train_labels: &[u32], mut test: Vec<f32
         for &j in &idx[..k] {
             score[train_labels[j] as usize] += (row[j] / t).exp();
         }
-        let pred = (0..classes).max_by(|&a, &b| score[a].total_cmp(&score[b])).unwrap_or(0);
+        let pred = (0..classes)
+            .max_by(|&a, &b| score[a].total_cmp(&score[b]))
+            .unwrap_or(0);
         correct += (pred as u32 == test_labels[i]) as usize;
     }
     correct as f64 / m.max(1) as f64

@@ -193,10 +193,12 @@ impl Gpu {
                 .find(|a| a.get_info().name.to_lowercase().contains(&spec_l))
             {
                 Some(a) => a,
-                None => return Err(Error::NoAdapter(format!(
+                None => {
+                    return Err(Error::NoAdapter(format!(
                     "no adapter name contains `{spec}` (VIEWCRAFT_DEVICE / --device); adapters: {}",
                     names.join(", ")
-                ))),
+                )))
+                }
             }
         };
         Self::from_adapter(adapter, variant)

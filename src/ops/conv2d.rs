@@ -188,29 +188,30 @@ pub fn backward_input_ref<T: Real>(gy: &[T], w: &[T], d: &Dims) -> Vec<T> {
 
 pub fn backward_weight_ref<T: Real>(gy: &[T], x: &[T], d: &Dims) -> Vec<T> {
     let (p, k, chw) = (d.oh * d.ow, d.c * d.kh * d.kw, d.c * d.h * d.w);
-    (0..d.n)
-        .into_par_iter()
-        .map(|n| {
-            // gw += gy_n · colsᵀ
-            let cols_t = im2col(&x[n * chw..(n + 1) * chw], d, true);
-            matmul_ref(
+    let mut gw = vec![T::zero(); d.o * k];
+    // Images in order (the matmul is parallel over output channels), so the sum is
+    // bit-for-bit reproducible: resumed runs must equal uninterrupted ones.
+    for chunk in (0..d.n).collect::<Vec<_>>().chunks(8) {
+        // The patches of a few images in parallel, then gw += gy_n · colsᵀ in image order.
+        let cols: Vec<Vec<T>> = chunk
+            .par_iter()
+            .map(|&n| im2col(&x[n * chw..(n + 1) * chw], d, true))
+            .collect();
+        for (&n, cols_t) in chunk.iter().zip(&cols) {
+            let part = matmul_ref(
                 &gy[n * d.o * p..(n + 1) * d.o * p],
-                &cols_t,
+                cols_t,
                 None,
                 d.o,
                 k,
                 p,
                 false,
                 false,
-            )
-        })
-        .reduce(
-            || vec![T::zero(); d.o * k],
-            |mut a, b| {
-                a.iter_mut().zip(&b).for_each(|(x, y)| *x += *y);
-                a
-            },
-        )
+            );
+            gw.iter_mut().zip(&part).for_each(|(a, b)| *a += *b);
+        }
+    }
+    gw
 }
 
 fn params(

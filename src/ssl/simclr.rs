@@ -22,7 +22,11 @@ pub struct SimClrConfig {
 
 impl Default for SimClrConfig {
     fn default() -> Self {
-        Self { dim: 128, temperature: 0.5, loss_scale: 0.5 / 0.07 }
+        Self {
+            dim: 128,
+            temperature: 0.5,
+            loss_scale: 0.5 / 0.07,
+        }
     }
 }
 
@@ -35,19 +39,40 @@ pub struct SimClr {
 }
 
 impl SimClr {
-    pub fn new(model: ResNetConfig, cfg: SimClrConfig, rng: &mut impl Rng, device: &Device) -> Result<SimClr> {
+    pub fn new(
+        model: ResNetConfig,
+        cfg: SimClrConfig,
+        rng: &mut impl Rng,
+        device: &Device,
+    ) -> Result<SimClr> {
         let mut store = ParamStore::default();
-        let backbone = ResNet::new(ResNetConfig { num_classes: None, ..model }, &mut store, rng, device)?;
+        let backbone = ResNet::new(
+            ResNetConfig {
+                num_classes: None,
+                ..model
+            },
+            &mut store,
+            rng,
+            device,
+        )?;
         let d = backbone.out_dim;
         let fc1 = Linear::new(&mut store, "fc.0", d, d, true, rng, device)?;
         let fc2 = Linear::new(&mut store, "fc.2", d, cfg.dim, true, rng, device)?;
-        Ok(SimClr { cfg, store, backbone, fc1, fc2 })
+        Ok(SimClr {
+            cfg,
+            store,
+            backbone,
+            fc1,
+            fc2,
+        })
     }
 
     /// Projections [2B, dim] of both views (for collapse checks).
     pub fn project(&mut self, tape: &mut Tape, bound: &Bound, v1: Var, v2: Var) -> Result<Var> {
         let x = tape.concat(&[v1, v2])?;
-        let f = self.backbone.forward(tape, &mut self.store, bound, x, true)?;
+        let f = self
+            .backbone
+            .forward(tape, &mut self.store, bound, x, true)?;
         let h = self.fc1.forward(tape, bound, f)?;
         let h = tape.relu(h)?;
         self.fc2.forward(tape, bound, h)
@@ -71,6 +96,12 @@ impl Method for SimClr {
         let b = tape.value(v1).shape()[0];
         let z = self.project(tape, bound, v1, v2)?;
         let parts = tape.split(z, &[b, b])?;
-        nt_xent(tape, parts[0], parts[1], self.cfg.temperature, self.cfg.loss_scale)
+        nt_xent(
+            tape,
+            parts[0],
+            parts[1],
+            self.cfg.temperature,
+            self.cfg.loss_scale,
+        )
     }
 }

@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::autograd::Tape;
 use crate::crop::sampler::{BoxF, ContrastiveCrop, RrcParams, WHOLE_IMAGE};
-use crate::crop::schedule::{update_boxes, BoxStats, Schedule};
+use crate::crop::schedule::{update_boxes, BoxPass, BoxStats, Schedule};
 use crate::data::augment::Jitter;
 use crate::data::loader::{epoch, CropMode, ViewConfig};
 use crate::data::ImageSet;
@@ -45,25 +45,48 @@ pub struct PretrainConfig {
 #[derive(Clone, Debug, Serialize)]
 #[serde(untagged)]
 pub enum Event {
-    Step { epoch: usize, step: usize, loss: f32, lr: f64 },
-    Epoch { epoch: usize, images_per_s: f64, crop: &'static str },
+    Step {
+        epoch: usize,
+        step: usize,
+        loss: f32,
+        lr: f64,
+    },
+    Epoch {
+        epoch: usize,
+        images_per_s: f64,
+        crop: &'static str,
+    },
     Boxes(BoxStats),
 }
 
 impl PretrainConfig {
     pub fn validate(&self, n_images: usize) -> Result<()> {
-        let bad = |f: &str, m: String| Err(Error::Config { field: f.into(), msg: m });
+        let bad = |f: &str, m: String| {
+            Err(Error::Config {
+                field: f.into(),
+                msg: m,
+            })
+        };
         if self.epochs == 0 {
             return bad("train.epochs", "must be at least 1".into());
         }
         if self.batch_size < 2 || self.batch_size > n_images {
-            return bad("train.batch_size", format!("{} must be in 2..={n_images} (the dataset size)", self.batch_size));
+            return bad(
+                "train.batch_size",
+                format!(
+                    "{} must be in 2..={n_images} (the dataset size)",
+                    self.batch_size
+                ),
+            );
         }
         if !(self.lr > 0.0 && self.lr.is_finite()) {
             return bad("train.lr", format!("{} must be > 0", self.lr));
         }
         if !(self.box_thresh > 0.0 && self.box_thresh < 1.0) {
-            return bad("crop.box_thresh", format!("{} must be in (0, 1)", self.box_thresh));
+            return bad(
+                "crop.box_thresh",
+                format!("{} must be in (0, 1)", self.box_thresh),
+            );
         }
         if self.alpha <= 0.0 {
             return bad("crop.alpha", format!("{} must be > 0", self.alpha));
@@ -73,29 +96,68 @@ impl PretrainConfig {
 }
 
 /// Train `method` on `data`; returns the final box table (dataset order).
-pub fn pretrain(method: &mut dyn Method, data: Arc<ImageSet>, cfg: &PretrainConfig, device: &Device, mut on: impl FnMut(&Event)) -> Result<Vec<BoxF>> {
+pub fn pretrain(
+    method: &mut dyn Method,
+    data: Arc<ImageSet>,
+    cfg: &PretrainConfig,
+    device: &Device,
+    mut on: impl FnMut(&Event),
+) -> Result<Vec<BoxF>> {
     cfg.validate(data.len())?;
-    let sched = Schedule { epochs: cfg.epochs, warmup_epochs: if cfg.ccrop { cfg.warmup_epochs } else { cfg.epochs }, loc_interval: cfg.loc_interval };
+    let sched = Schedule {
+        epochs: cfg.epochs,
+        warmup_epochs: if cfg.ccrop {
+            cfg.warmup_epochs
+        } else {
+            cfg.epochs
+        },
+        loc_interval: cfg.loc_interval,
+    };
     let rrc = RrcParams::default();
     let sampler = ContrastiveCrop::new(rrc, cfg.alpha)?;
-    let view = ViewConfig { size: data.height, jitter: Jitter::default(), mean: cfg.mean, std: cfg.std };
+    let view = ViewConfig {
+        size: data.height,
+        jitter: Jitter::default(),
+        mean: cfg.mean,
+        std: cfg.std,
+    };
     let mut boxes = vec![WHOLE_IMAGE; data.len()];
     // Momentum buffers, one per trainable parameter (zeros reproduce PyTorch's first step).
     let mut bufs: Vec<Option<Tensor>> = method
         .store()
         .params
         .iter()
-        .map(|p| p.trainable.then(|| Tensor::zeros(p.value.shape(), device)).transpose())
+        .map(|p| {
+            p.trainable
+                .then(|| Tensor::zeros(p.value.shape(), device))
+                .transpose()
+        })
         .collect::<Result<_>>()?;
     let (s, b) = (data.height, cfg.batch_size);
     let mut step = 0;
     for ep in 1..=cfg.epochs {
         let lr = cosine_lr(cfg.lr, ep, cfg.epochs, cfg.decay_rate);
         let use_box = cfg.ccrop && sched.use_box(ep);
-        let mode = if use_box { CropMode::Contrastive { sampler, boxes: Arc::new(boxes.clone()) } } else { CropMode::Rrc(rrc) };
+        let mode = if use_box {
+            CropMode::Contrastive {
+                sampler,
+                boxes: Arc::new(boxes.clone()),
+            }
+        } else {
+            CropMode::Rrc(rrc)
+        };
         let t0 = Instant::now();
         let mut seen = 0;
-        for batch in epoch(data.clone(), mode, view.clone(), b, cfg.seed, ep as u64, cfg.workers, 4) {
+        for batch in epoch(
+            data.clone(),
+            mode,
+            view.clone(),
+            b,
+            cfg.seed,
+            ep as u64,
+            cfg.workers,
+            4,
+        ) {
             step += 1;
             let [v1, v2] = batch.views;
             let mut tape = Tape::new();
@@ -107,8 +169,17 @@ pub fn pretrain(method: &mut dyn Method, data: Arc<ImageSet>, cfg: &PretrainConf
             let grads = tape.backward(loss)?;
             for (id, var) in store_bound.iter() {
                 let Some(g) = grads.get(var) else { continue };
-                let buf = bufs[id].as_mut().ok_or_else(|| Error::Autograd("momentum buffer".into()))?;
-                sgd_step(&mut method.store_mut().params[id].value, g, buf, lr as f32, cfg.momentum, cfg.weight_decay)?;
+                let buf = bufs[id]
+                    .as_mut()
+                    .ok_or_else(|| Error::Autograd("momentum buffer".into()))?;
+                sgd_step(
+                    &mut method.store_mut().params[id].value,
+                    g,
+                    buf,
+                    lr as f32,
+                    cfg.momentum,
+                    cfg.weight_decay,
+                )?;
             }
             drop(grads);
             drop(tape);
@@ -120,14 +191,35 @@ pub fn pretrain(method: &mut dyn Method, data: Arc<ImageSet>, cfg: &PretrainConf
             if step % cfg.log_interval.max(1) == 0 {
                 let l = loss_value.item()?;
                 if !l.is_finite() {
-                    return Err(Error::Autograd(format!("the loss became {l} at epoch {ep}, step {step}; stopping")));
+                    return Err(Error::Autograd(format!(
+                        "the loss became {l} at epoch {ep}, step {step}; stopping"
+                    )));
                 }
-                on(&Event::Step { epoch: ep, step, loss: l, lr });
+                on(&Event::Step {
+                    epoch: ep,
+                    step,
+                    loss: l,
+                    lr,
+                });
             }
         }
-        on(&Event::Epoch { epoch: ep, images_per_s: seen as f64 / t0.elapsed().as_secs_f64(), crop: if use_box { "ccrop" } else { "rcrop" } });
+        on(&Event::Epoch {
+            epoch: ep,
+            images_per_s: seen as f64 / t0.elapsed().as_secs_f64(),
+            crop: if use_box { "ccrop" } else { "rcrop" },
+        });
         if cfg.ccrop && sched.update_after(ep) {
-            let stats = update_boxes(method, &data, &mut boxes, cfg.mean, cfg.std, cfg.box_thresh, b, device, ep)?;
+            let stats = update_boxes(
+                method,
+                &data,
+                &mut boxes,
+                cfg.mean,
+                cfg.std,
+                cfg.box_thresh,
+                b,
+                device,
+                ep,
+            )?;
             on(&Event::Boxes(stats));
         }
     }
