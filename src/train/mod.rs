@@ -209,17 +209,13 @@ pub fn pretrain(
             crop: if use_box { "ccrop" } else { "rcrop" },
         });
         if cfg.ccrop && sched.update_after(ep) {
-            let stats = update_boxes(
-                method,
-                &data,
-                &mut boxes,
-                cfg.mean,
-                cfg.std,
-                cfg.box_thresh,
-                b,
-                device,
-                ep,
-            )?;
+            let pass = BoxPass {
+                mean: cfg.mean,
+                std: cfg.std,
+                k: cfg.box_thresh,
+                batch: b,
+            };
+            let stats = update_boxes(method, &data, &mut boxes, &pass, device, ep)?;
             on(&Event::Boxes(stats));
         }
     }
