@@ -134,7 +134,7 @@ fn architectures_build_with_torchvision_shapes() {
             num_classes: Some(10),
         };
         let net = ResNet::new(cfg, &mut store, &mut rng, &dev).unwrap();
-        let trainable = store.params.iter().filter(|p| p.trainable).count();
+        let trainable = store.params.iter().filter(|p| p.trainable()).count();
         assert_eq!(
             trainable, n_params,
             "{arch:?} trainable tensors (torchvision count)"

@@ -12,12 +12,30 @@ use crate::ops::batchnorm::BatchNorm;
 use crate::ops::conv2d::Conv2d;
 use crate::tensor::{Device, Tensor};
 
-/// A named tensor: a trainable parameter or a buffer (BN running statistics).
+/// What a store entry is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Optimised: gets a gradient and an optimiser update.
+    Trainable,
+    /// A weight that takes part in forward passes but is not optimised (momentum / target
+    /// encoders updated by EMA, SimSiam's frozen projector bias).
+    Frozen,
+    /// Not a weight (BN running statistics, queues).
+    Buffer,
+}
+
+/// A named tensor.
 #[derive(Clone, Debug)]
 pub struct Param {
     pub name: String,
     pub value: Tensor,
-    pub trainable: bool,
+    pub kind: Kind,
+}
+
+impl Param {
+    pub fn trainable(&self) -> bool {
+        self.kind == Kind::Trainable
+    }
 }
 
 /// All parameters and buffers of a model, in registration order.
@@ -49,13 +67,35 @@ impl Bound {
 }
 
 impl ParamStore {
+    /// Add a weight (`trainable`) or a buffer.
     pub fn add(&mut self, name: impl Into<String>, value: Tensor, trainable: bool) -> usize {
+        self.add_kind(
+            name,
+            value,
+            if trainable {
+                Kind::Trainable
+            } else {
+                Kind::Buffer
+            },
+        )
+    }
+
+    pub fn add_kind(&mut self, name: impl Into<String>, value: Tensor, kind: Kind) -> usize {
         self.params.push(Param {
             name: name.into(),
             value,
-            trainable,
+            kind,
         });
         self.params.len() - 1
+    }
+
+    /// Change every weight whose name starts with `prefix` to `kind` (buffers stay buffers).
+    pub fn set_kind(&mut self, prefix: &str, kind: Kind) {
+        for p in &mut self.params {
+            if p.kind != Kind::Buffer && p.name.starts_with(prefix) {
+                p.kind = kind;
+            }
+        }
     }
 
     pub fn get(&self, name: &str) -> Option<&Param> {
@@ -66,20 +106,17 @@ impl ParamStore {
         self.params.iter().position(|p| p.name == name)
     }
 
-    /// Put every trainable tensor on the tape as a leaf that needs a gradient (`trainable`
-    /// false: as constants, e.g. a momentum encoder).
+    /// Put every weight on the tape: trainable ones as leaves that need a gradient (when
+    /// `trainable`; as constants otherwise, e.g. for evaluation), frozen ones as constants.
+    /// Buffers are not bound.
     pub fn bind(&self, tape: &mut Tape, trainable: bool) -> Bound {
         let vars = self
             .params
             .iter()
-            .map(|p| {
-                p.trainable.then(|| {
-                    if trainable {
-                        tape.param(p.value.clone())
-                    } else {
-                        tape.input(p.value.clone())
-                    }
-                })
+            .map(|p| match p.kind {
+                Kind::Trainable if trainable => Some(tape.param(p.value.clone())),
+                Kind::Trainable | Kind::Frozen => Some(tape.input(p.value.clone())),
+                Kind::Buffer => None,
             })
             .collect();
         Bound { vars }
@@ -123,7 +160,7 @@ impl ParamStore {
                 Ok(Param {
                     name: p.name.clone(),
                     value: p.value.to_device(device)?,
-                    trainable: p.trainable,
+                    kind: p.kind,
                 })
             })
             .collect::<Result<_>>()?;

@@ -62,6 +62,18 @@ impl ResNet {
         rng: &mut impl Rng,
         device: &Device,
     ) -> Result<ResNet> {
+        Self::new_prefixed("", cfg, store, rng, device)
+    }
+
+    /// A ResNet whose parameter names start with `prefix` (e.g. `target.` for BYOL's target
+    /// encoder, which lives in the same store as the online one).
+    pub fn new_prefixed(
+        prefix: &str,
+        cfg: ResNetConfig,
+        store: &mut ParamStore,
+        rng: &mut impl Rng,
+        device: &Device,
+    ) -> Result<ResNet> {
         if cfg.width == 0 {
             return Err(Error::Config {
                 field: "model.width".into(),
@@ -76,10 +88,12 @@ impl ResNet {
         let expansion = if bottleneck { 4 } else { 1 };
         let w = cfg.width;
         let conv1 = match cfg.stem {
-            Stem::Cifar => Conv::new(store, "conv1", 3, w, 3, 1, 1, rng, device)?,
-            Stem::Imagenet => Conv::new(store, "conv1", 3, w, 7, 2, 3, rng, device)?,
+            Stem::Cifar => Conv::new(store, &format!("{prefix}conv1"), 3, w, 3, 1, 1, rng, device)?,
+            Stem::Imagenet => {
+                Conv::new(store, &format!("{prefix}conv1"), 3, w, 7, 2, 3, rng, device)?
+            }
         };
-        let bn1 = Bn::new(store, "bn1", w, true, device)?;
+        let bn1 = Bn::new(store, &format!("{prefix}bn1"), w, true, device)?;
         let mut inplanes = w;
         let mut layers = Vec::new();
         for (li, &depth) in depths.iter().enumerate() {
@@ -87,7 +101,7 @@ impl ResNet {
             let mut blocks = Vec::new();
             for bi in 0..depth {
                 let stride = if li > 0 && bi == 0 { 2 } else { 1 };
-                let name = format!("layer{}.{bi}", li + 1);
+                let name = format!("{prefix}layer{}.{bi}", li + 1);
                 // (kernel, in, out, stride) of each conv of the residual branch; the
                 // padding is kernel/2 and every conv is followed by its BN.
                 let specs: Vec<(usize, usize, usize, usize)> = if bottleneck {
@@ -161,7 +175,15 @@ impl ResNet {
             layers.push(blocks);
         }
         let fc = match cfg.num_classes {
-            Some(k) => Some(Linear::new(store, "fc", inplanes, k, true, rng, device)?),
+            Some(k) => Some(Linear::new(
+                store,
+                &format!("{prefix}fc"),
+                inplanes,
+                k,
+                true,
+                rng,
+                device,
+            )?),
             None => None,
         };
         Ok(ResNet {

@@ -128,7 +128,7 @@ pub fn pretrain(
         .params
         .iter()
         .map(|p| {
-            p.trainable
+            p.trainable()
                 .then(|| Tensor::zeros(p.value.shape(), device))
                 .transpose()
         })
