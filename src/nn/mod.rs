@@ -324,3 +324,68 @@ impl Linear {
         tape.linear(x, b.var(self.weight)?, bias)
     }
 }
+
+/// One layer of an [`Mlp`].
+#[derive(Clone, Copy, Debug)]
+pub enum Layer {
+    Linear { fin: usize, fout: usize, bias: bool },
+    Bn { c: usize, affine: bool },
+    Relu,
+}
+
+#[derive(Clone, Debug)]
+enum Built {
+    Linear(Linear),
+    Bn(Bn),
+    Relu,
+}
+
+/// A head as an `nn.Sequential`: layer i's parameters are named `{prefix}.{i}.weight` etc.
+#[derive(Clone, Debug)]
+pub struct Mlp {
+    layers: Vec<Built>,
+}
+
+impl Mlp {
+    pub fn new(
+        store: &mut ParamStore,
+        prefix: &str,
+        spec: &[Layer],
+        rng: &mut impl Rng,
+        device: &Device,
+    ) -> Result<Mlp> {
+        let layers = spec
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                let name = format!("{prefix}.{i}");
+                Ok(match *l {
+                    Layer::Linear { fin, fout, bias } => {
+                        Built::Linear(Linear::new(store, &name, fin, fout, bias, rng, device)?)
+                    }
+                    Layer::Bn { c, affine } => Built::Bn(Bn::new(store, &name, c, affine, device)?),
+                    Layer::Relu => Built::Relu,
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(Mlp { layers })
+    }
+
+    pub fn forward(
+        &self,
+        tape: &mut Tape,
+        store: &mut ParamStore,
+        b: &Bound,
+        mut x: Var,
+        train: bool,
+    ) -> Result<Var> {
+        for l in &self.layers {
+            x = match l {
+                Built::Linear(lin) => lin.forward(tape, b, x)?,
+                Built::Bn(bn) => bn.forward(tape, store, b, x, train)?,
+                Built::Relu => tape.relu(x)?,
+            };
+        }
+        Ok(x)
+    }
+}

@@ -2,8 +2,10 @@
 //! named parameter store) and its loss; the trainer owns the loop, the optimiser and the
 //! data. The losses are pure tape functions in [`losses`].
 
+pub mod byol;
 pub mod losses;
 pub mod simclr;
+pub mod simsiam;
 
 use crate::autograd::{Tape, Var};
 use crate::error::Result;
@@ -20,9 +22,18 @@ pub trait Method {
     fn backbone(&self) -> &ResNet;
     /// Record one step's loss for two views, each [B, 3, H, W].
     fn loss(&mut self, tape: &mut Tape, bound: &Bound, v1: Var, v2: Var) -> Result<Var>;
-    /// Hook after the optimiser step (momentum encoders, queues).
+    /// Hook before the step's parameters are bound to the tape (momentum / target encoder
+    /// EMA, which the references apply at the start of every forward).
+    fn before_step(&mut self, _progress: f64) -> Result<()> {
+        Ok(())
+    }
+    /// Hook after the optimiser step (queues).
     fn after_step(&mut self) -> Result<()> {
         Ok(())
+    }
+    /// Parameters whose learning rate stays at its initial value (SimSiam's predictor).
+    fn fixed_lr(&self, _name: &str) -> bool {
+        false
     }
 }
 
@@ -40,4 +51,26 @@ pub fn feature_map(method: &mut dyn Method, tape: &mut Tape, x: Var) -> Result<V
     let store = method.store_mut();
     let bound = store.bind(tape, false);
     tape.no_grad(|t| backbone.forward_features(t, store, &bound, x, false))
+}
+
+/// EMA of every weight named `{prefix}X` towards the weight `X` (BN buffers are not
+/// averaged: each encoder keeps its own running statistics, as the references).
+pub fn ema_towards_online(store: &mut crate::nn::ParamStore, prefix: &str, m: f32) -> Result<()> {
+    let pairs: Vec<(usize, usize)> = store
+        .params
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.kind != crate::nn::Kind::Buffer)
+        .filter_map(|(t, p)| {
+            p.name
+                .strip_prefix(prefix)
+                .and_then(|n| store.id(n))
+                .map(|o| (t, o))
+        })
+        .collect();
+    for (t, o) in pairs {
+        let online = store.params[o].value.clone();
+        crate::optim::ema_update(&mut store.params[t].value, &online, m)?;
+    }
+    Ok(())
 }

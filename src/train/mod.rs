@@ -135,6 +135,7 @@ pub fn pretrain(
         .collect::<Result<_>>()?;
     let (s, b) = (data.height, cfg.batch_size);
     let mut step = 0;
+    let total_steps = (cfg.epochs * (data.len() / b)).max(1);
     for ep in 1..=cfg.epochs {
         let lr = cosine_lr(cfg.lr, ep, cfg.epochs, cfg.decay_rate);
         let use_box = cfg.ccrop && sched.use_box(ep);
@@ -160,6 +161,7 @@ pub fn pretrain(
         ) {
             step += 1;
             let [v1, v2] = batch.views;
+            method.before_step((step - 1) as f64 / total_steps as f64)?;
             let mut tape = Tape::new();
             let store_bound = method.store().bind(&mut tape, true);
             let x1 = tape.input(Tensor::from_vec(v1, &[b, 3, s, s], device)?);
@@ -172,11 +174,16 @@ pub fn pretrain(
                 let buf = bufs[id]
                     .as_mut()
                     .ok_or_else(|| Error::Autograd("momentum buffer".into()))?;
+                let lr_p = if method.fixed_lr(&method.store().params[id].name) {
+                    cfg.lr
+                } else {
+                    lr
+                };
                 sgd_step(
                     &mut method.store_mut().params[id].value,
                     g,
                     buf,
-                    lr as f32,
+                    lr_p as f32,
                     cfg.momentum,
                     cfg.weight_decay,
                 )?;
