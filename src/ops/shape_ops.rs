@@ -155,3 +155,101 @@ impl Tape {
         Ok(out)
     }
 }
+
+/// Rows of `x` (first dimension) in the order `perm` (a permutation): y[i] = x[perm[i]].
+/// Its gradient applies the inverse permutation. On the GPU: one recorded copy per row.
+pub fn permute_rows(x: &Tensor, perm: &[usize]) -> Result<Tensor> {
+    let n = *x
+        .shape()
+        .first()
+        .ok_or_else(|| Error::shape("permute_rows", "scalar input"))?;
+    let mut seen = vec![false; n];
+    if perm.len() != n
+        || perm
+            .iter()
+            .any(|&p| p >= n || std::mem::replace(&mut seen[p], true))
+    {
+        return Err(Error::shape(
+            "permute_rows",
+            format!(
+                "{perm:?} is not a permutation of the {n} rows of {:?}",
+                x.shape()
+            ),
+        ));
+    }
+    let row = x.numel() / n.max(1);
+    match x.device() {
+        Device::Cpu => {
+            let v = x.cpu_data().unwrap_or_default();
+            Ok(cpu(
+                perm.iter()
+                    .flat_map(|&p| v[p * row..(p + 1) * row].iter().copied())
+                    .collect(),
+                x.shape(),
+            ))
+        }
+        Device::Gpu(g) => {
+            let out = g.alloc(x.numel());
+            for (i, &p) in perm.iter().enumerate() {
+                g.copy(buf(x), p * row, &out, i * row, row);
+            }
+            Ok(Tensor::from_gpu(&g, out, x.shape()))
+        }
+    }
+}
+
+/// The inverse of a permutation.
+pub fn inverse_permutation(perm: &[usize]) -> Vec<usize> {
+    let mut inv = vec![0; perm.len()];
+    for (i, &p) in perm.iter().enumerate() {
+        inv[p] = i;
+    }
+    inv
+}
+
+/// Overwrite rows `start..start + src.rows` of `dst` with `src`, in place (queues).
+pub fn assign_rows(dst: &mut Tensor, start: usize, src: &Tensor) -> Result<()> {
+    let (n, m) = (
+        dst.shape().first().copied().unwrap_or(0),
+        src.shape().first().copied().unwrap_or(0),
+    );
+    if dst.shape()[1..] != src.shape()[1..] || start + m > n {
+        return Err(Error::shape(
+            "assign_rows",
+            format!(
+                "rows {start}..{} of {:?} from {:?}",
+                start + m,
+                dst.shape(),
+                src.shape()
+            ),
+        ));
+    }
+    let row = src.numel() / m.max(1);
+    same_device("assign_rows", &[dst, src])?;
+    match (dst.device(), src.cpu_data()) {
+        (Device::Cpu, Some(s)) => {
+            let s = s.to_vec();
+            let d = dst
+                .cpu_data_mut()
+                .ok_or_else(|| Error::shape("assign_rows", "cpu tensor"))?;
+            d[start * row..(start + m) * row].copy_from_slice(&s);
+            Ok(())
+        }
+        (Device::Gpu(g), _) => {
+            g.copy(buf(src), 0, buf(dst), start * row, m * row);
+            Ok(())
+        }
+        _ => Err(Error::shape("assign_rows", "device mismatch")),
+    }
+}
+
+impl Tape {
+    /// y[i] = x[perm[i]] (batch shuffles); the gradient is un-shuffled.
+    pub fn permute_rows(&mut self, x: Var, perm: &[usize]) -> Result<Var> {
+        let y = permute_rows(self.value(x), perm)?;
+        let inv = inverse_permutation(perm);
+        Ok(self.record("permute_rows", y, &[x], move |gy| {
+            Ok(vec![Some(permute_rows(gy, &inv)?)])
+        }))
+    }
+}

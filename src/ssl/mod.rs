@@ -4,6 +4,7 @@
 
 pub mod byol;
 pub mod losses;
+pub mod moco;
 pub mod simclr;
 pub mod simsiam;
 

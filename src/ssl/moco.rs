@@ -1,0 +1,233 @@
+//! MoCo v2 (SPEC A.5, D.5): query encoder = backbone + MLP head Linear(D, D) → ReLU →
+//! Linear(D, dim) (`fc.0`, `fc.2`); key encoder of the same shape (`key.` names, frozen,
+//! initialised as a copy) updated by EMA *before* the keys are computed; a queue of K
+//! normalised keys (one per row, a buffer in the store with its pointer) with wrap-around
+//! enqueue after the step; InfoNCE at temperature T.
+//!
+//! One device emulates the reference's per-GPU BatchNorm: both encoders normalise over ghost
+//! groups of `bn_group` images (each group is forwarded on its own), and the key batch is
+//! shuffled across groups before the key encoder and un-shuffled after, so a query never
+//! shares BN statistics with its own key. Running statistics are updated once per group.
+
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+
+use super::losses::moco_infonce;
+use super::{ema_towards_online, Method};
+use crate::autograd::{Tape, Var};
+use crate::error::{Error, Result};
+use crate::nn::resnet::{ResNet, ResNetConfig};
+use crate::nn::{Bound, Kind, Layer, Mlp, ParamStore};
+use crate::ops::shape_ops::{assign_rows, inverse_permutation};
+use crate::tensor::{Device, Tensor};
+
+#[derive(Clone, Debug)]
+pub struct MocoConfig {
+    pub dim: usize,
+    /// Queue length K (a multiple of the batch size).
+    pub k: usize,
+    pub momentum: f32,
+    pub temperature: f32,
+    pub bn_group: usize,
+    pub shuffle: bool,
+    pub seed: u64,
+}
+
+impl Default for MocoConfig {
+    fn default() -> Self {
+        Self {
+            dim: 128,
+            k: 65536,
+            momentum: 0.999,
+            temperature: 0.2,
+            bn_group: 64,
+            shuffle: true,
+            seed: 0,
+        }
+    }
+}
+
+pub const KEY: &str = "key.";
+
+pub struct Moco {
+    pub cfg: MocoConfig,
+    store: ParamStore,
+    backbone: ResNet,
+    head: Mlp,
+    k_backbone: ResNet,
+    k_head: Mlp,
+    queue: usize,
+    ptr: usize,
+    rng: StdRng,
+    /// Normalised keys of the current step, enqueued after it.
+    pending: Option<Tensor>,
+}
+
+fn head_spec(d: usize, dim: usize) -> [Layer; 3] {
+    [
+        Layer::Linear {
+            fin: d,
+            fout: d,
+            bias: true,
+        },
+        Layer::Relu,
+        Layer::Linear {
+            fin: d,
+            fout: dim,
+            bias: true,
+        },
+    ]
+}
+
+impl Moco {
+    pub fn new(
+        model: ResNetConfig,
+        cfg: MocoConfig,
+        rng: &mut impl Rng,
+        device: &Device,
+    ) -> Result<Moco> {
+        if cfg.k == 0 || cfg.bn_group == 0 {
+            return Err(Error::Config {
+                field: "method.k / method.bn_group".into(),
+                msg: "must be at least 1".into(),
+            });
+        }
+        let mut store = ParamStore::default();
+        let model = ResNetConfig {
+            num_classes: None,
+            ..model
+        };
+        let backbone = ResNet::new(model.clone(), &mut store, rng, device)?;
+        let d = backbone.out_dim;
+        let head = Mlp::new(&mut store, "fc", &head_spec(d, cfg.dim), rng, device)?;
+        let k_backbone = ResNet::new_prefixed(KEY, model, &mut store, rng, device)?;
+        let k_head = Mlp::new(
+            &mut store,
+            &format!("{KEY}fc"),
+            &head_spec(d, cfg.dim),
+            rng,
+            device,
+        )?;
+        store.set_kind(KEY, Kind::Frozen);
+        ema_towards_online(&mut store, KEY, 0.0)?;
+        // The queue starts as random unit vectors (randn, normalised), one per row.
+        let q = Tensor::randn(&[cfg.k, cfg.dim], 1.0, rng, &Device::Cpu)?;
+        let q = crate::ops::l2norm::l2_normalize(&q)?.to_device(device)?;
+        let queue = store.add_kind("queue", q, Kind::Buffer);
+        let rng = StdRng::seed_from_u64(cfg.seed);
+        Ok(Moco {
+            cfg,
+            store,
+            backbone,
+            head,
+            k_backbone,
+            k_head,
+            queue,
+            ptr: 0,
+            rng,
+            pending: None,
+        })
+    }
+
+    pub fn queue(&self) -> &Tensor {
+        &self.store.params[self.queue].value
+    }
+    pub fn queue_ptr(&self) -> usize {
+        self.ptr
+    }
+
+    /// Split the batch into ghost-BN groups, run `f` on each, concatenate.
+    fn grouped(
+        &mut self,
+        tape: &mut Tape,
+        x: Var,
+        f: impl Fn(&mut Self, &mut Tape, Var) -> Result<Var>,
+    ) -> Result<Var> {
+        let n = tape.value(x).shape()[0];
+        let g = self.cfg.bn_group.min(n);
+        if g == n {
+            return f(self, tape, x);
+        }
+        let sizes: Vec<usize> = (0..n).step_by(g).map(|s| g.min(n - s)).collect();
+        let parts = tape.split(x, &sizes)?;
+        let outs = parts
+            .into_iter()
+            .map(|p| f(self, tape, p))
+            .collect::<Result<Vec<_>>>()?;
+        tape.concat(&outs)
+    }
+
+    /// Enqueue `keys` [B, dim] at the pointer, wrapping around.
+    pub fn enqueue(&mut self, keys: &Tensor) -> Result<()> {
+        let (b, k) = (keys.shape()[0], self.cfg.k);
+        if b > k {
+            return Err(Error::Config {
+                field: "method.k".into(),
+                msg: format!("queue of {k} keys is shorter than the batch ({b})"),
+            });
+        }
+        let first = b.min(k - self.ptr);
+        let q = &mut self.store.params[self.queue].value;
+        assign_rows(
+            q,
+            self.ptr,
+            &crate::ops::shape_ops::slice_batch(keys, 0, first)?,
+        )?;
+        if first < b {
+            assign_rows(
+                q,
+                0,
+                &crate::ops::shape_ops::slice_batch(keys, first, b - first)?,
+            )?;
+        }
+        self.ptr = (self.ptr + b) % k;
+        Ok(())
+    }
+}
+
+impl Method for Moco {
+    fn name(&self) -> &'static str {
+        "moco"
+    }
+    fn store(&self) -> &ParamStore {
+        &self.store
+    }
+    fn store_mut(&mut self) -> &mut ParamStore {
+        &mut self.store
+    }
+    fn backbone(&self) -> &ResNet {
+        &self.backbone
+    }
+    fn before_step(&mut self, _progress: f64) -> Result<()> {
+        ema_towards_online(&mut self.store, KEY, self.cfg.momentum)
+    }
+    fn loss(&mut self, tape: &mut Tape, b: &Bound, v1: Var, v2: Var) -> Result<Var> {
+        let q = self.grouped(tape, v1, |m, t, x| {
+            let f = m.backbone.forward(t, &mut m.store, b, x, true)?;
+            m.head.forward(t, &mut m.store, b, f, true)
+        })?;
+        let n = tape.value(v2).shape()[0];
+        let mut perm: Vec<usize> = (0..n).collect();
+        if self.cfg.shuffle {
+            perm.shuffle(&mut self.rng);
+        }
+        let k = tape.no_grad(|t| -> Result<Var> {
+            let xs = t.permute_rows(v2, &perm)?;
+            let k = self.grouped(t, xs, |m, t, x| {
+                let f = m.k_backbone.forward(t, &mut m.store, b, x, true)?;
+                m.k_head.forward(t, &mut m.store, b, f, true)
+            })?;
+            t.permute_rows(k, &inverse_permutation(&perm))
+        })?;
+        self.pending = Some(crate::ops::l2norm::l2_normalize(tape.value(k))?);
+        let queue = self.queue().clone();
+        moco_infonce(tape, q, k, &queue, self.cfg.temperature)
+    }
+    fn after_step(&mut self) -> Result<()> {
+        if let Some(keys) = self.pending.take() {
+            self.enqueue(&keys)?;
+        }
+        Ok(())
+    }
+}
