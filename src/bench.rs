@@ -210,3 +210,185 @@ pub fn loader_throughput(workers: usize, batch: usize) -> Result<(f64, usize)> {
     .sum();
     Ok((n as f64 / t0.elapsed().as_secs_f64(), n))
 }
+
+/// One training-step benchmark.
+#[derive(Clone, Debug, Serialize)]
+pub struct StepResult {
+    pub method: String,
+    pub device: String,
+    pub batch: usize,
+    pub width: usize,
+    pub views: usize,
+    pub steps: usize,
+    pub seconds_per_step: f64,
+    pub images_per_s: f64,
+    /// 3 × forward FLOPs of the backbone convolutions per second.
+    pub gflops: f64,
+}
+
+/// Time `steps` training steps of `method` (simclr | moco | byol | simsiam, or `single`: one
+/// view through ResNet-18 + a 10-way classifier with cross-entropy, the anchor of the issue's
+/// comparison table) at `batch` on `dev`, ResNet-18 CIFAR at base `width`, after one warm-up
+/// step. Inputs are fixed random images (the loader is measured separately).
+pub fn train_step(
+    dev: &Device,
+    method: &str,
+    batch: usize,
+    width: usize,
+    steps: usize,
+) -> Result<StepResult> {
+    use crate::autograd::Tape;
+    use crate::nn::resnet::{Arch, ResNet, ResNetConfig, Stem};
+    use crate::nn::ParamStore;
+    use crate::optim::sgd_step;
+    use crate::ssl::{byol::*, moco::*, simclr::*, simsiam::*, Method};
+    let model = ResNetConfig {
+        arch: Arch::Resnet18,
+        stem: Stem::Cifar,
+        width,
+        zero_init_residual: false,
+        num_classes: None,
+    };
+    let mut rng = StdRng::seed_from_u64(0);
+    let x1 = Tensor::randn(&[batch, 3, 32, 32], 1.0, &mut rng, &Device::Cpu)?.to_vec()?;
+    let x2 = Tensor::randn(&[batch, 3, 32, 32], 1.0, &mut rng, &Device::Cpu)?.to_vec()?;
+    let sync = |d: &Device| -> Result<()> { d.sync() };
+    let (views, per_step): (usize, Box<dyn FnMut() -> Result<()>>) = if method == "single" {
+        let mut store = ParamStore::default();
+        let net = ResNet::new(
+            ResNetConfig {
+                num_classes: Some(10),
+                ..model.clone()
+            },
+            &mut store,
+            &mut rng,
+            dev,
+        )?;
+        let mut bufs: Vec<Option<Tensor>> = store
+            .params
+            .iter()
+            .map(|p| {
+                p.trainable()
+                    .then(|| Tensor::zeros(p.value.shape(), dev))
+                    .transpose()
+            })
+            .collect::<Result<_>>()?;
+        let labels =
+            Tensor::from_vec((0..batch).map(|i| (i % 10) as f32).collect(), &[batch], dev)?;
+        let dev = dev.clone();
+        (
+            1,
+            Box::new(move || {
+                let mut tape = Tape::new();
+                let b = store.bind(&mut tape, true);
+                let x = tape.input(Tensor::from_slice(&x1, &[batch, 3, 32, 32], &dev)?);
+                let logits = net.forward(&mut tape, &mut store, &b, x, true)?;
+                let loss = tape.cross_entropy(logits, &labels)?;
+                let g = tape.backward(loss)?;
+                for (id, v) in b.iter() {
+                    if let (Some(gr), Some(buf)) = (g.get(v), bufs[id].as_mut()) {
+                        sgd_step(&mut store.params[id].value, gr, buf, 0.1, 0.9, 1e-4)?;
+                    }
+                }
+                if let Device::Gpu(g) = &dev {
+                    g.flush();
+                }
+                Ok(())
+            }),
+        )
+    } else {
+        let mut m: Box<dyn Method> = match method {
+            "simclr" => Box::new(SimClr::new(model, SimClrConfig::default(), &mut rng, dev)?),
+            "moco" => Box::new(Moco::new(
+                model,
+                MocoConfig {
+                    k: 4096.max(batch),
+                    ..Default::default()
+                },
+                &mut rng,
+                dev,
+            )?),
+            "byol" => Box::new(Byol::new(model, ByolConfig::default(), &mut rng, dev)?),
+            "simsiam" => Box::new(SimSiam::new(
+                model,
+                SimSiamConfig::default(),
+                &mut rng,
+                dev,
+            )?),
+            other => {
+                return Err(Error::Config {
+                    field: "--method".into(),
+                    msg: format!("unknown method `{other}` (simclr, moco, byol, simsiam, single)"),
+                })
+            }
+        };
+        let mut bufs: Vec<Option<Tensor>> = m
+            .store()
+            .params
+            .iter()
+            .map(|p| {
+                p.trainable()
+                    .then(|| Tensor::zeros(p.value.shape(), dev))
+                    .transpose()
+            })
+            .collect::<Result<_>>()?;
+        let dev = dev.clone();
+        (
+            2,
+            Box::new(move || {
+                m.before_step(0.5)?;
+                let mut tape = Tape::new();
+                let b = m.store().bind(&mut tape, true);
+                let v1 = tape.input(Tensor::from_slice(&x1, &[batch, 3, 32, 32], &dev)?);
+                let v2 = tape.input(Tensor::from_slice(&x2, &[batch, 3, 32, 32], &dev)?);
+                let loss = m.loss(&mut tape, &b, v1, v2)?;
+                let g = tape.backward(loss)?;
+                for (id, v) in b.iter() {
+                    if let (Some(gr), Some(buf)) = (g.get(v), bufs[id].as_mut()) {
+                        sgd_step(&mut m.store_mut().params[id].value, gr, buf, 0.1, 0.9, 1e-4)?;
+                    }
+                }
+                drop(g);
+                drop(tape);
+                m.after_step()?;
+                if let Device::Gpu(g) = &dev {
+                    g.flush();
+                }
+                Ok(())
+            }),
+        )
+    };
+    let mut per_step = per_step;
+    per_step()?;
+    sync(dev)?;
+    let t0 = Instant::now();
+    for _ in 0..steps {
+        per_step()?;
+    }
+    sync(dev)?;
+    let secs = t0.elapsed().as_secs_f64() / steps.max(1) as f64;
+    let flops = 3.0 * 2.0 * model_macs(width) as f64 * (batch * views) as f64;
+    Ok(StepResult {
+        method: method.into(),
+        device: dev.name(),
+        batch,
+        width,
+        views,
+        steps,
+        seconds_per_step: secs,
+        images_per_s: batch as f64 / secs,
+        gflops: flops / secs * 1e-9,
+    })
+}
+
+fn model_macs(width: usize) -> usize {
+    use crate::nn::resnet::{Arch, ResNetConfig, Stem};
+    ResNetConfig {
+        arch: Arch::Resnet18,
+        stem: Stem::Cifar,
+        width,
+        zero_init_residual: false,
+        num_classes: None,
+    }
+    .forward_macs(32, 32)
+}

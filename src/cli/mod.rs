@@ -48,6 +48,19 @@ pub enum Command {
         /// Measure the two-view data loader instead of the kernels.
         #[arg(long)]
         loader: bool,
+        /// Measure training steps of this method (simclr, moco, byol, simsiam; `single` = one
+        /// view, ResNet-18 + classifier + cross-entropy) instead of the kernels.
+        #[arg(long)]
+        method: Option<String>,
+        /// Batch size for --method.
+        #[arg(long, default_value_t = 32)]
+        batch: usize,
+        /// ResNet-18 base width for --method.
+        #[arg(long, default_value_t = 64)]
+        width: usize,
+        /// Timed steps for --method (after one warm-up step).
+        #[arg(long, default_value_t = 3)]
+        steps: usize,
     },
     /// A short end-to-end check of the selected device: a small CNN trained for a few SGD
     /// steps, its first gradients compared with the CPU reference.
@@ -104,6 +117,29 @@ pub fn run(cli: Cli) -> Result<()> {
             } else {
                 println!(
                     "two-view loader: {ips:.0} images/s ({n} CIFAR images, {workers} workers)"
+                );
+            }
+            Ok(())
+        }
+        Command::Bench {
+            json,
+            method: Some(method),
+            batch,
+            width,
+            steps,
+            ..
+        } => {
+            let dev = select_device_or(cli.device.as_deref(), "gpu")?;
+            let r = bench::train_step(&dev, &method, batch, width, steps)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string(&r).map_err(|e| Error::Gpu(e.to_string()))?
+                );
+            } else {
+                println!(
+                    "{} step, ResNet-18 width {}, batch {} × {} view(s) on {}: {:.3} s/step, {:.2} img/s, {:.1} GFLOP/s",
+                    r.method, r.width, r.batch, r.views, r.device, r.seconds_per_step, r.images_per_s, r.gflops
                 );
             }
             Ok(())

@@ -262,3 +262,55 @@ impl ResNet {
         }
     }
 }
+
+impl ResNetConfig {
+    /// Multiply-adds of one image's forward pass through the convolutions (the FLOPs that
+    /// matter; BN, ReLU, pooling and heads are ignored) at input size h×w.
+    pub fn forward_macs(&self, h: usize, w: usize) -> usize {
+        let (depths, bottleneck) = match self.arch {
+            Arch::Resnet18 => ([2, 2, 2, 2], false),
+            Arch::Resnet34 => ([3, 4, 6, 3], false),
+            Arch::Resnet50 => ([3, 4, 6, 3], true),
+        };
+        let conv = |cin: usize, cout: usize, k: usize, s: usize, h: usize, w: usize| {
+            let (oh, ow) = ((h + 2 * (k / 2) - k) / s + 1, (w + 2 * (k / 2) - k) / s + 1);
+            (cin * cout * k * k * oh * ow, oh, ow)
+        };
+        let wd = self.width;
+        let (mut total, mut h, mut w) = match self.stem {
+            Stem::Cifar => conv(3, wd, 3, 1, h, w),
+            Stem::Imagenet => {
+                let (m, oh, ow) = conv(3, wd, 7, 2, h, w);
+                (m, oh.div_ceil(2), ow.div_ceil(2))
+            }
+        };
+        let expansion = if bottleneck { 4 } else { 1 };
+        let mut inplanes = wd;
+        for (li, &depth) in depths.iter().enumerate() {
+            let planes = wd << li;
+            for bi in 0..depth {
+                let s = if li > 0 && bi == 0 { 2 } else { 1 };
+                let specs: Vec<(usize, usize, usize, usize)> = if bottleneck {
+                    vec![
+                        (1, inplanes, planes, 1),
+                        (3, planes, planes, s),
+                        (1, planes, planes * expansion, 1),
+                    ]
+                } else {
+                    vec![(3, inplanes, planes, s), (3, planes, planes, 1)]
+                };
+                let (h0, w0) = (h, w);
+                for (k, cin, cout, st) in specs {
+                    let (m, oh, ow) = conv(cin, cout, k, st, h, w);
+                    total += m;
+                    (h, w) = (oh, ow);
+                }
+                if s != 1 || inplanes != planes * expansion {
+                    total += conv(inplanes, planes * expansion, 1, s, h0, w0).0;
+                }
+                inplanes = planes * expansion;
+            }
+        }
+        total
+    }
+}
