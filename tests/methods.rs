@@ -6,47 +6,13 @@ mod common;
 use common::*;
 use rand::SeedableRng;
 use std::sync::Arc;
-use viewcraft::data::augment::mean_std;
 use viewcraft::data::cifar::{self, Split, Variant};
-use viewcraft::nn::resnet::{Arch, ResNetConfig, Stem};
 use viewcraft::ssl::byol::{Byol, ByolConfig, TargetInit, TARGET};
 use viewcraft::ssl::simsiam::{SimSiam, SimSiamConfig};
 use viewcraft::ssl::{embed, Method};
 use viewcraft::tensor::{Device, Tensor};
 use viewcraft::train::{pretrain, Event, PretrainConfig};
 use viewcraft::Tape;
-
-fn model(width: usize) -> ResNetConfig {
-    ResNetConfig {
-        arch: Arch::Resnet18,
-        stem: Stem::Cifar,
-        width,
-        zero_init_residual: false,
-        num_classes: None,
-    }
-}
-
-fn config(epochs: usize, batch: usize, lr: f64) -> PretrainConfig {
-    let (mean, std) = mean_std("cifar10").unwrap();
-    PretrainConfig {
-        epochs,
-        batch_size: batch,
-        lr,
-        momentum: 0.9,
-        weight_decay: 1e-4,
-        decay_rate: 0.1,
-        seed: 5,
-        workers: 2,
-        log_interval: 1,
-        ccrop: false,
-        alpha: 0.1,
-        box_thresh: 0.1,
-        warmup_epochs: epochs,
-        loc_interval: epochs,
-        mean,
-        std,
-    }
-}
 
 fn value(m: &dyn Method, name: &str) -> Vec<f32> {
     m.store()
@@ -105,7 +71,7 @@ fn byol_target_init_and_ema() {
     let dev = Device::Cpu;
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
     let copy = Byol::new(
-        model(4),
+        resnet18(4),
         ByolConfig {
             target_init: TargetInit::Copy,
             ..Default::default()
@@ -122,7 +88,7 @@ fn byol_target_init_and_ema() {
         value(&copy, "projector.0.weight"),
         value(&copy, &format!("{TARGET}projector.0.weight"))
     );
-    let mut indep = Byol::new(model(4), ByolConfig::default(), &mut rng, &dev).unwrap();
+    let mut indep = Byol::new(resnet18(4), ByolConfig::default(), &mut rng, &dev).unwrap();
     let (o0, t0) = (
         value(&indep, "conv1.weight"),
         value(&indep, &format!("{TARGET}conv1.weight")),
@@ -137,7 +103,7 @@ fn byol_target_init_and_ema() {
         .all(|p| !p.trainable()));
     // One step: the EMA happens before the forward, with the online weights before the update.
     let m = indep.momentum_at(0.0);
-    train(&mut indep, 16, &config(1, 16, 0.1), &dev);
+    train(&mut indep, 16, &pretrain_config(1, 16, 0.1, 5), &dev);
     let t1 = value(&indep, &format!("{TARGET}conv1.weight"));
     let want: Vec<f64> = t0
         .iter()
@@ -147,7 +113,7 @@ fn byol_target_init_and_ema() {
     assert_close("target after one step", &t1, &want, 1e-6, 1e-5);
     assert_ne!(value(&indep, "conv1.weight"), o0, "online weights move");
     let cos = Byol::new(
-        model(4),
+        resnet18(4),
         ByolConfig {
             schedule: viewcraft::ssl::byol::MomentumSchedule::Cosine,
             ..Default::default()
@@ -165,7 +131,7 @@ fn byol_target_init_and_ema() {
 fn simsiam_frozen_bias_and_fixed_predictor_lr() {
     let dev = Device::Cpu;
     let mut m = SimSiam::new(
-        model(4),
+        resnet18(4),
         SimSiamConfig::default(),
         &mut rand::rngs::StdRng::seed_from_u64(1),
         &dev,
@@ -186,7 +152,7 @@ fn simsiam_frozen_bias_and_fixed_predictor_lr() {
     );
     let bias0 = value(&m, "projector.6.bias");
     let pred0 = value(&m, "predictor.0.weight");
-    train(&mut m, 32, &config(1, 16, 0.05), &dev);
+    train(&mut m, 32, &pretrain_config(1, 16, 0.05, 5), &dev);
     assert_eq!(value(&m, "projector.6.bias"), bias0, "frozen bias");
     assert_ne!(value(&m, "predictor.0.weight"), pred0);
 }
@@ -195,13 +161,13 @@ fn simsiam_frozen_bias_and_fixed_predictor_lr() {
 fn byol_and_simsiam_learn_without_collapse() {
     let dev = Device::Cpu;
     let mut byol = Byol::new(
-        model(8),
+        resnet18(8),
         ByolConfig::default(),
         &mut rand::rngs::StdRng::seed_from_u64(2),
         &dev,
     )
     .unwrap();
-    let (l, spread) = train(&mut byol, 128, &config(4, 32, 0.2), &dev);
+    let (l, spread) = train(&mut byol, 128, &pretrain_config(4, 32, 0.2, 5), &dev);
     eprintln!("byol losses {l:?} spread {spread}");
     assert!(
         mean(&l[12..]) < mean(&l[..4]) - 0.05,
@@ -209,13 +175,13 @@ fn byol_and_simsiam_learn_without_collapse() {
     );
     assert!(spread > 0.05, "BYOL features collapsed: {spread}");
     let mut ss = SimSiam::new(
-        model(8),
+        resnet18(8),
         SimSiamConfig::default(),
         &mut rand::rngs::StdRng::seed_from_u64(3),
         &dev,
     )
     .unwrap();
-    let (l, spread) = train(&mut ss, 128, &config(4, 32, 0.1), &dev);
+    let (l, spread) = train(&mut ss, 128, &pretrain_config(4, 32, 0.1, 5), &dev);
     eprintln!("simsiam losses {l:?} spread {spread}");
     assert!(
         mean(&l[12..]) < mean(&l[..4]) - 0.02,
@@ -231,15 +197,17 @@ fn one_step_on_the_adapter_equals_cpu() {
         let run = |dev: &Device| {
             let mut rng = rand::rngs::StdRng::seed_from_u64(4);
             let mut m: Box<dyn Method> = if which == "byol" {
-                Box::new(Byol::new(model(4), ByolConfig::default(), &mut rng, dev).unwrap())
+                Box::new(Byol::new(resnet18(4), ByolConfig::default(), &mut rng, dev).unwrap())
             } else {
-                Box::new(SimSiam::new(model(4), SimSiamConfig::default(), &mut rng, dev).unwrap())
+                Box::new(
+                    SimSiam::new(resnet18(4), SimSiamConfig::default(), &mut rng, dev).unwrap(),
+                )
             };
             let w0 = [
                 value(m.as_ref(), "layer1.0.conv1.weight"),
                 value(m.as_ref(), "predictor.0.weight"),
             ];
-            let (l, _) = train(m.as_mut(), 16, &config(1, 16, 0.1), dev);
+            let (l, _) = train(m.as_mut(), 16, &pretrain_config(1, 16, 0.1, 5), dev);
             (
                 l[0],
                 w0,

@@ -6,47 +6,13 @@ mod common;
 use common::*;
 use rand::SeedableRng;
 use std::sync::Arc;
-use viewcraft::data::augment::mean_std;
 use viewcraft::data::cifar::{self, Split, Variant};
-use viewcraft::nn::resnet::{Arch, ResNetConfig, Stem};
 use viewcraft::ops::shape_ops::{inverse_permutation, permute_rows};
 use viewcraft::ssl::moco::{Moco, MocoConfig, KEY};
 use viewcraft::ssl::Method;
 use viewcraft::tensor::{Device, Tensor};
-use viewcraft::train::{pretrain, Event, PretrainConfig};
+use viewcraft::train::{pretrain, Event};
 use viewcraft::Tape;
-
-fn model(width: usize) -> ResNetConfig {
-    ResNetConfig {
-        arch: Arch::Resnet18,
-        stem: Stem::Cifar,
-        width,
-        zero_init_residual: false,
-        num_classes: None,
-    }
-}
-
-fn config(epochs: usize, batch: usize) -> PretrainConfig {
-    let (mean, std) = mean_std("cifar10").unwrap();
-    PretrainConfig {
-        epochs,
-        batch_size: batch,
-        lr: 0.1,
-        momentum: 0.9,
-        weight_decay: 1e-4,
-        decay_rate: 0.1,
-        seed: 9,
-        workers: 2,
-        log_interval: 1,
-        ccrop: false,
-        alpha: 0.1,
-        box_thresh: 0.1,
-        warmup_epochs: epochs,
-        loc_interval: epochs,
-        mean,
-        std,
-    }
-}
 
 #[test]
 fn queue_wraps_around() {
@@ -57,7 +23,7 @@ fn queue_wraps_around() {
         ..Default::default()
     };
     let mut m = Moco::new(
-        model(4),
+        resnet18(4),
         cfg,
         &mut rand::rngs::StdRng::seed_from_u64(0),
         &dev,
@@ -129,7 +95,7 @@ fn shuffle_then_unshuffle_is_exact() {
 fn key_ema_runs_before_the_keys() {
     let dev = Device::Cpu;
     let mut m = Moco::new(
-        model(4),
+        resnet18(4),
         MocoConfig {
             k: 64,
             momentum: 0.9,
@@ -189,7 +155,7 @@ fn learns_and_matches_on_the_adapter() {
     );
     let mk = |dev: &Device| {
         Moco::new(
-            model(8),
+            resnet18(8),
             MocoConfig {
                 k: 256,
                 bn_group: 16,
@@ -203,11 +169,17 @@ fn learns_and_matches_on_the_adapter() {
     };
     let run = |m: &mut Moco, epochs: usize, dev: &Device, data: &Arc<viewcraft::data::ImageSet>| {
         let mut losses = Vec::new();
-        pretrain(m, data.clone(), &config(epochs, 32), dev, |e| {
-            if let Event::Step { loss, .. } = e {
-                losses.push(*loss)
-            }
-        })
+        pretrain(
+            m,
+            data.clone(),
+            &pretrain_config(epochs, 32, 0.1, 9),
+            dev,
+            |e| {
+                if let Event::Step { loss, .. } = e {
+                    losses.push(*loss)
+                }
+            },
+        )
         .unwrap();
         losses
     };

@@ -7,46 +7,12 @@ mod common;
 use common::*;
 use rand::SeedableRng;
 use std::sync::Arc;
-use viewcraft::data::augment::mean_std;
 use viewcraft::data::cifar::{self, Split, Variant};
-use viewcraft::nn::resnet::{Arch, ResNetConfig, Stem};
 use viewcraft::ssl::simclr::{SimClr, SimClrConfig};
 use viewcraft::ssl::Method;
 use viewcraft::tensor::{Device, Tensor};
 use viewcraft::train::{pretrain, Event, PretrainConfig};
 use viewcraft::Tape;
-
-fn model(width: usize) -> ResNetConfig {
-    ResNetConfig {
-        arch: Arch::Resnet18,
-        stem: Stem::Cifar,
-        width,
-        zero_init_residual: false,
-        num_classes: None,
-    }
-}
-
-fn config(epochs: usize, batch: usize) -> PretrainConfig {
-    let (mean, std) = mean_std("cifar10").unwrap();
-    PretrainConfig {
-        epochs,
-        batch_size: batch,
-        lr: 0.3,
-        momentum: 0.9,
-        weight_decay: 1e-4,
-        decay_rate: 0.1,
-        seed: 3,
-        workers: 2,
-        log_interval: 1,
-        ccrop: true,
-        alpha: 0.1,
-        box_thresh: 0.1,
-        warmup_epochs: 2,
-        loc_interval: 2,
-        mean,
-        std,
-    }
-}
 
 #[test]
 fn simclr_ccrop_schedule_learns_without_collapse() {
@@ -57,16 +23,25 @@ fn simclr_ccrop_schedule_learns_without_collapse() {
     );
     let dev = Device::Cpu;
     let mut m = SimClr::new(
-        model(8),
+        resnet18(8),
         SimClrConfig::default(),
         &mut rand::rngs::StdRng::seed_from_u64(0),
         &dev,
     )
     .unwrap();
     let mut events = Vec::new();
-    let boxes = pretrain(&mut m, data.clone(), &config(5, 32), &dev, |e| {
-        events.push(e.clone())
-    })
+    let boxes = pretrain(
+        &mut m,
+        data.clone(),
+        &PretrainConfig {
+            ccrop: true,
+            warmup_epochs: 2,
+            loc_interval: 2,
+            ..pretrain_config(5, 32, 0.3, 3)
+        },
+        &dev,
+        |e| events.push(e.clone()),
+    )
     .unwrap();
     let crops: Vec<&str> = events
         .iter()
@@ -158,11 +133,10 @@ fn one_step_on_the_adapter_equals_cpu() {
             .unwrap()
             .truncate(16),
     );
-    let mut cfg = config(1, 16);
-    cfg.ccrop = false;
+    let cfg = pretrain_config(1, 16, 0.3, 3);
     let run = |dev: &Device| {
         let mut m = SimClr::new(
-            model(4),
+            resnet18(4),
             SimClrConfig::default(),
             &mut rand::rngs::StdRng::seed_from_u64(1),
             dev,

@@ -185,17 +185,28 @@ fn resnet18_batch4_gpu_equals_cpu() {
         let mut tape = Tape::new();
         let bound = store.bind(&mut tape, true);
         let xv = tape.input(t(&x, &[4, 3, 32, 32], dev));
-        let f = net.forward(&mut tape, &mut store, &bound, xv, true).unwrap();
+        let f = net
+            .forward(&mut tape, &mut store, &bound, xv, true)
+            .unwrap();
         let fv = tape.value(f).to_vec().unwrap();
         let l = tape.sum(f).unwrap();
         let grads = tape.backward(l).unwrap();
-        let gw: Vec<Vec<f32>> = bound.iter().map(|(_, v)| grads.get(v).unwrap().to_vec().unwrap()).collect();
+        let gw: Vec<Vec<f32>> = bound
+            .iter()
+            .map(|(_, v)| grads.get(v).unwrap().to_vec().unwrap())
+            .collect();
         (fv, gw)
     };
     let (c, gg) = (run(&Device::Cpu), run(&g));
     assert_close(&format!("features seed {seed}"), &gg.0, &c.0, 1e-4, 1e-3);
     for (i, (a, b)) in gg.1.iter().zip(&c.1).enumerate() {
         let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())) as f64;
-        assert_close(&format!("grad {i} seed {seed}"), a, b, 2e-4 * scale + 1e-6, 2e-3);
+        assert_close(
+            &format!("grad {i} seed {seed}"),
+            a,
+            b,
+            2e-4 * scale + 1e-6,
+            2e-3,
+        );
     }
 }

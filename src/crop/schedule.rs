@@ -9,11 +9,10 @@ use serde::Serialize;
 use super::heatmap;
 use super::sampler::BoxF;
 use crate::autograd::Tape;
-use crate::data::augment::{normalize, Rgb};
 use crate::data::ImageSet;
 use crate::error::Result;
 use crate::ssl::{feature_map, Method};
-use crate::tensor::{Device, Tensor};
+use crate::tensor::Device;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Schedule {
@@ -75,16 +74,8 @@ pub fn update_boxes(
     let mut fallbacks = 0;
     for start in (0..data.len()).step_by(batch.max(1)) {
         let end = (start + batch).min(data.len());
-        let mut x = Vec::with_capacity((end - start) * 3 * h * w);
-        for i in start..end {
-            x.extend(normalize(
-                &Rgb::new(h, w, data.image(i).to_vec()),
-                mean,
-                std,
-            ));
-        }
         let mut tape = Tape::new();
-        let xv = tape.input(Tensor::from_vec(x, &[end - start, 3, h, w], device)?);
+        let xv = tape.input(data.eval_batch(start..end, mean, std, device)?);
         let fm = feature_map(method, &mut tape, xv)?;
         let (b, v) = heatmap::boxes(tape.value(fm), (h, w), k)?;
         let (b, v) = (b.to_vec()?, v.to_vec()?);

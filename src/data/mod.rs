@@ -32,6 +32,27 @@ impl ImageSet {
         let s = 3 * self.height * self.width;
         &self.pixels[i * s..(i + 1) * s]
     }
+    /// Images `range` with the evaluation transform (normalisation only), as a tensor
+    /// [len, 3, H, W] on `device`.
+    pub fn eval_batch(
+        &self,
+        range: std::ops::Range<usize>,
+        mean: [f32; 3],
+        std: [f32; 3],
+        device: &crate::tensor::Device,
+    ) -> Result<crate::tensor::Tensor> {
+        let (h, w, n) = (self.height, self.width, range.len());
+        let mut x = Vec::with_capacity(n * 3 * h * w);
+        for i in range {
+            x.extend(augment::normalize(
+                &augment::Rgb::new(h, w, self.image(i).to_vec()),
+                mean,
+                std,
+            ));
+        }
+        crate::tensor::Tensor::from_vec(x, &[n, 3, h, w], device)
+    }
+
     /// The first `n` images (all when `n` is 0 or larger than the set).
     pub fn truncate(mut self, n: usize) -> ImageSet {
         if n > 0 && n < self.len() {

@@ -3,12 +3,11 @@
 //! features, the k nearest training images vote with weight exp(sim/T).
 
 use crate::autograd::Tape;
-use crate::data::augment::{normalize, Rgb};
 use crate::data::ImageSet;
 use crate::error::Result;
 use crate::ops::linear::matmul_ref;
 use crate::ssl::{embed, Method};
-use crate::tensor::{Device, Tensor};
+use crate::tensor::Device;
 
 /// Pooled backbone features [N, D] of the whole set, in order.
 pub fn features(
@@ -19,21 +18,12 @@ pub fn features(
     batch: usize,
     device: &Device,
 ) -> Result<(Vec<f32>, usize)> {
-    let (h, w) = (data.height, data.width);
     let mut out = Vec::new();
     let mut dim = 0;
     for start in (0..data.len()).step_by(batch.max(1)) {
         let end = (start + batch).min(data.len());
-        let mut x = Vec::with_capacity((end - start) * 3 * h * w);
-        for i in start..end {
-            x.extend(normalize(
-                &Rgb::new(h, w, data.image(i).to_vec()),
-                mean,
-                std,
-            ));
-        }
         let mut tape = Tape::new();
-        let xv = tape.input(Tensor::from_vec(x, &[end - start, 3, h, w], device)?);
+        let xv = tape.input(data.eval_batch(start..end, mean, std, device)?);
         let f = embed(method, &mut tape, xv)?;
         dim = tape.value(f).shape()[1];
         out.extend(tape.value(f).to_vec()?);

@@ -214,3 +214,44 @@ impl Fixture {
         st.names().into_iter().map(String::from).collect()
     }
 }
+
+/// ResNet-18, CIFAR stem, base `width`, no classifier.
+pub fn resnet18(width: usize) -> viewcraft::nn::resnet::ResNetConfig {
+    use viewcraft::nn::resnet::{Arch, ResNetConfig, Stem};
+    ResNetConfig {
+        arch: Arch::Resnet18,
+        stem: Stem::Cifar,
+        width,
+        zero_init_residual: false,
+        num_classes: None,
+    }
+}
+
+/// A short CIFAR-10 pre-training config: RandomResizedCrop only (set `ccrop` for C-Crop),
+/// logging every step, 2 loader threads.
+pub fn pretrain_config(
+    epochs: usize,
+    batch: usize,
+    lr: f64,
+    seed: u64,
+) -> viewcraft::train::PretrainConfig {
+    let (mean, std) = viewcraft::data::augment::mean_std("cifar10").unwrap();
+    viewcraft::train::PretrainConfig {
+        epochs,
+        batch_size: batch,
+        lr,
+        momentum: 0.9,
+        weight_decay: 1e-4,
+        decay_rate: 0.1,
+        seed,
+        workers: 2,
+        log_interval: 1,
+        ccrop: false,
+        alpha: 0.1,
+        box_thresh: 0.1,
+        warmup_epochs: epochs,
+        loc_interval: epochs,
+        mean,
+        std,
+    }
+}
