@@ -176,3 +176,46 @@ fn one_step_on_the_adapter_equals_cpu() {
         1e-4,
     );
 }
+
+#[test]
+fn simccrop_uses_the_fixed_centre_box_from_epoch_one() {
+    let data = Arc::new(
+        cifar::load(&cifar::embedded_root(), Variant::Cifar10, Split::Train)
+            .unwrap()
+            .truncate(32),
+    );
+    let dev = Device::Cpu;
+    let mut m = SimClr::new(
+        resnet18(4),
+        SimClrConfig::default(),
+        &mut rand::rngs::StdRng::seed_from_u64(0),
+        &dev,
+    )
+    .unwrap();
+    let centre = [0.25f32, 0.25, 0.75, 0.75];
+    let cfg = PretrainConfig {
+        ccrop: true,
+        warmup_epochs: 0,
+        loc_interval: 3,
+        init_box: centre,
+        ..pretrain_config(2, 16, 0.1, 1)
+    };
+    let mut events = Vec::new();
+    let boxes = pretrain(&mut m, data, &cfg, &dev, |e| events.push(e.clone())).unwrap();
+    let crops: Vec<&str> = events
+        .iter()
+        .filter_map(|e| {
+            if let Event::Epoch { crop, .. } = e {
+                Some(*crop)
+            } else {
+                None
+            }
+        })
+        .collect();
+    assert_eq!(crops, ["ccrop", "ccrop"]);
+    assert!(
+        !events.iter().any(|e| matches!(e, Event::Boxes(_))),
+        "never updated"
+    );
+    assert!(boxes.iter().all(|b| *b == centre));
+}

@@ -88,6 +88,7 @@ pub fn run(args: &QuickstartArgs, device: &Device) -> Result<()> {
         loc_interval: warmup,
         mean,
         std,
+        init_box: crate::crop::sampler::WHOLE_IMAGE,
     };
     let mut first = None;
     let mut last = f32::NAN;

@@ -10,7 +10,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::autograd::Tape;
-use crate::crop::sampler::{BoxF, ContrastiveCrop, RrcParams, WHOLE_IMAGE};
+use crate::crop::sampler::{BoxF, ContrastiveCrop, RrcParams};
 use crate::crop::schedule::{update_boxes, BoxPass, BoxStats, Schedule};
 use crate::data::augment::Jitter;
 use crate::data::loader::{epoch, CropMode, ViewConfig};
@@ -40,6 +40,10 @@ pub struct PretrainConfig {
     pub loc_interval: usize,
     pub mean: [f32; 3],
     pub std: [f32; 3],
+    /// Every image's box before the first update: the whole image, or SimCCrop's fixed
+    /// centre box (0.25, 0.25, 0.75, 0.75) with `warmup_epochs = 0` and
+    /// `loc_interval > epochs` (never updated).
+    pub init_box: BoxF,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -121,7 +125,7 @@ pub fn pretrain(
         mean: cfg.mean,
         std: cfg.std,
     };
-    let mut boxes = vec![WHOLE_IMAGE; data.len()];
+    let mut boxes = vec![cfg.init_box; data.len()];
     // Momentum buffers, one per trainable parameter (zeros reproduce PyTorch's first step).
     let mut bufs: Vec<Option<Tensor>> = method
         .store()

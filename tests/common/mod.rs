@@ -253,5 +253,6 @@ pub fn pretrain_config(
         loc_interval: epochs,
         mean,
         std,
+        init_box: viewcraft::crop::sampler::WHOLE_IMAGE,
     }
 }
