@@ -51,3 +51,4 @@ fn cross_entropy_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builti
         out[base + j] = (p - select(0.0, 1.0, j == label)) * gr;
     }
 }
+

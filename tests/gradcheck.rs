@@ -235,3 +235,22 @@ fn pooling_l2norm_cross_entropy() {
         |x| dot(&g, &cross_entropy::forward_ref(x, &labels, n, k)),
     );
 }
+
+#[test]
+fn info_nce_both_modes() {
+    use viewcraft::ops::cross_entropy::{info_nce_backward_ref, info_nce_ref, NceMode};
+    for (n, m, mode) in [
+        (4, 4, NceMode::NtXent),
+        (3, 8, NceMode::Moco { in_batch: 3 }),
+    ] {
+        let (mut r, seed) = rng();
+        let sim = r64(&mut r, n * m);
+        let g = r64(&mut r, n);
+        check_grad(
+            &format!("info_nce {mode:?} seed {seed}"),
+            &sim,
+            &info_nce_backward_ref(&sim, &g, n, m, mode, 2.0),
+            |s| dot(&g, &info_nce_ref(s, n, m, mode, 2.0)),
+        );
+    }
+}

@@ -621,3 +621,50 @@ fn both_kernel_families_agree_with_cpu() {
         );
     }
 }
+
+#[test]
+fn info_nce_fused() {
+    let Some(g) = gpu() else { return };
+    use cross_entropy::NceMode;
+    for (n, m, mode) in [
+        (6, 6, NceMode::NtXent),
+        (64, 64, NceMode::NtXent),
+        (5, 21, NceMode::Moco { in_batch: 5 }),
+        (32, 4128, NceMode::Moco { in_batch: 32 }),
+    ] {
+        let (mut r, seed) = rng();
+        let (sc, sg) = both(
+            &randn(&mut r, n * m)
+                .iter()
+                .map(|v| v.clamp(-1.0, 1.0))
+                .collect::<Vec<_>>(),
+            &[n, m],
+            &g,
+        );
+        let (gc, gg) = both(&randn(&mut r, n), &[n], &g);
+        let lbl = format!("info_nce [{n},{m}] {mode:?} seed {seed}");
+        assert_close(
+            &format!("{lbl} loss"),
+            &v(&cross_entropy::info_nce(&sg, mode, 5.0).unwrap()),
+            &v(&cross_entropy::info_nce(&sc, mode, 5.0).unwrap()),
+            1e-5,
+            1e-5,
+        );
+        assert_close(
+            &format!("{lbl} grad"),
+            &v(&cross_entropy::info_nce_backward(&sg, &gg, mode, 5.0).unwrap()),
+            &v(&cross_entropy::info_nce_backward(&sc, &gc, mode, 5.0).unwrap()),
+            1e-6,
+            1e-4,
+        );
+    }
+    assert!(
+        cross_entropy::info_nce(
+            &Tensor::zeros(&[3, 3], &Device::Cpu).unwrap(),
+            cross_entropy::NceMode::NtXent,
+            1.0
+        )
+        .is_err(),
+        "odd NT-Xent size"
+    );
+}

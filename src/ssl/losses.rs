@@ -1,4 +1,4 @@
-//! SSL losses composed from the op set (their gradients come from the pieces).
+//! SSL losses as tape functions (their gradients come from the pieces).
 //!
 //! - NT-Xent (SimCLR): z = normalize([z1; z2]) (2N rows), logits = z·zᵀ/τ with the
 //!   self-similarity removed; row i's positive is its other view. The denominator includes
@@ -9,26 +9,16 @@
 //!   enqueueing is a row copy.
 //! - BYOL / SimSiam: scale · (mean cos(p1, z2) + mean cos(p2, z1)) with z detached
 //!   (scale −2 for BYOL, −0.5 for SimSiam).
+//!
+//! The contrastive losses use the fused `info_nce` op: the similarity matrix and its gradient
+//! are the only N×M matrices (masking, temperature and softmax happen inside the kernels).
 
 use crate::autograd::{Tape, Var};
 use crate::error::{Error, Result};
+use crate::ops::cross_entropy::NceMode;
 use crate::tensor::Tensor;
 
-/// Mask that removes entries from a softmax: `value` where `hide(i, j)`, else 0.
-fn mask(
-    rows: usize,
-    cols: usize,
-    hide: impl Fn(usize, usize) -> bool,
-    like: &Tensor,
-) -> Result<Tensor> {
-    let v = (0..rows * cols)
-        .map(|t| if hide(t / cols, t % cols) { -1e9 } else { 0.0 })
-        .collect();
-    Tensor::from_vec(v, &[rows, cols], &like.device())
-}
-
 pub fn nt_xent(tape: &mut Tape, z1: Var, z2: Var, tau: f32, loss_scale: f32) -> Result<Var> {
-    let n = tape.value(z1).shape()[0];
     if tape.value(z2).shape() != tape.value(z1).shape() {
         return Err(Error::shape(
             "nt_xent",
@@ -42,36 +32,24 @@ pub fn nt_xent(tape: &mut Tape, z1: Var, z2: Var, tau: f32, loss_scale: f32) -> 
     let z = tape.concat(&[z1, z2])?;
     let z = tape.l2_normalize(z)?;
     let sim = tape.matmul_t(z, z, false, true)?;
-    let logits = tape.scale(sim, 1.0 / tau)?;
-    let m = tape.input(mask(2 * n, 2 * n, |i, j| i == j, tape.value(z1))?);
-    let logits = tape.add(logits, m)?;
-    let labels: Vec<f32> = (0..2 * n).map(|i| ((i + n) % (2 * n)) as f32).collect();
-    let labels = Tensor::from_vec(labels, &[2 * n], &tape.value(z1).device())?;
-    let ce = tape.cross_entropy(logits, &labels)?;
+    let rows = tape.info_nce(sim, NceMode::NtXent, 1.0 / tau)?;
+    let ce = tape.mean(rows)?;
     tape.scale(ce, loss_scale)
 }
 
 /// `queue` holds K normalised keys, one per row ([K, dim]).
 pub fn moco_infonce(tape: &mut Tape, q: Var, k: Var, queue: &Tensor, t: f32) -> Result<Var> {
     let n = tape.value(q).shape()[0];
-    let kq = queue.shape()[0];
     let q = tape.l2_normalize(q)?;
     let k = tape.detach(k);
     let k = tape.l2_normalize(k)?;
     let qv = tape.input(queue.clone());
-    // [k_0..k_{N-1}; queue] as rows; in-batch keys other than the own one are masked out, so
-    // each row's softmax is over exactly [q·k_i, q·queue].
+    // [k_0..k_{N-1}; queue] as rows; the fused op drops the other rows' keys, so each row's
+    // softmax is over exactly [q·k_i, q·queue].
     let keys = tape.concat(&[k, qv])?;
     let sim = tape.matmul_t(q, keys, false, true)?;
-    let logits = tape.scale(sim, 1.0 / t)?;
-    let m = tape.input(mask(n, n + kq, |i, j| j < n && j != i, tape.value(q))?);
-    let logits = tape.add(logits, m)?;
-    let labels = Tensor::from_vec(
-        (0..n).map(|i| i as f32).collect(),
-        &[n],
-        &tape.value(q).device(),
-    )?;
-    tape.cross_entropy(logits, &labels)
+    let rows = tape.info_nce(sim, NceMode::Moco { in_batch: n }, 1.0 / t)?;
+    tape.mean(rows)
 }
 
 /// scale · (mean cos(p1, stopgrad z2) + mean cos(p2, stopgrad z1)).

@@ -1,0 +1,76 @@
+// Contrastive (InfoNCE / NT-Xent) cross-entropy on a similarity matrix sim [N, M] without
+// materialising masked or scaled copies: logits_ij = scale·sim_ij, with entries removed by
+// the mode's mask and the label given by the mode:
+//   mode 0 (NT-Xent, M = N = 2B): mask j = i; label (i + N/2) mod N
+//   mode 1 (MoCo, columns = [B in-batch keys | queue]): mask j < B, j ≠ i; label i
+// Backward: g_ij = scale·(softmax_ij − [j = label])·g_i on unmasked entries, 0 elsewhere.
+struct NceParams {
+    n: u32,
+    m: u32,
+    scale: f32,
+    mode: u32,
+    in_batch: u32,
+    _p0: u32,
+    _p1: u32,
+    _p2: u32,
+}
+
+@group(0) @binding(0) var<uniform> nce: NceParams;
+@group(0) @binding(1) var<storage, read> logits: array<f32>;  // the similarity matrix
+@group(0) @binding(2) var<storage, read> g: array<f32>;
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+
+fn nce_masked(i: u32, j: u32) -> bool {
+    if (nce.mode == 0u) {
+        return j == i;
+    }
+    return j < nce.in_batch && j != i;
+}
+
+fn nce_label(i: u32) -> u32 {
+    if (nce.mode == 0u) {
+        return (i + nce.n / 2u) % nce.n;
+    }
+    return i;
+}
+
+fn nce_lse(i: u32) -> f32 {
+    let base = i * nce.m;
+    var mx = -3.402823e38;
+    for (var j = 0u; j < nce.m; j++) {
+        if (!nce_masked(i, j)) {
+            mx = max(mx, nce.scale * logits[base + j]);
+        }
+    }
+    var s = 0.0;
+    for (var j = 0u; j < nce.m; j++) {
+        if (!nce_masked(i, j)) {
+            s += exp(nce.scale * logits[base + j] - mx);
+        }
+    }
+    return log(s) + mx;
+}
+
+@compute @workgroup_size(64)
+fn info_nce_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = flat_index(gid, nwg, 64u);
+    if (i >= nce.n) { return; }
+    out[i] = nce_lse(i) - nce.scale * logits[i * nce.m + nce_label(i)];
+}
+
+@compute @workgroup_size(64)
+fn info_nce_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = flat_index(gid, nwg, 64u);
+    if (i >= nce.n) { return; }
+    let base = i * nce.m;
+    let lse = nce_lse(i);
+    let label = nce_label(i);
+    let gi = g[i] * nce.scale;
+    for (var j = 0u; j < nce.m; j++) {
+        var v = 0.0;
+        if (!nce_masked(i, j)) {
+            v = (exp(nce.scale * logits[base + j] - lse) - select(0.0, 1.0, j == label)) * gi;
+        }
+        out[base + j] = v;
+    }
+}
