@@ -170,18 +170,7 @@ impl Byol {
 }
 
 impl Method for Byol {
-    fn name(&self) -> &'static str {
-        "byol"
-    }
-    fn store(&self) -> &ParamStore {
-        &self.store
-    }
-    fn store_mut(&mut self) -> &mut ParamStore {
-        &mut self.store
-    }
-    fn backbone(&self) -> &ResNet {
-        &self.backbone
-    }
+    method_accessors!("byol");
     fn before_step(&mut self, progress: f64) -> Result<()> {
         let m = self.momentum_at(progress);
         ema_towards_online(&mut self.store, TARGET, m)

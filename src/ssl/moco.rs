@@ -187,18 +187,7 @@ impl Moco {
 }
 
 impl Method for Moco {
-    fn name(&self) -> &'static str {
-        "moco"
-    }
-    fn store(&self) -> &ParamStore {
-        &self.store
-    }
-    fn store_mut(&mut self) -> &mut ParamStore {
-        &mut self.store
-    }
-    fn backbone(&self) -> &ResNet {
-        &self.backbone
-    }
+    method_accessors!("moco");
     fn before_step(&mut self, _progress: f64) -> Result<()> {
         ema_towards_online(&mut self.store, KEY, self.cfg.momentum)
     }

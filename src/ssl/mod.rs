@@ -2,6 +2,25 @@
 //! named parameter store) and its loss; the trainer owns the loop, the optimiser and the
 //! data. The losses are pure tape functions in [`losses`].
 
+/// The accessors every method implements the same way, from its `store` and `backbone`
+/// fields.
+macro_rules! method_accessors {
+    ($name:literal) => {
+        fn name(&self) -> &'static str {
+            $name
+        }
+        fn store(&self) -> &crate::nn::ParamStore {
+            &self.store
+        }
+        fn store_mut(&mut self) -> &mut crate::nn::ParamStore {
+            &mut self.store
+        }
+        fn backbone(&self) -> &crate::nn::resnet::ResNet {
+            &self.backbone
+        }
+    };
+}
+
 pub mod byol;
 pub mod losses;
 pub mod moco;

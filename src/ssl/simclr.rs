@@ -80,18 +80,7 @@ impl SimClr {
 }
 
 impl Method for SimClr {
-    fn name(&self) -> &'static str {
-        "simclr"
-    }
-    fn store(&self) -> &ParamStore {
-        &self.store
-    }
-    fn store_mut(&mut self) -> &mut ParamStore {
-        &mut self.store
-    }
-    fn backbone(&self) -> &ResNet {
-        &self.backbone
-    }
+    method_accessors!("simclr");
     fn loss(&mut self, tape: &mut Tape, bound: &Bound, v1: Var, v2: Var) -> Result<Var> {
         let b = tape.value(v1).shape()[0];
         let z = self.project(tape, bound, v1, v2)?;

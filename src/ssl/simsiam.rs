@@ -118,18 +118,7 @@ impl SimSiam {
 }
 
 impl Method for SimSiam {
-    fn name(&self) -> &'static str {
-        "simsiam"
-    }
-    fn store(&self) -> &ParamStore {
-        &self.store
-    }
-    fn store_mut(&mut self) -> &mut ParamStore {
-        &mut self.store
-    }
-    fn backbone(&self) -> &ResNet {
-        &self.backbone
-    }
+    method_accessors!("simsiam");
     fn fixed_lr(&self, name: &str) -> bool {
         self.cfg.fix_pred_lr && name.starts_with("predictor.")
     }
