@@ -336,7 +336,7 @@ pub fn train_step(
         (
             2,
             Box::new(move || {
-                m.before_step(0.5)?;
+                m.before_step(1, 2)?;
                 let mut tape = Tape::new();
                 let b = m.store().bind(&mut tape, true);
                 let v1 = tape.input(Tensor::from_slice(&x1, &[batch, 3, 32, 32], &dev)?);

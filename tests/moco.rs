@@ -133,7 +133,7 @@ fn key_ema_runs_before_the_keys() {
         .unwrap();
     let moved: Vec<f32> = k0.iter().map(|v| v + 1.0).collect();
     m.store_mut().params[id].value = Tensor::from_vec(moved, &[4, 4, 3, 3], &dev).unwrap();
-    m.before_step(0.0).unwrap();
+    m.before_step(0, 1).unwrap();
     let k1 = m
         .store()
         .get(&format!("{KEY}{name}"))

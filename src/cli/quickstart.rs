@@ -89,6 +89,9 @@ pub fn run(args: &QuickstartArgs, device: &Device) -> Result<()> {
         mean,
         std,
         init_box: crate::crop::sampler::WHOLE_IMAGE,
+        checkpoint_dir: None,
+        save_interval: 1,
+        resume: None,
     };
     let mut first = None;
     let mut last = f32::NAN;
@@ -108,6 +111,7 @@ pub fn run(args: &QuickstartArgs, device: &Device) -> Result<()> {
             images_per_s,
             crop,
         } => println!("epoch {epoch} done ({crop}), {images_per_s:.1} img/s"),
+        Event::Checkpoint { .. } => {}
         Event::Boxes(s) => println!(
             "boxes updated after epoch {}: mean area {:.3}, near-full {:.1}%, constant maps {}",
             s.epoch,

@@ -171,8 +171,8 @@ impl Byol {
 
 impl Method for Byol {
     method_accessors!("byol");
-    fn before_step(&mut self, progress: f64) -> Result<()> {
-        let m = self.momentum_at(progress);
+    fn before_step(&mut self, step: usize, total: usize) -> Result<()> {
+        let m = self.momentum_at(step as f64 / total.max(1) as f64);
         ema_towards_online(&mut self.store, TARGET, m)
     }
     fn loss(&mut self, tape: &mut Tape, b: &Bound, v1: Var, v2: Var) -> Result<Var> {

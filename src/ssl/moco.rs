@@ -188,8 +188,32 @@ impl Moco {
 
 impl Method for Moco {
     method_accessors!("moco");
-    fn before_step(&mut self, _progress: f64) -> Result<()> {
+    fn before_step(&mut self, step: usize, _total: usize) -> Result<()> {
+        // The key shuffle of each step comes from (seed, step): resumed runs repeat it.
+        self.rng = StdRng::seed_from_u64(
+            self.cfg.seed ^ (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        );
         ema_towards_online(&mut self.store, KEY, self.cfg.momentum)
+    }
+    fn extra_state(&self) -> serde_json::Value {
+        serde_json::json!({ "queue_ptr": self.ptr })
+    }
+    fn load_extra_state(&mut self, state: &serde_json::Value) -> Result<()> {
+        let ptr = state["queue_ptr"]
+            .as_u64()
+            .ok_or_else(|| Error::Autograd("checkpoint: MoCo queue_ptr missing".into()))?
+            as usize;
+        if ptr >= self.cfg.k {
+            return Err(Error::Config {
+                field: "method.k".into(),
+                msg: format!(
+                    "checkpoint queue pointer {ptr} outside a queue of {}",
+                    self.cfg.k
+                ),
+            });
+        }
+        self.ptr = ptr;
+        Ok(())
     }
     fn loss(&mut self, tape: &mut Tape, b: &Bound, v1: Var, v2: Var) -> Result<Var> {
         let q = self.grouped(tape, v1, |m, t, x| {

@@ -43,8 +43,16 @@ pub trait Method {
     /// Record one step's loss for two views, each [B, 3, H, W].
     fn loss(&mut self, tape: &mut Tape, bound: &Bound, v1: Var, v2: Var) -> Result<Var>;
     /// Hook before the step's parameters are bound to the tape (momentum / target encoder
-    /// EMA, which the references apply at the start of every forward).
-    fn before_step(&mut self, _progress: f64) -> Result<()> {
+    /// EMA, which the references apply at the start of every forward). `step` counts from 0
+    /// over the whole run, `total` is the run's number of steps.
+    fn before_step(&mut self, _step: usize, _total: usize) -> Result<()> {
+        Ok(())
+    }
+    /// State beside the store that a checkpoint must keep (e.g. MoCo's queue pointer).
+    fn extra_state(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+    fn load_extra_state(&mut self, _state: &serde_json::Value) -> Result<()> {
         Ok(())
     }
     /// Hook after the optimiser step (queues).

@@ -9,6 +9,8 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+pub mod checkpoint;
+
 use crate::autograd::Tape;
 use crate::crop::sampler::{BoxF, ContrastiveCrop, RrcParams};
 use crate::crop::schedule::{update_boxes, BoxPass, BoxStats, Schedule};
@@ -44,6 +46,12 @@ pub struct PretrainConfig {
     /// centre box (0.25, 0.25, 0.75, 0.75) with `warmup_epochs = 0` and
     /// `loc_interval > epochs` (never updated).
     pub init_box: BoxF,
+    /// Where `epoch_<e>.safetensors` and `last.safetensors` go (none: no checkpoints).
+    pub checkpoint_dir: Option<std::path::PathBuf>,
+    /// Save every this many epochs (and always after the last one).
+    pub save_interval: usize,
+    /// Continue from this checkpoint (epoch, step, weights, buffers, momentum, boxes).
+    pub resume: Option<std::path::PathBuf>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -61,6 +69,10 @@ pub enum Event {
         crop: &'static str,
     },
     Boxes(BoxStats),
+    Checkpoint {
+        epoch: usize,
+        path: String,
+    },
 }
 
 impl PretrainConfig {
@@ -138,9 +150,27 @@ pub fn pretrain(
         })
         .collect::<Result<_>>()?;
     let (s, b) = (data.height, cfg.batch_size);
-    let mut step = 0;
+    let mut start_epoch = 1;
+    let mut resumed_step = 0;
+    if let Some(path) = &cfg.resume {
+        let r = checkpoint::load(path, method, &mut bufs, device)?;
+        if r.boxes.len() != data.len() {
+            return Err(Error::file(
+                path,
+                format!(
+                    "holds {} boxes for a dataset of {} images",
+                    r.boxes.len(),
+                    data.len()
+                ),
+            ));
+        }
+        boxes = r.boxes;
+        start_epoch = r.epoch + 1;
+        resumed_step = r.step;
+    }
+    let mut step = resumed_step;
     let total_steps = (cfg.epochs * (data.len() / b)).max(1);
-    for ep in 1..=cfg.epochs {
+    for ep in start_epoch..=cfg.epochs {
         let lr = cosine_lr(cfg.lr, ep, cfg.epochs, cfg.decay_rate);
         let use_box = cfg.ccrop && sched.use_box(ep);
         let mode = if use_box {
@@ -165,7 +195,7 @@ pub fn pretrain(
         ) {
             step += 1;
             let [v1, v2] = batch.views;
-            method.before_step((step - 1) as f64 / total_steps as f64)?;
+            method.before_step(step - 1, total_steps)?;
             let mut tape = Tape::new();
             let store_bound = method.store().bind(&mut tape, true);
             let x1 = tape.input(Tensor::from_vec(v1, &[b, 3, s, s], device)?);
@@ -228,6 +258,33 @@ pub fn pretrain(
             };
             let stats = update_boxes(method, &data, &mut boxes, &pass, device, ep)?;
             on(&Event::Boxes(stats));
+        }
+        if let Some(dir) = &cfg.checkpoint_dir {
+            if ep == cfg.epochs || ep.is_multiple_of(cfg.save_interval.max(1)) {
+                let desc = format!("{cfg:?}");
+                checkpoint::save(
+                    &dir.join(format!("epoch_{ep}.safetensors")),
+                    method,
+                    &bufs,
+                    &boxes,
+                    ep,
+                    step,
+                    &desc,
+                )?;
+                checkpoint::save(
+                    &dir.join("last.safetensors"),
+                    method,
+                    &bufs,
+                    &boxes,
+                    ep,
+                    step,
+                    &desc,
+                )?;
+                on(&Event::Checkpoint {
+                    epoch: ep,
+                    path: dir.join("last.safetensors").display().to_string(),
+                });
+            }
         }
     }
     Ok(boxes)

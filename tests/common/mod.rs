@@ -254,5 +254,8 @@ pub fn pretrain_config(
         mean,
         std,
         init_box: viewcraft::crop::sampler::WHOLE_IMAGE,
+        checkpoint_dir: None,
+        save_interval: 1,
+        resume: None,
     }
 }

@@ -1,0 +1,181 @@
+//! Checkpoints: one safetensors file with everything needed to continue a run exactly —
+//! every store entry (`param/<name>`: weights, BN running statistics, EMA / target weights,
+//! MoCo's queue), the optimiser's momentum buffers (`momentum/<name>`), the ContrastiveCrop
+//! box table (`boxes`, dataset order), and in the metadata the epoch and step reached, the
+//! method, its extra state (e.g. the queue pointer) and the run's configuration. Written
+//! atomically: a temporary file in the same directory, synced, then renamed.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use safetensors::tensor::TensorView;
+use safetensors::{Dtype, SafeTensors};
+
+use crate::crop::sampler::BoxF;
+use crate::error::{Error, Result};
+use crate::ssl::Method;
+use crate::tensor::{Device, Tensor};
+
+pub const FORMAT: &str = "viewcraft-checkpoint-1";
+
+/// What a checkpoint restores beside the method's tensors.
+#[derive(Clone, Debug)]
+pub struct Resumed {
+    pub epoch: usize,
+    pub step: usize,
+    pub boxes: Vec<BoxF>,
+}
+
+fn bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// Write `path` atomically.
+pub fn save(
+    path: &Path,
+    method: &dyn Method,
+    momentum: &[Option<Tensor>],
+    boxes: &[BoxF],
+    epoch: usize,
+    step: usize,
+    config: &str,
+) -> Result<()> {
+    let mut named: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    for (p, m) in method.store().params.iter().zip(momentum) {
+        named.push((
+            format!("param/{}", p.name),
+            p.value.shape().to_vec(),
+            bytes(&p.value.to_vec()?),
+        ));
+        if let Some(m) = m {
+            named.push((
+                format!("momentum/{}", p.name),
+                m.shape().to_vec(),
+                bytes(&m.to_vec()?),
+            ));
+        }
+    }
+    let flat: Vec<f32> = boxes.iter().flatten().copied().collect();
+    named.push(("boxes".into(), vec![boxes.len(), 4], bytes(&flat)));
+    let views = named
+        .iter()
+        .map(|(n, s, b)| TensorView::new(Dtype::F32, s.clone(), b).map(|v| (n.clone(), v)))
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| Error::file(path, format!("cannot encode checkpoint: {e}")))?;
+    let meta = HashMap::from([
+        ("format".to_string(), FORMAT.to_string()),
+        ("method".to_string(), method.name().to_string()),
+        ("epoch".to_string(), epoch.to_string()),
+        ("step".to_string(), step.to_string()),
+        ("extra".to_string(), method.extra_state().to_string()),
+        ("config".to_string(), config.to_string()),
+    ]);
+    let data = safetensors::serialize(views, Some(meta))
+        .map_err(|e| Error::file(path, format!("cannot encode checkpoint: {e}")))?;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Error::file(dir, format!("cannot create the checkpoint directory: {e}")))?;
+    let tmp: PathBuf = dir.join(format!(
+        ".{}.tmp",
+        path.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("checkpoint")
+    ));
+    let write = || -> std::io::Result<()> {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&data)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    };
+    write().map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::file(path, format!("cannot write checkpoint: {e}"))
+    })
+}
+
+/// Restore `method` and `momentum` from `path` onto `device`.
+pub fn load(
+    path: &Path,
+    method: &mut dyn Method,
+    momentum: &mut [Option<Tensor>],
+    device: &Device,
+) -> Result<Resumed> {
+    let raw = std::fs::read(path)
+        .map_err(|e| Error::file(path, format!("cannot read checkpoint: {e}")))?;
+    let bad = |m: String| Error::file(path, m);
+    let (_, meta) = SafeTensors::read_metadata(&raw)
+        .map_err(|e| bad(format!("not a safetensors checkpoint: {e}")))?;
+    let meta = meta.metadata().clone().unwrap_or_default();
+    let get = |k: &str| {
+        meta.get(k)
+            .cloned()
+            .ok_or_else(|| bad(format!("metadata `{k}` missing")))
+    };
+    if get("format")? != FORMAT {
+        return Err(bad(format!("format `{}` is not {FORMAT}", get("format")?)));
+    }
+    if get("method")? != method.name() {
+        return Err(bad(format!(
+            "checkpoint of method `{}`, not `{}`",
+            get("method")?,
+            method.name()
+        )));
+    }
+    let st = SafeTensors::deserialize(&raw).map_err(|e| bad(format!("corrupt checkpoint: {e}")))?;
+    let read = |name: &str, shape: &[usize]| -> Result<Tensor> {
+        let t = st
+            .tensor(name)
+            .map_err(|_| bad(format!("tensor `{name}` missing")))?;
+        if t.shape() != shape || t.dtype() != Dtype::F32 {
+            return Err(bad(format!(
+                "tensor `{name}` is {:?} {:?}, expected F32 {shape:?}",
+                t.dtype(),
+                t.shape()
+            )));
+        }
+        let v: Vec<f32> = t
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        Tensor::from_vec(v, shape, device)
+    };
+    let names: Vec<(String, Vec<usize>)> = method
+        .store()
+        .params
+        .iter()
+        .map(|p| (p.name.clone(), p.value.shape().to_vec()))
+        .collect();
+    for (i, (name, shape)) in names.iter().enumerate() {
+        method.store_mut().params[i].value = read(&format!("param/{name}"), shape)?;
+        if let Some(m) = momentum.get_mut(i).and_then(|m| m.as_mut()) {
+            *m = read(&format!("momentum/{name}"), shape)?;
+        }
+    }
+    let b = st
+        .tensor("boxes")
+        .map_err(|_| bad("tensor `boxes` missing".into()))?;
+    let n = b.shape().first().copied().unwrap_or(0);
+    let flat = read("boxes", &[n, 4])?.to_vec()?;
+    let boxes = flat
+        .chunks_exact(4)
+        .map(|c| [c[0], c[1], c[2], c[3]])
+        .collect();
+    let extra: serde_json::Value =
+        serde_json::from_str(&get("extra")?).map_err(|e| bad(format!("metadata `extra`: {e}")))?;
+    method.load_extra_state(&extra)?;
+    let num = |k: &str| -> Result<usize> {
+        get(k)?
+            .parse()
+            .map_err(|e| bad(format!("metadata `{k}`: {e}")))
+    };
+    Ok(Resumed {
+        epoch: num("epoch")?,
+        step: num("step")?,
+        boxes,
+    })
+}
