@@ -165,3 +165,90 @@ fn bad_checkpoints_are_named() {
     assert!(e.contains("method `moco`"), "{e}");
     let _ = std::fs::remove_dir_all(&d);
 }
+
+#[test]
+fn export_has_torchvision_names_and_round_trips() {
+    let data = Arc::new(
+        cifar::load(&cifar::embedded_root(), Variant::Cifar10, Split::Train)
+            .unwrap()
+            .truncate(32),
+    );
+    let dev = Device::Cpu;
+    let d = dir("export");
+    let mut m = SimClr::new(
+        resnet18(8),
+        SimClrConfig::default(),
+        &mut rand::rngs::StdRng::seed_from_u64(0),
+        &dev,
+    )
+    .unwrap();
+    let cfg = PretrainConfig {
+        checkpoint_dir: Some(d.clone()),
+        ..pretrain_config(1, 16, 0.1, 2)
+    };
+    pretrain(&mut m, data.clone(), &cfg, &dev, |_| {}).unwrap();
+    let out = d.join("backbone.safetensors");
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_viewcraft"))
+        .args([
+            "export",
+            "--checkpoint",
+            d.join("last.safetensors").to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let bytes = std::fs::read(&out).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut names: Vec<String> = st.names().into_iter().map(String::from).collect();
+    names.sort();
+    // torchvision resnet18's state dict without `fc`: 60 weights, 20 BNs × (mean, var, count).
+    assert_eq!(names.len(), 120, "{names:?}");
+    assert!(
+        names.contains(&"conv1.weight".to_string())
+            && names.contains(&"layer2.0.downsample.0.weight".to_string())
+    );
+    assert!(names.contains(&"bn1.num_batches_tracked".to_string()));
+    assert!(!names
+        .iter()
+        .any(|n| n.starts_with("fc") || n.starts_with("param/")));
+    assert_eq!(st.tensor("conv1.weight").unwrap().shape(), &[8, 3, 3, 3]);
+    // Re-import by name into a fresh ResNet: the same eval-mode features as the trained one.
+    let (net, mut store) = {
+        let mut store = viewcraft::nn::ParamStore::default();
+        let net = viewcraft::nn::resnet::ResNet::new(
+            resnet18(8),
+            &mut store,
+            &mut rand::rngs::StdRng::seed_from_u64(9),
+            &dev,
+        )
+        .unwrap();
+        (net, store)
+    };
+    for p in &mut store.params {
+        let t = st.tensor(&p.name).unwrap();
+        let v: Vec<f32> = t
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        p.value = viewcraft::tensor::Tensor::from_vec(v, p.value.shape(), &dev).unwrap();
+    }
+    let (mean, std) = viewcraft::data::augment::mean_std("cifar10").unwrap();
+    let x = data.eval_batch(0..4, mean, std, &dev).unwrap();
+    let mut tape = viewcraft::Tape::new();
+    let xv = tape.input(x.clone());
+    let want = viewcraft::ssl::embed(&mut m, &mut tape, xv).unwrap();
+    let want = tape.value(want).to_vec().unwrap();
+    let mut tape = viewcraft::Tape::new();
+    let b = store.bind(&mut tape, false);
+    let xv = tape.input(x);
+    let got = net.forward(&mut tape, &mut store, &b, xv, false).unwrap();
+    assert_eq!(
+        tape.value(got).to_vec().unwrap(),
+        want,
+        "re-imported backbone gives the same features"
+    );
+    let _ = std::fs::remove_dir_all(&d);
+}

@@ -31,6 +31,14 @@ pub enum Command {
     /// The main job (the default): SimCLR + ContrastiveCrop on the shipped CIFAR-10 subset,
     /// then the kNN monitor and a results table.
     Quickstart(quickstart::QuickstartArgs),
+    /// Write the backbone of a checkpoint as `backbone.safetensors` with bare torchvision
+    /// names and layouts (load into torchvision.models.resnet* with strict=True).
+    Export {
+        #[arg(long)]
+        checkpoint: std::path::PathBuf,
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
     /// List every adapter wgpu can see: backend, type, limits, features.
     Devices {
         /// Print JSON instead of a table.
@@ -104,6 +112,11 @@ pub fn run(cli: Cli) -> Result<()> {
             quickstart::run(&args, &dev)
         }
         Command::Devices { json } => devices(json),
+        Command::Export { checkpoint, out } => {
+            let n = crate::train::checkpoint::export_backbone(&checkpoint, &out)?;
+            println!("wrote {n} tensors to {}", out.display());
+            Ok(())
+        }
         Command::Bench {
             json, loader: true, ..
         } => {

@@ -179,3 +179,75 @@ pub fn load(
         boxes,
     })
 }
+
+/// Prefixes of store entries that are not part of the online backbone (heads, target / key
+/// encoders, queues).
+const NOT_BACKBONE: [&str; 6] = [
+    "fc.",
+    "projector.",
+    "predictor.",
+    "target.",
+    "key.",
+    "queue",
+];
+
+/// Write the online backbone of checkpoint `ckpt` to `out` as a plain safetensors state dict
+/// with bare torchvision names and layouts (`conv1.weight` [O, I, kH, kW], `bn1.running_mean`,
+/// `layer2.0.downsample.0.weight`...), loadable with `load_state_dict(strict=True)` into a
+/// torchvision ResNet whose `fc` is `Identity()` (and, for the CIFAR stem, `conv1` a 3×3 s1
+/// conv and `maxpool` `Identity()`). Returns the number of tensors written.
+pub fn export_backbone(ckpt: &Path, out: &Path) -> Result<usize> {
+    let raw = std::fs::read(ckpt)
+        .map_err(|e| Error::file(ckpt, format!("cannot read checkpoint: {e}")))?;
+    let st = SafeTensors::deserialize(&raw)
+        .map_err(|e| Error::file(ckpt, format!("not a safetensors checkpoint: {e}")))?;
+    let mut views = Vec::new();
+    for (name, view) in st.tensors() {
+        let Some(bare) = name.strip_prefix("param/") else {
+            continue;
+        };
+        if NOT_BACKBONE.iter().any(|p| bare.starts_with(p)) {
+            continue;
+        }
+        views.push((bare.to_string(), view));
+    }
+    if views.is_empty() {
+        return Err(Error::file(
+            ckpt,
+            "no backbone tensors (`param/...`) in this checkpoint",
+        ));
+    }
+    // torchvision's BN state also has `num_batches_tracked` (int64 scalar): write it, with the
+    // number of training steps, so that strict loading finds every key.
+    let steps: i64 = SafeTensors::read_metadata(&raw)
+        .ok()
+        .and_then(|(_, m)| {
+            m.metadata()
+                .as_ref()
+                .and_then(|m| m.get("step").and_then(|s| s.parse().ok()))
+        })
+        .unwrap_or(0);
+    let step_bytes = steps.to_le_bytes();
+    let bn: Vec<String> = views
+        .iter()
+        .filter_map(|(n, _)| {
+            n.strip_suffix(".running_mean")
+                .map(|p| format!("{p}.num_batches_tracked"))
+        })
+        .collect();
+    for name in bn {
+        let v = TensorView::new(Dtype::I64, vec![], &step_bytes)
+            .map_err(|e| Error::file(out, format!("cannot encode: {e}")))?;
+        views.push((name, v));
+    }
+    views.sort_by(|a, b| a.0.cmp(&b.0));
+    let n = views.len();
+    let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
+    let data = safetensors::serialize(views, Some(meta))
+        .map_err(|e| Error::file(out, format!("cannot encode: {e}")))?;
+    let tmp = out.with_extension("safetensors.tmp");
+    std::fs::write(&tmp, &data)
+        .and_then(|_| std::fs::rename(&tmp, out))
+        .map_err(|e| Error::file(out, format!("cannot write: {e}")))?;
+    Ok(n)
+}
