@@ -39,6 +39,19 @@ pub enum Command {
         #[arg(long)]
         out: std::path::PathBuf,
     },
+    /// Pooled backbone features of a CIFAR-10 split (eval mode, normalisation only, dataset
+    /// order) to a safetensors file with `features` [N, D] and `labels` [N].
+    Embed {
+        #[arg(long)]
+        checkpoint: std::path::PathBuf,
+        /// CIFAR-10 binary directory (default: the shipped subset).
+        #[arg(long)]
+        data: Option<std::path::PathBuf>,
+        #[arg(long, value_parser = ["train", "test"], default_value = "test")]
+        split: String,
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
     /// List every adapter wgpu can see: backend, type, limits, features.
     Devices {
         /// Print JSON instead of a table.
@@ -112,6 +125,41 @@ pub fn run(cli: Cli) -> Result<()> {
             quickstart::run(&args, &dev)
         }
         Command::Devices { json } => devices(json),
+        Command::Embed {
+            checkpoint,
+            data,
+            split,
+            out,
+        } => {
+            let dev = select_device(cli.device.as_deref())?;
+            let root = data.unwrap_or_else(crate::data::cifar::embedded_root);
+            let split = if split == "train" {
+                crate::data::cifar::Split::Train
+            } else {
+                crate::data::cifar::Split::Test
+            };
+            let set = crate::data::cifar::load(&root, crate::data::cifar::Variant::Cifar10, split)?;
+            let (net, mut store) = crate::train::checkpoint::load_backbone(&checkpoint, &dev)?;
+            let (mean, std) = crate::data::augment::mean_std("cifar10").expect("known dataset");
+            let mut feats = Vec::new();
+            let mut dim = 0;
+            for start in (0..set.len()).step_by(256) {
+                let end = (start + 256).min(set.len());
+                let mut tape = crate::Tape::new();
+                let b = store.bind(&mut tape, false);
+                let x = tape.input(set.eval_batch(start..end, mean, std, &dev)?);
+                let f = tape.no_grad(|t| net.forward(t, &mut store, &b, x, false))?;
+                dim = tape.value(f).shape()[1];
+                feats.extend(tape.value(f).to_vec()?);
+            }
+            crate::train::checkpoint::write_features(&out, &feats, dim, &set.labels)?;
+            println!(
+                "wrote features [{}, {dim}] and labels to {}",
+                set.len(),
+                out.display()
+            );
+            Ok(())
+        }
         Command::Export { checkpoint, out } => {
             let n = crate::train::checkpoint::export_backbone(&checkpoint, &out)?;
             println!("wrote {n} tensors to {}", out.display());

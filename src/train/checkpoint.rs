@@ -15,6 +15,7 @@ use crate::crop::sampler::BoxF;
 use crate::error::{Error, Result};
 use crate::ssl::Method;
 use crate::tensor::{Device, Tensor};
+use rand::SeedableRng;
 
 pub const FORMAT: &str = "viewcraft-checkpoint-1";
 
@@ -250,4 +251,90 @@ pub fn export_backbone(ckpt: &Path, out: &Path) -> Result<usize> {
         .and_then(|_| std::fs::rename(&tmp, out))
         .map_err(|e| Error::file(out, format!("cannot write: {e}")))?;
     Ok(n)
+}
+
+/// The online backbone of a checkpoint, rebuilt from its tensor names and shapes (arch from
+/// the blocks present, stem from `conv1`'s kernel, width from `conv1`'s output channels),
+/// on `device`, in a store of its own.
+pub fn load_backbone(
+    ckpt: &Path,
+    device: &Device,
+) -> Result<(crate::nn::resnet::ResNet, crate::nn::ParamStore)> {
+    use crate::nn::resnet::{Arch, ResNet, ResNetConfig, Stem};
+    let raw = std::fs::read(ckpt)
+        .map_err(|e| Error::file(ckpt, format!("cannot read checkpoint: {e}")))?;
+    let st = SafeTensors::deserialize(&raw)
+        .map_err(|e| Error::file(ckpt, format!("not a safetensors checkpoint: {e}")))?;
+    let conv1 = st
+        .tensor("param/conv1.weight")
+        .map_err(|_| Error::file(ckpt, "no `param/conv1.weight`: not a viewcraft checkpoint"))?;
+    let (width, k) = (conv1.shape()[0], conv1.shape()[2]);
+    let has = |n: &str| st.tensor(n).is_ok();
+    let arch = if has("param/layer1.0.conv3.weight") {
+        Arch::Resnet50
+    } else if has("param/layer3.5.conv1.weight") {
+        Arch::Resnet34
+    } else {
+        Arch::Resnet18
+    };
+    let stem = if k == 7 { Stem::Imagenet } else { Stem::Cifar };
+    let mut store = crate::nn::ParamStore::default();
+    let cfg = ResNetConfig {
+        arch,
+        stem,
+        width,
+        zero_init_residual: false,
+        num_classes: None,
+    };
+    let net = ResNet::new(
+        cfg,
+        &mut store,
+        &mut rand::rngs::StdRng::seed_from_u64(0),
+        device,
+    )?;
+    for p in &mut store.params {
+        let name = format!("param/{}", p.name);
+        let t = st
+            .tensor(&name)
+            .map_err(|_| Error::file(ckpt, format!("tensor `{name}` missing")))?;
+        if t.shape() != p.value.shape() {
+            return Err(Error::file(
+                ckpt,
+                format!(
+                    "tensor `{name}` has shape {:?}, expected {:?}",
+                    t.shape(),
+                    p.value.shape()
+                ),
+            ));
+        }
+        let v: Vec<f32> = t
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        p.value = Tensor::from_vec(v, p.value.shape(), device)?;
+    }
+    Ok((net, store))
+}
+
+/// Write `features` [N, D] (f32) and `labels` [N] (int64) to a safetensors file.
+pub fn write_features(out: &Path, features: &[f32], dim: usize, labels: &[u32]) -> Result<()> {
+    let n = labels.len();
+    let fb = bytes(features);
+    let lb: Vec<u8> = labels
+        .iter()
+        .flat_map(|&l| (l as i64).to_le_bytes())
+        .collect();
+    let views = vec![
+        (
+            "features".to_string(),
+            TensorView::new(Dtype::F32, vec![n, dim], &fb).map_err(|e| Error::file(out, e))?,
+        ),
+        (
+            "labels".to_string(),
+            TensorView::new(Dtype::I64, vec![n], &lb).map_err(|e| Error::file(out, e))?,
+        ),
+    ];
+    let data = safetensors::serialize(views, None).map_err(|e| Error::file(out, e))?;
+    std::fs::write(out, data).map_err(|e| Error::file(out, format!("cannot write: {e}")))
 }
