@@ -29,9 +29,12 @@ pub fn gpu() -> Option<Device> {
     }
 }
 
-/// A fresh seed per call (printed in every failure message).
+/// A fresh seed per call (printed in every failure message); `VIEWCRAFT_TEST_SEED` replays one.
 pub fn rng() -> (StdRng, u64) {
-    let seed: u64 = rand::rng().random();
+    let seed: u64 = std::env::var("VIEWCRAFT_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| rand::rng().random());
     (StdRng::seed_from_u64(seed), seed)
 }
 
