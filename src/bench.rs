@@ -240,7 +240,7 @@ pub fn train_step(
     use crate::autograd::Tape;
     use crate::nn::resnet::{Arch, ResNet, ResNetConfig, Stem};
     use crate::nn::ParamStore;
-    use crate::optim::sgd_step;
+    use crate::optim::{momentum_buffers, sgd_store};
     use crate::ssl::{byol::*, moco::*, simclr::*, simsiam::*, Method};
     let model = ResNetConfig {
         arch: Arch::Resnet18,
@@ -264,15 +264,7 @@ pub fn train_step(
             &mut rng,
             dev,
         )?;
-        let mut bufs: Vec<Option<Tensor>> = store
-            .params
-            .iter()
-            .map(|p| {
-                p.trainable()
-                    .then(|| Tensor::zeros(p.value.shape(), dev))
-                    .transpose()
-            })
-            .collect::<Result<_>>()?;
+        let mut bufs = momentum_buffers(&store, dev)?;
         let labels =
             Tensor::from_vec((0..batch).map(|i| (i % 10) as f32).collect(), &[batch], dev)?;
         let dev = dev.clone();
@@ -285,11 +277,7 @@ pub fn train_step(
                 let logits = net.forward(&mut tape, &mut store, &b, x, true)?;
                 let loss = tape.cross_entropy(logits, &labels)?;
                 let g = tape.backward(loss)?;
-                for (id, v) in b.iter() {
-                    if let (Some(gr), Some(buf)) = (g.get(v), bufs[id].as_mut()) {
-                        sgd_step(&mut store.params[id].value, gr, buf, 0.1, 0.9, 1e-4)?;
-                    }
-                }
+                sgd_store(&mut store, &b, &g, &mut bufs, |_| 0.1, 0.9, 1e-4)?;
                 if let Device::Gpu(g) = &dev {
                     g.flush();
                 }
@@ -322,16 +310,7 @@ pub fn train_step(
                 })
             }
         };
-        let mut bufs: Vec<Option<Tensor>> = m
-            .store()
-            .params
-            .iter()
-            .map(|p| {
-                p.trainable()
-                    .then(|| Tensor::zeros(p.value.shape(), dev))
-                    .transpose()
-            })
-            .collect::<Result<_>>()?;
+        let mut bufs = momentum_buffers(m.store(), dev)?;
         let dev = dev.clone();
         (
             2,
@@ -343,11 +322,7 @@ pub fn train_step(
                 let v2 = tape.input(Tensor::from_slice(&x2, &[batch, 3, 32, 32], &dev)?);
                 let loss = m.loss(&mut tape, &b, v1, v2)?;
                 let g = tape.backward(loss)?;
-                for (id, v) in b.iter() {
-                    if let (Some(gr), Some(buf)) = (g.get(v), bufs[id].as_mut()) {
-                        sgd_step(&mut m.store_mut().params[id].value, gr, buf, 0.1, 0.9, 1e-4)?;
-                    }
-                }
+                sgd_store(m.store_mut(), &b, &g, &mut bufs, |_| 0.1, 0.9, 1e-4)?;
                 drop(g);
                 drop(tape);
                 m.after_step()?;

@@ -105,6 +105,12 @@ fn check(dev: &Device) {
 }
 
 #[test]
+fn forward_macs_of_cifar_resnet18() {
+    // conv1 1.77M + layer1 151.0M + 3 × (18.9M + 113.2M + 2.1M) for layers 2–4.
+    assert_eq!(resnet18(64).forward_macs(32, 32), 555_417_600);
+}
+
+#[test]
 fn resnet18_matches_pytorch_on_cpu() {
     check(&Device::Cpu);
 }

@@ -80,12 +80,6 @@ impl ResNet {
                 msg: "must be at least 1".into(),
             });
         }
-        let (depths, bottleneck) = match cfg.arch {
-            Arch::Resnet18 => ([2, 2, 2, 2], false),
-            Arch::Resnet34 => ([3, 4, 6, 3], false),
-            Arch::Resnet50 => ([3, 4, 6, 3], true),
-        };
-        let expansion = if bottleneck { 4 } else { 1 };
         let w = cfg.width;
         let conv1 = match cfg.stem {
             Stem::Cifar => Conv::new(store, &format!("{prefix}conv1"), 3, w, 3, 1, 1, rng, device)?,
@@ -94,85 +88,62 @@ impl ResNet {
             }
         };
         let bn1 = Bn::new(store, &format!("{prefix}bn1"), w, true, device)?;
+        let mut layers: Vec<Vec<Block>> = vec![Vec::new(); 4];
         let mut inplanes = w;
-        let mut layers = Vec::new();
-        for (li, &depth) in depths.iter().enumerate() {
-            let planes = w << li;
-            let mut blocks = Vec::new();
-            for bi in 0..depth {
-                let stride = if li > 0 && bi == 0 { 2 } else { 1 };
-                let name = format!("{prefix}layer{}.{bi}", li + 1);
-                // (kernel, in, out, stride) of each conv of the residual branch; the
-                // padding is kernel/2 and every conv is followed by its BN.
-                let specs: Vec<(usize, usize, usize, usize)> = if bottleneck {
-                    vec![
-                        (1, inplanes, planes, 1),
-                        (3, planes, planes, stride),
-                        (1, planes, planes * expansion, 1),
-                    ]
-                } else {
-                    vec![(3, inplanes, planes, stride), (3, planes, planes, 1)]
-                };
-                let mut convs = Vec::new();
-                let mut bns = Vec::new();
-                for (i, &(k, cin, cout, s)) in specs.iter().enumerate() {
-                    convs.push(Conv::new(
+        for spec in cfg.blocks() {
+            let name = format!("{prefix}layer{}.{}", spec.stage + 1, spec.index);
+            let mut convs = Vec::new();
+            let mut bns = Vec::new();
+            // Every conv of the residual branch is followed by its BN; padding is kernel/2.
+            for (i, &(k, cin, cout, s)) in spec.convs.iter().enumerate() {
+                convs.push(Conv::new(
+                    store,
+                    &format!("{name}.conv{}", i + 1),
+                    cin,
+                    cout,
+                    k,
+                    s,
+                    k / 2,
+                    rng,
+                    device,
+                )?);
+                bns.push(Bn::new(
+                    store,
+                    &format!("{name}.bn{}", i + 1),
+                    cout,
+                    true,
+                    device,
+                )?);
+            }
+            let downsample = match spec.downsample {
+                Some((cin, cout, s)) => Some((
+                    Conv::new(
                         store,
-                        &format!("{name}.conv{}", i + 1),
+                        &format!("{name}.downsample.0"),
                         cin,
                         cout,
-                        k,
+                        1,
                         s,
-                        k / 2,
+                        0,
                         rng,
                         device,
-                    )?);
-                    bns.push(Bn::new(
-                        store,
-                        &format!("{name}.bn{}", i + 1),
-                        cout,
-                        true,
-                        device,
-                    )?);
-                }
-                let downsample = if stride != 1 || inplanes != planes * expansion {
-                    Some((
-                        Conv::new(
-                            store,
-                            &format!("{name}.downsample.0"),
-                            inplanes,
-                            planes * expansion,
-                            1,
-                            stride,
-                            0,
-                            rng,
-                            device,
-                        )?,
-                        Bn::new(
-                            store,
-                            &format!("{name}.downsample.1"),
-                            planes * expansion,
-                            true,
-                            device,
-                        )?,
-                    ))
-                } else {
-                    None
-                };
-                if cfg.zero_init_residual {
-                    // The last BN of each residual branch starts at 0: the block is the identity.
-                    let last = bns.last().and_then(|b| b.weight).expect("affine BN");
-                    let shape = store.params[last].value.shape().to_vec();
-                    store.params[last].value = crate::tensor::Tensor::zeros(&shape, device)?;
-                }
-                blocks.push(Block {
-                    convs,
-                    bns,
-                    downsample,
-                });
-                inplanes = planes * expansion;
+                    )?,
+                    Bn::new(store, &format!("{name}.downsample.1"), cout, true, device)?,
+                )),
+                None => None,
+            };
+            if cfg.zero_init_residual {
+                // The last BN of each residual branch starts at 0: the block is the identity.
+                let last = bns.last().and_then(|b| b.weight).expect("affine BN");
+                let shape = store.params[last].value.shape().to_vec();
+                store.params[last].value = crate::tensor::Tensor::zeros(&shape, device)?;
             }
-            layers.push(blocks);
+            inplanes = spec.convs.last().map_or(inplanes, |c| c.2);
+            layers[spec.stage].push(Block {
+                convs,
+                bns,
+                downsample,
+            });
         }
         let fc = match cfg.num_classes {
             Some(k) => Some(Linear::new(
@@ -263,15 +234,61 @@ impl ResNet {
     }
 }
 
+/// One residual block of an architecture: its stage (0..4) and index in the stage, the
+/// branch's convolutions as (kernel, in, out, stride), and the projection shortcut as
+/// (in, out, stride) when the stride or width changes.
+#[derive(Clone, Debug)]
+pub struct BlockSpec {
+    pub stage: usize,
+    pub index: usize,
+    pub convs: Vec<(usize, usize, usize, usize)>,
+    pub downsample: Option<(usize, usize, usize)>,
+}
+
 impl ResNetConfig {
-    /// Multiply-adds of one image's forward pass through the convolutions (the FLOPs that
-    /// matter; BN, ReLU, pooling and heads are ignored) at input size h×w.
-    pub fn forward_macs(&self, h: usize, w: usize) -> usize {
+    /// Every residual block in order (torchvision's layout; Bottleneck v1.5 strides on the 3×3).
+    pub fn blocks(&self) -> Vec<BlockSpec> {
         let (depths, bottleneck) = match self.arch {
             Arch::Resnet18 => ([2, 2, 2, 2], false),
             Arch::Resnet34 => ([3, 4, 6, 3], false),
             Arch::Resnet50 => ([3, 4, 6, 3], true),
         };
+        let expansion = if bottleneck { 4 } else { 1 };
+        let mut inplanes = self.width;
+        let mut out = Vec::new();
+        for (stage, &depth) in depths.iter().enumerate() {
+            let planes = self.width << stage;
+            for index in 0..depth {
+                let s = if stage > 0 && index == 0 { 2 } else { 1 };
+                let convs = if bottleneck {
+                    vec![
+                        (1, inplanes, planes, 1),
+                        (3, planes, planes, s),
+                        (1, planes, planes * expansion, 1),
+                    ]
+                } else {
+                    vec![(3, inplanes, planes, s), (3, planes, planes, 1)]
+                };
+                let downsample = (s != 1 || inplanes != planes * expansion).then_some((
+                    inplanes,
+                    planes * expansion,
+                    s,
+                ));
+                out.push(BlockSpec {
+                    stage,
+                    index,
+                    convs,
+                    downsample,
+                });
+                inplanes = planes * expansion;
+            }
+        }
+        out
+    }
+
+    /// Multiply-adds of one image's forward pass through the convolutions (the FLOPs that
+    /// matter; BN, ReLU, pooling and heads are ignored) at input size h×w.
+    pub fn forward_macs(&self, h: usize, w: usize) -> usize {
         let conv = |cin: usize, cout: usize, k: usize, s: usize, h: usize, w: usize| {
             let (oh, ow) = ((h + 2 * (k / 2) - k) / s + 1, (w + 2 * (k / 2) - k) / s + 1);
             (cin * cout * k * k * oh * ow, oh, ow)
@@ -284,31 +301,15 @@ impl ResNetConfig {
                 (m, oh.div_ceil(2), ow.div_ceil(2))
             }
         };
-        let expansion = if bottleneck { 4 } else { 1 };
-        let mut inplanes = wd;
-        for (li, &depth) in depths.iter().enumerate() {
-            let planes = wd << li;
-            for bi in 0..depth {
-                let s = if li > 0 && bi == 0 { 2 } else { 1 };
-                let specs: Vec<(usize, usize, usize, usize)> = if bottleneck {
-                    vec![
-                        (1, inplanes, planes, 1),
-                        (3, planes, planes, s),
-                        (1, planes, planes * expansion, 1),
-                    ]
-                } else {
-                    vec![(3, inplanes, planes, s), (3, planes, planes, 1)]
-                };
-                let (h0, w0) = (h, w);
-                for (k, cin, cout, st) in specs {
-                    let (m, oh, ow) = conv(cin, cout, k, st, h, w);
-                    total += m;
-                    (h, w) = (oh, ow);
-                }
-                if s != 1 || inplanes != planes * expansion {
-                    total += conv(inplanes, planes * expansion, 1, s, h0, w0).0;
-                }
-                inplanes = planes * expansion;
+        for spec in self.blocks() {
+            let (h0, w0) = (h, w);
+            for (k, cin, cout, st) in spec.convs {
+                let (m, oh, ow) = conv(cin, cout, k, st, h, w);
+                total += m;
+                (h, w) = (oh, ow);
+            }
+            if let Some((cin, cout, s)) = spec.downsample {
+                total += conv(cin, cout, 1, s, h0, w0).0;
             }
         }
         total

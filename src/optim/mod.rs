@@ -104,3 +104,41 @@ pub fn cosine_lr(lr: f64, epoch: usize, epochs: usize, decay_rate: f64) -> f64 {
     let progress = (epoch.saturating_sub(1)) as f64 / epochs.max(1) as f64;
     eta + (lr - eta) * (1.0 + (std::f64::consts::PI * progress).cos()) / 2.0
 }
+
+/// Zero momentum buffers for the trainable entries of `store` (zeros reproduce PyTorch's
+/// first step).
+pub fn momentum_buffers(
+    store: &crate::nn::ParamStore,
+    device: &Device,
+) -> Result<Vec<Option<Tensor>>> {
+    store
+        .params
+        .iter()
+        .map(|p| {
+            p.trainable()
+                .then(|| Tensor::zeros(p.value.shape(), device))
+                .transpose()
+        })
+        .collect()
+}
+
+/// One SGD step on every bound weight that received a gradient, with the learning rate
+/// `lr_of(store id)` (parameter groups such as SimSiam's fixed predictor LR).
+pub fn sgd_store(
+    store: &mut crate::nn::ParamStore,
+    bound: &crate::nn::Bound,
+    grads: &crate::autograd::Grads,
+    bufs: &mut [Option<Tensor>],
+    lr_of: impl Fn(usize) -> f32,
+    momentum: f32,
+    wd: f32,
+) -> Result<()> {
+    for (id, var) in bound.iter() {
+        let (Some(g), Some(buf)) = (grads.get(var), bufs[id].as_mut()) else {
+            continue;
+        };
+        let lr = lr_of(id);
+        sgd_step(&mut store.params[id].value, g, buf, lr, momentum, wd)?;
+    }
+    Ok(())
+}

@@ -18,7 +18,7 @@ use crate::data::augment::Jitter;
 use crate::data::loader::{epoch, CropMode, ViewConfig};
 use crate::data::ImageSet;
 use crate::error::{Error, Result};
-use crate::optim::{cosine_lr, sgd_step};
+use crate::optim::{cosine_lr, momentum_buffers, sgd_store};
 use crate::ssl::Method;
 use crate::tensor::{Device, Tensor};
 
@@ -139,16 +139,14 @@ pub fn pretrain(
     };
     let mut boxes = vec![cfg.init_box; data.len()];
     // Momentum buffers, one per trainable parameter (zeros reproduce PyTorch's first step).
-    let mut bufs: Vec<Option<Tensor>> = method
+    let mut bufs = momentum_buffers(method.store(), device)?;
+    // Parameter groups: entries whose learning rate stays at its initial value.
+    let fixed: Vec<bool> = method
         .store()
         .params
         .iter()
-        .map(|p| {
-            p.trainable()
-                .then(|| Tensor::zeros(p.value.shape(), device))
-                .transpose()
-        })
-        .collect::<Result<_>>()?;
+        .map(|p| method.fixed_lr(&p.name))
+        .collect();
     let (s, b) = (data.height, cfg.batch_size);
     let mut start_epoch = 1;
     let mut resumed_step = 0;
@@ -203,25 +201,16 @@ pub fn pretrain(
             let loss = method.loss(&mut tape, &store_bound, x1, x2)?;
             let loss_value = tape.value(loss).clone();
             let grads = tape.backward(loss)?;
-            for (id, var) in store_bound.iter() {
-                let Some(g) = grads.get(var) else { continue };
-                let buf = bufs[id]
-                    .as_mut()
-                    .ok_or_else(|| Error::Autograd("momentum buffer".into()))?;
-                let lr_p = if method.fixed_lr(&method.store().params[id].name) {
-                    cfg.lr
-                } else {
-                    lr
-                };
-                sgd_step(
-                    &mut method.store_mut().params[id].value,
-                    g,
-                    buf,
-                    lr_p as f32,
-                    cfg.momentum,
-                    cfg.weight_decay,
-                )?;
-            }
+            let lr_of = |id: usize| if fixed[id] { cfg.lr as f32 } else { lr as f32 };
+            sgd_store(
+                method.store_mut(),
+                &store_bound,
+                &grads,
+                &mut bufs,
+                lr_of,
+                cfg.momentum,
+                cfg.weight_decay,
+            )?;
             drop(grads);
             drop(tape);
             method.after_step()?;
