@@ -52,6 +52,19 @@ pub enum Command {
         #[arg(long)]
         out: std::path::PathBuf,
     },
+    /// Weighted kNN top-1 (k, temperature) of a checkpoint's backbone: CIFAR-10 train
+    /// features vote for the test images; prints one JSON object.
+    Knn {
+        #[arg(long)]
+        checkpoint: std::path::PathBuf,
+        /// CIFAR-10 binary directory (default: the shipped subset).
+        #[arg(long)]
+        data: Option<std::path::PathBuf>,
+        #[arg(long, default_value_t = 200)]
+        k: usize,
+        #[arg(long, default_value_t = 0.1)]
+        temperature: f32,
+    },
     /// List every adapter wgpu can see: backend, type, limits, features.
     Devices {
         /// Print JSON instead of a table.
@@ -140,24 +153,49 @@ pub fn run(cli: Cli) -> Result<()> {
             };
             let set = crate::data::cifar::load(&root, crate::data::cifar::Variant::Cifar10, split)?;
             let (net, mut store) = crate::train::checkpoint::load_backbone(&checkpoint, &dev)?;
-            let (mean, std) = crate::data::augment::mean_std("cifar10").expect("known dataset");
-            let mut feats = Vec::new();
-            let mut dim = 0;
-            for start in (0..set.len()).step_by(256) {
-                let end = (start + 256).min(set.len());
-                let mut tape = crate::Tape::new();
-                let b = store.bind(&mut tape, false);
-                let x = tape.input(set.eval_batch(start..end, mean, std, &dev)?);
-                let f = tape.no_grad(|t| net.forward(t, &mut store, &b, x, false))?;
-                dim = tape.value(f).shape()[1];
-                feats.extend(tape.value(f).to_vec()?);
-            }
+            let (feats, dim) = crate::eval::knn::backbone_features(&net, &mut store, &set, &dev)?;
             crate::train::checkpoint::write_features(&out, &feats, dim, &set.labels)?;
             println!(
                 "wrote features [{}, {dim}] and labels to {}",
                 set.len(),
                 out.display()
             );
+            Ok(())
+        }
+        Command::Knn {
+            checkpoint,
+            data,
+            k,
+            temperature,
+        } => {
+            use crate::data::cifar::{load, Split, Variant};
+            if k == 0 || temperature <= 0.0 {
+                return Err(Error::Config {
+                    field: "--k / --temperature".into(),
+                    msg: "must be positive".into(),
+                });
+            }
+            let dev = select_device(cli.device.as_deref())?;
+            let root = data.unwrap_or_else(crate::data::cifar::embedded_root);
+            let (train, test) = (
+                load(&root, Variant::Cifar10, Split::Train)?,
+                load(&root, Variant::Cifar10, Split::Test)?,
+            );
+            let (net, mut store) = crate::train::checkpoint::load_backbone(&checkpoint, &dev)?;
+            let (ftr, d) = crate::eval::knn::backbone_features(&net, &mut store, &train, &dev)?;
+            let (fte, _) = crate::eval::knn::backbone_features(&net, &mut store, &test, &dev)?;
+            let acc = crate::eval::knn::knn_accuracy(
+                ftr,
+                &train.labels,
+                fte,
+                &test.labels,
+                d,
+                train.classes.len(),
+                k,
+                temperature,
+            );
+            let v = serde_json::json!({ "knn_top1": acc, "k": k, "temperature": temperature, "train_images": train.len(), "test_images": test.len(), "device": dev.name() });
+            println!("{v}");
             Ok(())
         }
         Command::Export { checkpoint, out } => {

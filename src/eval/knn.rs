@@ -71,3 +71,25 @@ pub fn knn_accuracy(
     }
     correct as f64 / m.max(1) as f64
 }
+
+/// Pooled features [N, D] of a bare backbone (e.g. rebuilt from a checkpoint), eval mode, in
+/// dataset order, with the set's CIFAR-10 normalisation.
+pub fn backbone_features(
+    net: &crate::nn::resnet::ResNet,
+    store: &mut crate::nn::ParamStore,
+    data: &ImageSet,
+    device: &Device,
+) -> Result<(Vec<f32>, usize)> {
+    let (mean, std) = crate::data::augment::mean_std("cifar10").expect("known dataset");
+    let (mut out, mut dim) = (Vec::new(), 0);
+    for start in (0..data.len()).step_by(256) {
+        let end = (start + 256).min(data.len());
+        let mut tape = Tape::new();
+        let b = store.bind(&mut tape, false);
+        let x = tape.input(data.eval_batch(start..end, mean, std, device)?);
+        let f = tape.no_grad(|t| net.forward(t, store, &b, x, false))?;
+        dim = tape.value(f).shape()[1];
+        out.extend(tape.value(f).to_vec()?);
+    }
+    Ok((out, dim))
+}
