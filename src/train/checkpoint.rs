@@ -27,6 +27,24 @@ pub struct Resumed {
     pub boxes: Vec<BoxF>,
 }
 
+/// Little-endian f32 values of a tensor's bytes.
+fn f32s(data: &[u8]) -> Vec<f32> {
+    data.chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+/// Copy `src` to `dst` atomically (temporary file in `dst`'s directory, then rename).
+pub fn copy_atomic(src: &Path, dst: &Path) -> Result<()> {
+    let tmp = dst.with_extension("safetensors.tmp");
+    std::fs::copy(src, &tmp)
+        .and_then(|_| std::fs::rename(&tmp, dst))
+        .map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            Error::file(dst, format!("cannot write checkpoint: {e}"))
+        })
+}
+
 fn bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
@@ -138,11 +156,7 @@ pub fn load(
                 t.shape()
             )));
         }
-        let v: Vec<f32> = t
-            .data()
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
+        let v = f32s(t.data());
         Tensor::from_vec(v, shape, device)
     };
     let names: Vec<(String, Vec<usize>)> = method
@@ -307,11 +321,7 @@ pub fn load_backbone(
                 ),
             ));
         }
-        let v: Vec<f32> = t
-            .data()
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
+        let v = f32s(t.data());
         p.value = Tensor::from_vec(v, p.value.shape(), device)?;
     }
     Ok((net, store))

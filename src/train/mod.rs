@@ -251,24 +251,10 @@ pub fn pretrain(
         if let Some(dir) = &cfg.checkpoint_dir {
             if ep == cfg.epochs || ep.is_multiple_of(cfg.save_interval.max(1)) {
                 let desc = format!("{cfg:?}");
-                checkpoint::save(
-                    &dir.join(format!("epoch_{ep}.safetensors")),
-                    method,
-                    &bufs,
-                    &boxes,
-                    ep,
-                    step,
-                    &desc,
-                )?;
-                checkpoint::save(
-                    &dir.join("last.safetensors"),
-                    method,
-                    &bufs,
-                    &boxes,
-                    ep,
-                    step,
-                    &desc,
-                )?;
+                let epoch_file = dir.join(format!("epoch_{ep}.safetensors"));
+                checkpoint::save(&epoch_file, method, &bufs, &boxes, ep, step, &desc)?;
+                // The same bytes again: copy the file rather than read the GPU back twice.
+                checkpoint::copy_atomic(&epoch_file, &dir.join("last.safetensors"))?;
                 on(&Event::Checkpoint {
                     epoch: ep,
                     path: dir.join("last.safetensors").display().to_string(),
