@@ -205,6 +205,7 @@ pub fn loader_throughput(workers: usize, batch: usize) -> Result<(f64, usize)> {
         0,
         workers,
         4,
+        0,
     )
     .map(|b| b.indices.len())
     .sum();

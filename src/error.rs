@@ -33,6 +33,15 @@ pub enum Error {
     #[error("config field `{field}`: {msg}")]
     Config { field: String, msg: String },
 
+    /// Training diverged (NaN / inf loss); says which step and where the last good
+    /// checkpoint is.
+    #[error("{0}")]
+    NotFinite(String),
+
+    /// Stopped on request (Ctrl-C) after saving a checkpoint.
+    #[error("{0}")]
+    Interrupted(String),
+
     /// Misuse of the autograd tape (backward from a non-scalar, a value without gradient...).
     #[error("autograd: {0}")]
     Autograd(String),

@@ -4,6 +4,7 @@
 pub mod autograd;
 pub mod bench;
 pub mod cli;
+pub mod config;
 pub mod crop;
 pub mod data;
 pub mod error;

@@ -154,8 +154,11 @@ fn bad_checkpoints_are_named() {
         &moco,
         &vec![None; moco.store().params.len()],
         &[],
-        1,
-        4,
+        checkpoint::Position {
+            epoch: 1,
+            step: 4,
+            batch: 0,
+        },
         "test",
     )
     .unwrap();

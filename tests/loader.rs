@@ -28,8 +28,8 @@ fn setup() -> (Arc<viewcraft::data::ImageSet>, ViewConfig) {
 fn deterministic_across_worker_counts() {
     let (set, cfg) = setup();
     let mode = CropMode::Rrc(RrcParams::default());
-    let a: Vec<_> = epoch(set.clone(), mode.clone(), cfg.clone(), 16, 42, 3, 1, 2).collect();
-    let b: Vec<_> = epoch(set.clone(), mode.clone(), cfg.clone(), 16, 42, 3, 3, 4).collect();
+    let a: Vec<_> = epoch(set.clone(), mode.clone(), cfg.clone(), 16, 42, 3, 1, 2, 0).collect();
+    let b: Vec<_> = epoch(set.clone(), mode.clone(), cfg.clone(), 16, 42, 3, 3, 4, 0).collect();
     assert_eq!(a.len(), 200 / 16, "drop_last");
     for (x, y) in a.iter().zip(&b) {
         assert_eq!(x.indices, y.indices);
@@ -38,7 +38,7 @@ fn deterministic_across_worker_counts() {
         assert_eq!(x.views[0].len(), 16 * 3 * 32 * 32);
         assert_ne!(x.views[0], x.views[1], "two different views");
     }
-    let c: Vec<_> = epoch(set.clone(), mode.clone(), cfg.clone(), 16, 42, 4, 2, 2).collect();
+    let c: Vec<_> = epoch(set.clone(), mode.clone(), cfg.clone(), 16, 42, 4, 2, 2, 0).collect();
     assert_ne!(a[0].indices, c[0].indices, "another epoch, another order");
     let mut all: Vec<usize> = a.iter().flat_map(|b| b.indices.clone()).collect();
     all.sort();
@@ -80,6 +80,7 @@ fn contrastive_mode_uses_the_boxes() {
         0,
         2,
         2,
+        0,
     )
     .take(1)
     .collect();
@@ -92,6 +93,7 @@ fn contrastive_mode_uses_the_boxes() {
         0,
         2,
         2,
+        0,
     )
     .take(1)
     .collect();
@@ -100,9 +102,32 @@ fn contrastive_mode_uses_the_boxes() {
 }
 
 #[test]
+fn starting_mid_epoch_gives_the_remaining_batches() {
+    let (set, cfg) = setup();
+    let mode = CropMode::Rrc(RrcParams::default());
+    let all: Vec<_> = epoch(set.clone(), mode.clone(), cfg.clone(), 16, 5, 2, 2, 2, 0).collect();
+    let rest: Vec<_> = epoch(set, mode, cfg, 16, 5, 2, 3, 2, 4).collect();
+    assert_eq!(rest.len(), all.len() - 4);
+    for (x, y) in all[4..].iter().zip(&rest) {
+        assert_eq!(x.indices, y.indices);
+        assert_eq!(x.views, y.views);
+    }
+}
+
+#[test]
 fn dropping_mid_epoch_stops_workers() {
     let (set, cfg) = setup();
-    let mut it = epoch(set, CropMode::Rrc(RrcParams::default()), cfg, 8, 7, 0, 2, 1);
+    let mut it = epoch(
+        set,
+        CropMode::Rrc(RrcParams::default()),
+        cfg,
+        8,
+        7,
+        0,
+        2,
+        1,
+        0,
+    );
     assert!(it.next().is_some());
     drop(it); // must not hang
 }

@@ -1,7 +1,12 @@
 //! The `viewcraft` command line. Subcommands land with the issues that build them; every
 //! user error becomes one line on stderr and a non-zero exit, never a panic.
 
+pub mod eval;
+pub mod pretrain;
 pub mod quickstart;
+pub mod viz;
+
+use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
@@ -31,39 +36,87 @@ pub enum Command {
     /// The main job (the default): SimCLR + ContrastiveCrop on the shipped CIFAR-10 subset,
     /// then the kNN monitor and a results table.
     Quickstart(quickstart::QuickstartArgs),
+    /// Pre-train from a TOML config into a run directory (config.toml, metrics.jsonl, plots,
+    /// checkpoints/), with the kNN monitor and, when `[linear] epochs > 0`, the linear probe.
+    /// An interrupted run directory continues from its last checkpoint.
+    Pretrain(pretrain::PretrainArgs),
     /// Write the backbone of a checkpoint as `backbone.safetensors` with bare torchvision
     /// names and layouts (load into torchvision.models.resnet* with strict=True).
     Export {
         #[arg(long)]
-        checkpoint: std::path::PathBuf,
+        checkpoint: PathBuf,
         #[arg(long)]
-        out: std::path::PathBuf,
+        out: PathBuf,
     },
-    /// Pooled backbone features of a CIFAR-10 split (eval mode, normalisation only, dataset
+    /// Pooled backbone features of a dataset split (eval mode, normalisation only, dataset
     /// order) to a safetensors file with `features` [N, D] and `labels` [N].
     Embed {
         #[arg(long)]
-        checkpoint: std::path::PathBuf,
-        /// CIFAR-10 binary directory (default: the shipped subset).
+        checkpoint: PathBuf,
+        /// Dataset directory (default: the checkpoint's run data, else the shipped subset).
         #[arg(long)]
-        data: Option<std::path::PathBuf>,
+        data: Option<PathBuf>,
+        /// Dataset kind (cifar10, cifar100; default: the checkpoint's run data).
+        #[arg(long)]
+        dataset: Option<String>,
         #[arg(long, value_parser = ["train", "test"], default_value = "test")]
         split: String,
         #[arg(long)]
-        out: std::path::PathBuf,
+        out: PathBuf,
     },
-    /// Weighted kNN top-1 (k, temperature) of a checkpoint's backbone: CIFAR-10 train
-    /// features vote for the test images; prints one JSON object.
+    /// Weighted kNN top-1 (k, temperature) of a checkpoint's backbone: train features vote
+    /// for the test images; prints one JSON object (and writes it with --out).
     Knn {
         #[arg(long)]
-        checkpoint: std::path::PathBuf,
-        /// CIFAR-10 binary directory (default: the shipped subset).
+        checkpoint: PathBuf,
+        /// Dataset directory (default: the checkpoint's run data, else the shipped subset).
         #[arg(long)]
-        data: Option<std::path::PathBuf>,
+        data: Option<PathBuf>,
+        #[arg(long)]
+        dataset: Option<String>,
         #[arg(long, default_value_t = 200)]
         k: usize,
         #[arg(long, default_value_t = 0.1)]
         temperature: f32,
+        /// Also write the JSON result to this file.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Linear probe of a checkpoint's frozen backbone (SPEC A.6 protocol: 100 epochs, lr 10,
+    /// milestones 60/80, RRC + flip); prints one JSON object with best and last top-1 and
+    /// writes the full result (per-epoch history) to --out (default: the run directory's
+    /// linear_eval.json).
+    LinearEval {
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// A linear-eval TOML config ([data], [linear]); e.g. configs/linear/cifar10.toml.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Override a field, e.g. `--set linear.epochs=10` (`train.X` means `linear.X`).
+        #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+        sets: Vec<String>,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Pictures of a checkpoint's heatmaps, boxes and crops for the first N training images:
+    /// heatmaps.png, boxes.png, views.png (RandomResizedCrop vs ContrastiveCrop pairs) and
+    /// boxes.json ({"k": …, "boxes": [[top, left, bottom, right], …]} in dataset order).
+    Viz {
+        #[arg(long)]
+        checkpoint: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// Number of training images (dataset order).
+        #[arg(long, default_value_t = 64)]
+        limit: usize,
+        /// Heatmap threshold (default: the checkpoint's crop.box_thresh, else 0.1).
+        #[arg(long)]
+        k: Option<f32>,
+        /// Dataset directory (default: the checkpoint's run data, else the shipped subset).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        #[arg(long)]
+        dataset: Option<String>,
     },
     /// List every adapter wgpu can see: backend, type, limits, features.
     Devices {
@@ -133,70 +186,87 @@ pub fn run(cli: Cli) -> Result<()> {
         .command
         .unwrap_or(Command::Quickstart(quickstart::QuickstartArgs::default()))
     {
-        Command::Quickstart(args) => {
-            let dev = select_device(cli.device.as_deref())?;
-            quickstart::run(&args, &dev)
+        Command::Quickstart(args) => quickstart::run(&args, cli.device.as_deref()),
+        Command::Pretrain(args) => {
+            let cfg = crate::config::Config::load(Some(&args.config), &args.sets)?;
+            let dev = select_device_or(cli.device.as_deref(), &cfg.train.device)?;
+            let s = pretrain::run(
+                &cfg,
+                Some(&args.config),
+                args.out.as_deref(),
+                args.resume,
+                &dev,
+            )?;
+            pretrain::print_table(&s);
+            Ok(())
         }
         Command::Devices { json } => devices(json),
         Command::Embed {
             checkpoint,
             data,
+            dataset,
             split,
             out,
         } => {
             let dev = select_device(cli.device.as_deref())?;
-            let root = data.unwrap_or_else(crate::data::cifar::embedded_root);
-            let split = if split == "train" {
-                crate::data::cifar::Split::Train
-            } else {
-                crate::data::cifar::Split::Test
-            };
-            let set = crate::data::cifar::load(&root, crate::data::cifar::Variant::Cifar10, split)?;
-            let (net, mut store) = crate::train::checkpoint::load_backbone(&checkpoint, &dev)?;
-            let (feats, dim) = crate::eval::knn::backbone_features(&net, &mut store, &set, &dev)?;
-            crate::train::checkpoint::write_features(&out, &feats, dim, &set.labels)?;
-            println!(
-                "wrote features [{}, {dim}] and labels to {}",
-                set.len(),
-                out.display()
-            );
-            Ok(())
+            eval::embed(
+                &checkpoint,
+                data.as_deref(),
+                dataset.as_deref(),
+                &split,
+                &out,
+                &dev,
+            )
         }
         Command::Knn {
             checkpoint,
             data,
+            dataset,
             k,
             temperature,
+            out,
         } => {
-            use crate::data::cifar::{load, Split, Variant};
-            if k == 0 || temperature <= 0.0 {
-                return Err(Error::Config {
-                    field: "--k / --temperature".into(),
-                    msg: "must be positive".into(),
-                });
-            }
             let dev = select_device(cli.device.as_deref())?;
-            let root = data.unwrap_or_else(crate::data::cifar::embedded_root);
-            let (train, test) = (
-                load(&root, Variant::Cifar10, Split::Train)?,
-                load(&root, Variant::Cifar10, Split::Test)?,
-            );
-            let (net, mut store) = crate::train::checkpoint::load_backbone(&checkpoint, &dev)?;
-            let (ftr, d) = crate::eval::knn::backbone_features(&net, &mut store, &train, &dev)?;
-            let (fte, _) = crate::eval::knn::backbone_features(&net, &mut store, &test, &dev)?;
-            let acc = crate::eval::knn::knn_accuracy(
-                ftr,
-                &train.labels,
-                fte,
-                &test.labels,
-                d,
-                train.classes.len(),
+            eval::knn(
+                &checkpoint,
+                data.as_deref(),
+                dataset.as_deref(),
                 k,
                 temperature,
-            );
-            let v = serde_json::json!({ "knn_top1": acc, "k": k, "temperature": temperature, "train_images": train.len(), "test_images": test.len(), "device": dev.name() });
-            println!("{v}");
-            Ok(())
+                out.as_deref(),
+                &dev,
+            )
+        }
+        Command::LinearEval {
+            checkpoint,
+            config,
+            sets,
+            out,
+        } => eval::linear_eval(
+            &checkpoint,
+            config.as_deref(),
+            &sets,
+            out.as_deref(),
+            cli.device.as_deref(),
+        ),
+        Command::Viz {
+            checkpoint,
+            out,
+            limit,
+            k,
+            data,
+            dataset,
+        } => {
+            let dev = select_device(cli.device.as_deref())?;
+            viz::run(
+                &checkpoint,
+                &out,
+                limit,
+                k,
+                data.as_deref(),
+                dataset.as_deref(),
+                &dev,
+            )
         }
         Command::Export { checkpoint, out } => {
             let n = crate::train::checkpoint::export_backbone(&checkpoint, &out)?;

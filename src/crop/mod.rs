@@ -4,3 +4,4 @@
 pub mod heatmap;
 pub mod sampler;
 pub mod schedule;
+pub mod viz;

@@ -44,7 +44,7 @@ pub struct Batch {
     pub labels: Vec<u32>,
 }
 
-fn mix(seed: u64, epoch: u64, index: u64, view: u64) -> u64 {
+pub(crate) fn mix(seed: u64, epoch: u64, index: u64, view: u64) -> u64 {
     // SplitMix64 over the packed tuple: independent streams per (epoch, item, view).
     let mut z = seed
         ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15)
@@ -125,6 +125,8 @@ impl Drop for EpochIter {
     }
 }
 
+/// The batches of `epoch` from batch `start` on (a run resumed mid-epoch skips the ones it
+/// has trained on; every batch is the same whatever `start` is).
 #[allow(clippy::too_many_arguments)]
 pub fn epoch(
     set: Arc<ImageSet>,
@@ -135,6 +137,7 @@ pub fn epoch(
     epoch: u64,
     workers: usize,
     prefetch: usize,
+    start: usize,
 ) -> EpochIter {
     let order = Arc::new(epoch_order(set.len(), batch, seed, epoch));
     let total = order.len() / batch;
@@ -150,7 +153,7 @@ pub fn epoch(
                 tx.clone(),
             );
             std::thread::spawn(move || {
-                for k in (w..total).step_by(workers) {
+                for k in (start + w..total).step_by(workers) {
                     let indices = order[k * batch..(k + 1) * batch].to_vec();
                     let mut views = [Vec::new(), Vec::new()];
                     for (v, out) in views.iter_mut().enumerate() {
@@ -181,7 +184,7 @@ pub fn epoch(
     EpochIter {
         rx,
         pending: Default::default(),
-        next: 0,
+        next: start,
         total,
         handles,
     }

@@ -105,3 +105,29 @@ pub fn verify_sha256sums(dir: &Path) -> Result<usize> {
     }
     Ok(n)
 }
+
+/// Which split of a dataset.
+pub use cifar::Split;
+
+/// The `split` of dataset `name` (`cifar10` | `cifar100`) under `root`, first `subset` images
+/// (0 = all).
+pub fn open(name: &str, root: &Path, split: Split, subset: usize) -> Result<ImageSet> {
+    let variant = match name {
+        "cifar10" => cifar::Variant::Cifar10,
+        "cifar100" => cifar::Variant::Cifar100,
+        other => {
+            return Err(Error::Config {
+                field: "data.dataset".into(),
+                msg: format!("`{other}` is not one of cifar10, cifar100"),
+            })
+        }
+    };
+    Ok(cifar::load(root, variant, split)?.truncate(subset))
+}
+
+/// Per-dataset normalisation (SPEC A.4); unknown names get CIFAR-10's.
+pub fn normalization(name: &str) -> ([f32; 3], [f32; 3]) {
+    augment::mean_std(name)
+        .or_else(|| augment::mean_std("cifar10"))
+        .unwrap_or(([0.5; 3], [0.5; 3]))
+}

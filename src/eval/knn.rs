@@ -73,20 +73,34 @@ pub fn knn_accuracy(
 }
 
 /// Pooled features [N, D] of a bare backbone (e.g. rebuilt from a checkpoint), eval mode, in
-/// dataset order, with the set's CIFAR-10 normalisation.
+/// dataset order, images normalised with `mean` / `std` only.
 pub fn backbone_features(
     net: &crate::nn::resnet::ResNet,
     store: &mut crate::nn::ParamStore,
     data: &ImageSet,
+    mean: [f32; 3],
+    std: [f32; 3],
     device: &Device,
 ) -> Result<(Vec<f32>, usize)> {
-    let (mean, std) = crate::data::augment::mean_std("cifar10").expect("known dataset");
+    backbone_features_of(net, store, data.len(), |r| {
+        data.eval_batch(r, mean, std, device)
+    })
+}
+
+/// Pooled features [n, D] of the `n` images that `batch(range)` makes ([len, 3, H, W]), eval
+/// mode, no gradients, 256 images at a time.
+pub fn backbone_features_of(
+    net: &crate::nn::resnet::ResNet,
+    store: &mut crate::nn::ParamStore,
+    n: usize,
+    mut batch: impl FnMut(std::ops::Range<usize>) -> Result<crate::tensor::Tensor>,
+) -> Result<(Vec<f32>, usize)> {
     let (mut out, mut dim) = (Vec::new(), 0);
-    for start in (0..data.len()).step_by(256) {
-        let end = (start + 256).min(data.len());
+    for start in (0..n).step_by(256) {
+        let end = (start + 256).min(n);
         let mut tape = Tape::new();
         let b = store.bind(&mut tape, false);
-        let x = tape.input(data.eval_batch(start..end, mean, std, device)?);
+        let x = tape.input(batch(start..end)?);
         let f = tape.no_grad(|t| net.forward(t, store, &b, x, false))?;
         dim = tape.value(f).shape()[1];
         out.extend(tape.value(f).to_vec()?);

@@ -1,3 +1,4 @@
-//! Evaluation: backbone features and the weighted kNN monitor.
+//! Evaluation: backbone features, the weighted kNN monitor and the linear probe.
 
 pub mod knn;
+pub mod linear;

@@ -102,3 +102,70 @@ pub fn ema_towards_online(store: &mut crate::nn::ParamStore, prefix: &str, m: f3
     }
     Ok(())
 }
+
+/// The method a run configuration asks for, freshly initialised from `rng` on `device`.
+pub fn build(
+    cfg: &crate::config::Config,
+    rng: &mut impl rand::Rng,
+    device: &crate::tensor::Device,
+) -> Result<Box<dyn Method>> {
+    use crate::config::MethodCfg;
+    let model = cfg.resnet()?;
+    Ok(match &cfg.method {
+        MethodCfg::Simclr(m) => Box::new(simclr::SimClr::new(
+            model,
+            simclr::SimClrConfig {
+                dim: m.dim,
+                temperature: m.temperature,
+                loss_scale: m.loss_scale,
+            },
+            rng,
+            device,
+        )?),
+        MethodCfg::Moco(m) => Box::new(moco::Moco::new(
+            model,
+            moco::MocoConfig {
+                dim: m.dim,
+                k: m.queue,
+                momentum: m.momentum,
+                temperature: m.temperature,
+                bn_group: m.bn_group,
+                shuffle: m.shuffle,
+                seed: cfg.train.seed,
+            },
+            rng,
+            device,
+        )?),
+        MethodCfg::Byol(m) => Box::new(byol::Byol::new(
+            model,
+            byol::ByolConfig {
+                hidden: m.hidden,
+                dim: m.dim,
+                pred_hidden: m.pred_hidden,
+                momentum: m.momentum,
+                schedule: if m.momentum_schedule == "cosine" {
+                    byol::MomentumSchedule::Cosine
+                } else {
+                    byol::MomentumSchedule::Constant
+                },
+                target_init: if m.target_init == "copy" {
+                    byol::TargetInit::Copy
+                } else {
+                    byol::TargetInit::Independent
+                },
+            },
+            rng,
+            device,
+        )?),
+        MethodCfg::Simsiam(m) => Box::new(simsiam::SimSiam::new(
+            model,
+            simsiam::SimSiamConfig {
+                dim: m.dim,
+                pred_dim: m.pred_dim,
+                fix_pred_lr: m.fix_pred_lr,
+            },
+            rng,
+            device,
+        )?),
+    })
+}

@@ -19,12 +19,30 @@ use rand::SeedableRng;
 
 pub const FORMAT: &str = "viewcraft-checkpoint-1";
 
+/// Where a run stands: `epoch` epochs complete, `step` optimiser steps in all, and `batch`
+/// batches of epoch `epoch + 1` already trained on (non-zero only for a checkpoint written
+/// mid-epoch, e.g. on Ctrl-C).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Position {
+    pub epoch: usize,
+    pub step: usize,
+    pub batch: usize,
+}
+
 /// What a checkpoint restores beside the method's tensors.
 #[derive(Clone, Debug)]
 pub struct Resumed {
-    pub epoch: usize,
-    pub step: usize,
+    pub pos: Position,
     pub boxes: Vec<BoxF>,
+}
+
+/// The metadata of a checkpoint (format, method, epoch, step, the run's config...).
+pub fn metadata(path: &Path) -> Result<HashMap<String, String>> {
+    let raw = std::fs::read(path)
+        .map_err(|e| Error::file(path, format!("cannot read checkpoint: {e}")))?;
+    let (_, meta) = SafeTensors::read_metadata(&raw)
+        .map_err(|e| Error::file(path, format!("not a safetensors checkpoint: {e}")))?;
+    Ok(meta.metadata().clone().unwrap_or_default())
 }
 
 /// Little-endian f32 values of a tensor's bytes.
@@ -55,8 +73,7 @@ pub fn save(
     method: &dyn Method,
     momentum: &[Option<Tensor>],
     boxes: &[BoxF],
-    epoch: usize,
-    step: usize,
+    pos: Position,
     config: &str,
 ) -> Result<()> {
     let mut named: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
@@ -84,8 +101,9 @@ pub fn save(
     let meta = HashMap::from([
         ("format".to_string(), FORMAT.to_string()),
         ("method".to_string(), method.name().to_string()),
-        ("epoch".to_string(), epoch.to_string()),
-        ("step".to_string(), step.to_string()),
+        ("epoch".to_string(), pos.epoch.to_string()),
+        ("step".to_string(), pos.step.to_string()),
+        ("batch".to_string(), pos.batch.to_string()),
         ("extra".to_string(), method.extra_state().to_string()),
         ("config".to_string(), config.to_string()),
     ]);
@@ -189,8 +207,15 @@ pub fn load(
             .map_err(|e| bad(format!("metadata `{k}`: {e}")))
     };
     Ok(Resumed {
-        epoch: num("epoch")?,
-        step: num("step")?,
+        pos: Position {
+            epoch: num("epoch")?,
+            step: num("step")?,
+            batch: if meta.contains_key("batch") {
+                num("batch")?
+            } else {
+                0
+            },
+        },
         boxes,
     })
 }

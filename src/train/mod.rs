@@ -4,12 +4,14 @@
 //! the method's after-step hook, and box updates on schedule. On a GPU a step is recorded and
 //! submitted as one command buffer; the loss is read back only every `log_interval` steps.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use serde::Serialize;
 
 pub mod checkpoint;
+pub mod run_dir;
 
 use crate::autograd::Tape;
 use crate::crop::sampler::{BoxF, ContrastiveCrop, RrcParams};
@@ -21,6 +23,7 @@ use crate::error::{Error, Result};
 use crate::optim::{cosine_lr, momentum_buffers, sgd_store};
 use crate::ssl::Method;
 use crate::tensor::{Device, Tensor};
+use checkpoint::Position;
 
 #[derive(Clone, Debug)]
 pub struct PretrainConfig {
@@ -52,6 +55,24 @@ pub struct PretrainConfig {
     pub save_interval: usize,
     /// Continue from this checkpoint (epoch, step, weights, buffers, momentum, boxes).
     pub resume: Option<std::path::PathBuf>,
+    /// RandomResizedCrop scale / ratio (also ContrastiveCrop's crop sizes).
+    pub rrc: RrcParams,
+    /// The run's resolved configuration, stored in every checkpoint's metadata.
+    pub config_text: String,
+    /// The kNN monitor, if any.
+    pub knn: Option<KnnMonitor>,
+    /// Set (e.g. by Ctrl-C) to stop after the current step with a checkpoint.
+    pub stop: Option<Arc<AtomicBool>>,
+}
+
+/// Weighted kNN of the online backbone's features (eval mode): the training images vote
+/// for the `test` images, every `interval` epochs and after the last.
+#[derive(Clone, Debug)]
+pub struct KnnMonitor {
+    pub interval: usize,
+    pub k: usize,
+    pub temperature: f32,
+    pub test: Arc<ImageSet>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -72,6 +93,11 @@ pub enum Event {
     Checkpoint {
         epoch: usize,
         path: String,
+    },
+    Knn {
+        epoch: usize,
+        knn_top1: f64,
+        k: usize,
     },
 }
 
@@ -129,7 +155,8 @@ pub fn pretrain(
         },
         loc_interval: cfg.loc_interval,
     };
-    let rrc = RrcParams::default();
+    let rrc = cfg.rrc;
+    rrc.validate()?;
     let sampler = ContrastiveCrop::new(rrc, cfg.alpha)?;
     let view = ViewConfig {
         size: data.height,
@@ -148,8 +175,7 @@ pub fn pretrain(
         .map(|p| method.fixed_lr(&p.name))
         .collect();
     let (s, b) = (data.height, cfg.batch_size);
-    let mut start_epoch = 1;
-    let mut resumed_step = 0;
+    let mut pos = Position::default();
     if let Some(path) = &cfg.resume {
         let r = checkpoint::load(path, method, &mut bufs, device)?;
         if r.boxes.len() != data.len() {
@@ -163,12 +189,37 @@ pub fn pretrain(
             ));
         }
         boxes = r.boxes;
-        start_epoch = r.epoch + 1;
-        resumed_step = r.step;
+        pos = r.pos;
     }
-    let mut step = resumed_step;
     let total_steps = (cfg.epochs * (data.len() / b)).max(1);
-    for ep in start_epoch..=cfg.epochs {
+    let mut last_saved: Option<std::path::PathBuf> = cfg.resume.clone();
+    let save = |method: &dyn Method,
+                bufs: &[Option<Tensor>],
+                boxes: &[BoxF],
+                pos: Position,
+                name: &str|
+     -> Result<Option<std::path::PathBuf>> {
+        let Some(dir) = &cfg.checkpoint_dir else {
+            return Ok(None);
+        };
+        let file = dir.join(name);
+        checkpoint::save(&file, method, bufs, boxes, pos, &cfg.config_text)?;
+        if name != "last.safetensors" {
+            // The same bytes again: copy the file rather than read the GPU back twice.
+            checkpoint::copy_atomic(&file, &dir.join("last.safetensors"))?;
+        }
+        Ok(Some(dir.join("last.safetensors")))
+    };
+    let not_finite = |l: f32, ep: usize, step: usize, last: &Option<std::path::PathBuf>| {
+        Error::NotFinite(format!(
+            "the loss became {l} at epoch {ep}, step {step}; training stopped{}",
+            match last {
+                Some(p) => format!(", the last good checkpoint is {}", p.display()),
+                None => ", no checkpoint was written before it".into(),
+            }
+        ))
+    };
+    for ep in pos.epoch + 1..=cfg.epochs {
         let lr = cosine_lr(cfg.lr, ep, cfg.epochs, cfg.decay_rate);
         let use_box = cfg.ccrop && sched.use_box(ep);
         let mode = if use_box {
@@ -181,7 +232,9 @@ pub fn pretrain(
         };
         let t0 = Instant::now();
         let mut seen = 0;
-        for batch in epoch(
+        let skip = std::mem::take(&mut pos.batch);
+        let mut last_loss: Option<Tensor> = None;
+        for (k, batch) in epoch(
             data.clone(),
             mode,
             view.clone(),
@@ -190,8 +243,12 @@ pub fn pretrain(
             ep as u64,
             cfg.workers,
             4,
-        ) {
-            step += 1;
+            skip,
+        )
+        .enumerate()
+        {
+            pos.step += 1;
+            let step = pos.step;
             let [v1, v2] = batch.views;
             method.before_step(step - 1, total_steps)?;
             let mut tape = Tape::new();
@@ -221,9 +278,7 @@ pub fn pretrain(
             if step % cfg.log_interval.max(1) == 0 {
                 let l = loss_value.item()?;
                 if !l.is_finite() {
-                    return Err(Error::Autograd(format!(
-                        "the loss became {l} at epoch {ep}, step {step}; stopping"
-                    )));
+                    return Err(not_finite(l, ep, step, &last_saved));
                 }
                 on(&Event::Step {
                     epoch: ep,
@@ -232,12 +287,44 @@ pub fn pretrain(
                     lr,
                 });
             }
+            last_loss = Some(loss_value);
+            if cfg.stop.as_ref().is_some_and(|f| f.load(Ordering::SeqCst)) {
+                let here = Position {
+                    epoch: ep - 1,
+                    step,
+                    batch: skip + k + 1,
+                };
+                let l = last_loss.as_ref().map_or(Ok(0.0), |t| t.item())?;
+                if !l.is_finite() {
+                    return Err(not_finite(l, ep, step, &last_saved));
+                }
+                let saved = save(method, &bufs, &boxes, here, "last.safetensors")?;
+                return Err(Error::Interrupted(match saved {
+                    Some(p) => format!(
+                        "interrupted at epoch {ep}, step {step}; checkpoint saved to {} (run again with --resume to continue)",
+                        p.display()
+                    ),
+                    None => format!("interrupted at epoch {ep}, step {step} (no checkpoint directory)"),
+                }));
+            }
         }
         on(&Event::Epoch {
             epoch: ep,
             images_per_s: seen as f64 / t0.elapsed().as_secs_f64(),
             crop: if use_box { "ccrop" } else { "rcrop" },
         });
+        pos = Position {
+            epoch: ep,
+            step: pos.step,
+            batch: 0,
+        };
+        // A checkpoint must never hold diverged weights: check the last loss first.
+        if let Some(t) = &last_loss {
+            let l = t.item()?;
+            if !l.is_finite() {
+                return Err(not_finite(l, ep, pos.step, &last_saved));
+            }
+        }
         if cfg.ccrop && sched.update_after(ep) {
             let pass = BoxPass {
                 mean: cfg.mean,
@@ -248,17 +335,46 @@ pub fn pretrain(
             let stats = update_boxes(method, &data, &mut boxes, &pass, device, ep)?;
             on(&Event::Boxes(stats));
         }
-        if let Some(dir) = &cfg.checkpoint_dir {
-            if ep == cfg.epochs || ep.is_multiple_of(cfg.save_interval.max(1)) {
-                let desc = format!("{cfg:?}");
-                let epoch_file = dir.join(format!("epoch_{ep}.safetensors"));
-                checkpoint::save(&epoch_file, method, &bufs, &boxes, ep, step, &desc)?;
-                // The same bytes again: copy the file rather than read the GPU back twice.
-                checkpoint::copy_atomic(&epoch_file, &dir.join("last.safetensors"))?;
+        if let Some(m) = &cfg.knn {
+            if m.interval > 0 && (ep == cfg.epochs || ep.is_multiple_of(m.interval)) {
+                let eval_batch = b.clamp(64, 256);
+                let (ftr, d) = crate::eval::knn::features(
+                    method, &data, cfg.mean, cfg.std, eval_batch, device,
+                )?;
+                let (fte, _) = crate::eval::knn::features(
+                    method, &m.test, cfg.mean, cfg.std, eval_batch, device,
+                )?;
+                let classes = data.classes.len().max(m.test.classes.len());
+                let acc = crate::eval::knn::knn_accuracy(
+                    ftr,
+                    &data.labels,
+                    fte,
+                    &m.test.labels,
+                    d,
+                    classes,
+                    m.k,
+                    m.temperature,
+                );
+                on(&Event::Knn {
+                    epoch: ep,
+                    knn_top1: acc,
+                    k: m.k,
+                });
+            }
+        }
+        if ep == cfg.epochs || ep.is_multiple_of(cfg.save_interval.max(1)) {
+            if let Some(p) = save(
+                method,
+                &bufs,
+                &boxes,
+                pos,
+                &format!("epoch_{ep}.safetensors"),
+            )? {
                 on(&Event::Checkpoint {
                     epoch: ep,
-                    path: dir.join("last.safetensors").display().to_string(),
+                    path: p.display().to_string(),
                 });
+                last_saved = Some(p);
             }
         }
     }

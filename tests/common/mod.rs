@@ -260,5 +260,9 @@ pub fn pretrain_config(
         checkpoint_dir: None,
         save_interval: 1,
         resume: None,
+        rrc: viewcraft::crop::sampler::RrcParams::default(),
+        config_text: "test".into(),
+        knn: None,
+        stop: None,
     }
 }

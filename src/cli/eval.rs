@@ -1,0 +1,202 @@
+//! Commands that read a checkpoint: `embed`, `knn`, `linear-eval`. The dataset defaults to
+//! the one the checkpoint was trained on (its resolved config is in the metadata), else the
+//! shipped CIFAR-10 subset; `--data` / `--dataset` override it.
+
+use std::path::{Path, PathBuf};
+
+use crate::config::{Config, DataCfg, LinearEvalConfig};
+use crate::data::{normalization, Split};
+use crate::error::{Error, Result};
+use crate::eval::knn::{backbone_features, knn_accuracy};
+use crate::tensor::Device;
+use crate::train::checkpoint::{load_backbone, metadata, write_features};
+
+/// The run configuration stored in a checkpoint, if it has a readable one.
+pub fn checkpoint_config(ckpt: &Path) -> Result<Option<Config>> {
+    let meta = metadata(ckpt)?;
+    Ok(meta
+        .get("config")
+        .and_then(|t| Config::from_toml(t, &ckpt.display().to_string()).ok()))
+}
+
+/// The data section for a checkpoint: its run's, with `data` / `dataset` overriding.
+pub fn checkpoint_data(ckpt: &Path, data: Option<&Path>, dataset: Option<&str>) -> Result<DataCfg> {
+    let mut d = checkpoint_config(ckpt)?.map(|c| c.data).unwrap_or_default();
+    if let Some(name) = dataset {
+        d.dataset = name.into();
+    }
+    if let Some(root) = data {
+        d.root = root.display().to_string();
+    }
+    Ok(d)
+}
+
+pub fn embed(
+    ckpt: &Path,
+    data: Option<&Path>,
+    dataset: Option<&str>,
+    split: &str,
+    out: &Path,
+    device: &Device,
+) -> Result<()> {
+    let d = checkpoint_data(ckpt, data, dataset)?;
+    let split = if split == "train" {
+        Split::Train
+    } else {
+        Split::Test
+    };
+    let set = crate::data::open(&d.dataset, &d.root_path(), split, 0)?;
+    let (mean, std) = normalization(&d.dataset);
+    let (net, mut store) = load_backbone(ckpt, device)?;
+    let (feats, dim) = backbone_features(&net, &mut store, &set, mean, std, device)?;
+    write_features(out, &feats, dim, &set.labels)?;
+    println!(
+        "wrote features [{}, {dim}] and labels to {}",
+        set.len(),
+        out.display()
+    );
+    Ok(())
+}
+
+pub fn knn(
+    ckpt: &Path,
+    data: Option<&Path>,
+    dataset: Option<&str>,
+    k: usize,
+    temperature: f32,
+    out: Option<&Path>,
+    device: &Device,
+) -> Result<()> {
+    if k == 0 {
+        return Err(Error::Config {
+            field: "--k".into(),
+            msg: "must be at least 1".into(),
+        });
+    }
+    if !(temperature > 0.0 && temperature.is_finite()) {
+        return Err(Error::Config {
+            field: "--temperature".into(),
+            msg: format!("{temperature} must be > 0"),
+        });
+    }
+    let d = checkpoint_data(ckpt, data, dataset)?;
+    let root = d.root_path();
+    let train = crate::data::open(&d.dataset, &root, Split::Train, 0)?;
+    let test = crate::data::open(&d.dataset, &root, Split::Test, 0)?;
+    let (mean, std) = normalization(&d.dataset);
+    let (net, mut store) = load_backbone(ckpt, device)?;
+    let (ftr, dim) = backbone_features(&net, &mut store, &train, mean, std, device)?;
+    let (fte, _) = backbone_features(&net, &mut store, &test, mean, std, device)?;
+    let classes = train.classes.len().max(test.classes.len());
+    let acc = knn_accuracy(
+        ftr,
+        &train.labels,
+        fte,
+        &test.labels,
+        dim,
+        classes,
+        k,
+        temperature,
+    );
+    let v = serde_json::json!({
+        "checkpoint": ckpt.display().to_string(),
+        "dataset": d.dataset,
+        "knn_top1": acc,
+        "k": k,
+        "temperature": temperature,
+        "train_images": train.len(),
+        "test_images": test.len(),
+        "device": device.name(),
+    });
+    println!("{v}");
+    if let Some(out) = out {
+        crate::train::run_dir::write_atomic(out, format!("{v:#}\n").as_bytes())?;
+    }
+    Ok(())
+}
+
+/// Where a checkpoint's evaluation results go by default: its run directory (the parent of
+/// `checkpoints/`), else the checkpoint's folder.
+pub fn default_result_path(ckpt: &Path, name: &str) -> PathBuf {
+    let dir = ckpt.parent().unwrap_or(Path::new("."));
+    let dir = if dir.file_name().is_some_and(|n| n == "checkpoints") {
+        dir.parent().unwrap_or(dir)
+    } else {
+        dir
+    };
+    dir.join(name)
+}
+
+pub fn linear_eval(
+    ckpt: &Path,
+    config: Option<&Path>,
+    sets: &[String],
+    out: Option<&Path>,
+    device_flag: Option<&str>,
+) -> Result<()> {
+    let base = checkpoint_config(ckpt)?.map(|c| c.data);
+    let cfg = LinearEvalConfig::load(config, sets, base.as_ref())?;
+    let device = super::select_device_or(device_flag, &cfg.train.device)?;
+    let root = cfg.data.root_path();
+    let train = crate::data::open(&cfg.data.dataset, &root, Split::Train, cfg.data.subset)?;
+    let test = crate::data::open(&cfg.data.dataset, &root, Split::Test, 0)?;
+    let (mean, std) = normalization(&cfg.data.dataset);
+    let (net, mut store) = load_backbone(ckpt, &device)?;
+    eprintln!(
+        "linear probe of {}: {} {} train / {} test images, {} epochs, lr {}, milestones {:?}, on {}",
+        ckpt.display(),
+        train.len(),
+        cfg.data.dataset,
+        test.len(),
+        cfg.linear.epochs,
+        cfg.linear.lr,
+        cfg.linear.milestones,
+        device.name()
+    );
+    let r = crate::eval::linear::linear_probe(
+        &net,
+        &mut store,
+        &train,
+        &test,
+        mean,
+        std,
+        &cfg.linear,
+        &device,
+        |e| {
+            eprintln!(
+                "  epoch {:3}  lr {:.4}  loss {:.4}  train {:.2}%  test {:.2}%",
+                e.epoch,
+                e.lr,
+                e.loss,
+                100.0 * e.train_top1,
+                100.0 * e.test_top1
+            )
+        },
+    )?;
+    let v = serde_json::json!({
+        "checkpoint": ckpt.display().to_string(),
+        "dataset": cfg.data.dataset,
+        "best_top1": r.best_top1,
+        "best_epoch": r.best_epoch,
+        "last_top1": r.last_top1,
+        "epochs": r.epochs,
+        "train_images": r.train_images,
+        "test_images": r.test_images,
+        "feature_dim": r.feature_dim,
+        "device": device.name(),
+        "config": cfg,
+        "history": r.history,
+    });
+    let path = out
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| default_result_path(ckpt, "linear_eval.json"));
+    crate::train::run_dir::write_atomic(&path, format!("{v:#}\n").as_bytes())?;
+    let mut short = v.clone();
+    if let Some(o) = short.as_object_mut() {
+        o.remove("history");
+        o.remove("config");
+        o.insert("results".into(), path.display().to_string().into());
+    }
+    println!("{short}");
+    Ok(())
+}

@@ -1,0 +1,387 @@
+//! `viewcraft pretrain CONFIG`: a whole run from a TOML config into a run directory —
+//! pre-training with the kNN monitor, checkpoints, metrics and plots, then the linear probe
+//! when `[linear] epochs > 0`. An interrupted run directory continues automatically.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use rand::SeedableRng;
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::crop::sampler::RrcParams;
+use crate::data::{normalization, Split};
+use crate::error::{Error, Result};
+use crate::eval::linear::{linear_probe, LinearResult};
+use crate::tensor::Device;
+use crate::train::run_dir::{RunDir, RunState};
+use crate::train::{pretrain, Event, KnnMonitor, PretrainConfig};
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct PretrainArgs {
+    /// The run's TOML config (see configs/).
+    pub config: PathBuf,
+    /// Override a config field, e.g. `--set train.epochs=10` (repeatable).
+    #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+    pub sets: Vec<String>,
+    /// Run directory (default: runs/<config name>, or the next free runs/<name>-N).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Continue the interrupted run in the run directory (also automatic when one is found).
+    #[arg(long)]
+    pub resume: bool,
+}
+
+/// What a finished run reports.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunSummary {
+    pub run_dir: String,
+    pub method: String,
+    pub crop: String,
+    pub device: String,
+    pub epochs: usize,
+    pub train_images: usize,
+    pub first_loss: Option<f32>,
+    pub last_loss: Option<f32>,
+    pub knn_top1: Option<f64>,
+    pub linear: Option<LinearResult>,
+    pub seconds: f64,
+}
+
+/// Set once per process: Ctrl-C sets the flag; the trainer stops after the current step
+/// with a checkpoint. A second Ctrl-C exits at once.
+fn stop_flag() -> Arc<AtomicBool> {
+    static FLAG: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+    FLAG.get_or_init(|| {
+        let f = Arc::new(AtomicBool::new(false));
+        let g = f.clone();
+        let _ = ctrlc::set_handler(move || {
+            if g.swap(true, Ordering::SeqCst) {
+                std::process::exit(130);
+            }
+            eprintln!("\nviewcraft: stopping after this step and saving a checkpoint (Ctrl-C again to quit now)");
+        });
+        f
+    })
+    .clone()
+}
+
+/// The run directory for `args`, and the checkpoint to resume from.
+fn resolve_run_dir(
+    cfg: &Config,
+    config_path: Option<&Path>,
+    out: Option<&Path>,
+    resume: bool,
+) -> Result<(RunDir, Option<PathBuf>)> {
+    let name = config_path
+        .and_then(|p| p.file_stem())
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_else(|| "quickstart".into());
+    let explicit = out.is_some();
+    let base = out
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| Path::new("runs").join(name));
+    let dir = RunDir::new(if explicit || resume {
+        base.clone()
+    } else {
+        match RunDir::new(&base).state() {
+            RunState::Finished => RunDir::next_free(&base),
+            _ => base.clone(),
+        }
+    });
+    match dir.state() {
+        RunState::Finished if explicit || resume => Err(Error::file(
+            &dir.root,
+            "holds a finished run (summary.json); choose another --out or delete it",
+        )),
+        RunState::Interrupted(ckpt) => {
+            if let Some(old) = dir.saved_config()? {
+                let comparable = |c: &Config| {
+                    let mut c = c.clone();
+                    c.train.device.clear();
+                    c.data.workers = 0;
+                    c
+                };
+                if comparable(&old) != comparable(cfg) {
+                    return Err(Error::file(
+                        &dir.root,
+                        "holds an interrupted run with a different configuration (see its config.toml); resume with the same config or choose another --out",
+                    ));
+                }
+            }
+            Ok((dir, Some(ckpt)))
+        }
+        _ if resume => Err(Error::file(
+            dir.last_checkpoint(),
+            "--resume: no checkpoint to continue from",
+        )),
+        _ => Ok((dir, None)),
+    }
+}
+
+/// Pre-train (and probe) per `cfg` into a run directory on `device`.
+pub fn run(
+    cfg: &Config,
+    config_path: Option<&Path>,
+    out: Option<&Path>,
+    resume: bool,
+    device: &Device,
+) -> Result<RunSummary> {
+    let t0 = Instant::now();
+    let root = cfg.data.root_path();
+    let train = Arc::new(crate::data::open(
+        &cfg.data.dataset,
+        &root,
+        Split::Train,
+        cfg.data.subset,
+    )?);
+    let test = Arc::new(crate::data::open(&cfg.data.dataset, &root, Split::Test, 0)?);
+    if cfg.train.batch_size > train.len() {
+        return Err(Error::Config {
+            field: "train.batch_size".into(),
+            msg: format!(
+                "{} is larger than the {} training images",
+                cfg.train.batch_size,
+                train.len()
+            ),
+        });
+    }
+    let (dir, resume_from) = resolve_run_dir(cfg, config_path, out, resume)?;
+    dir.create(cfg)?;
+    let (mean, std) = normalization(&cfg.data.dataset);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.train.seed);
+    let mut method = crate::ssl::build(cfg, &mut rng, device)?;
+    if let Some(ckpt) = &resume_from {
+        let meta = crate::train::checkpoint::metadata(ckpt)?;
+        let pos = crate::train::checkpoint::Position {
+            epoch: meta.get("epoch").and_then(|v| v.parse().ok()).unwrap_or(0),
+            step: meta.get("step").and_then(|v| v.parse().ok()).unwrap_or(0),
+            batch: meta.get("batch").and_then(|v| v.parse().ok()).unwrap_or(0),
+        };
+        dir.truncate_metrics(pos)?;
+        println!(
+            "resuming {} from {} (epoch {} done, step {})",
+            dir.root.display(),
+            ckpt.display(),
+            pos.epoch,
+            pos.step
+        );
+    }
+    let crop = cfg.crop.kind.as_str();
+    let pcfg = PretrainConfig {
+        epochs: cfg.train.epochs,
+        batch_size: cfg.train.batch_size,
+        lr: cfg.train.lr,
+        momentum: cfg.train.momentum,
+        weight_decay: cfg.train.weight_decay,
+        decay_rate: cfg.train.decay_rate,
+        seed: cfg.train.seed,
+        workers: cfg.data.workers(),
+        log_interval: cfg.train.log_interval,
+        ccrop: crop != "rcrop",
+        alpha: cfg.crop.alpha,
+        box_thresh: cfg.crop.box_thresh,
+        // SimCCrop: the fixed centre box from the first epoch, never updated.
+        warmup_epochs: if crop == "simccrop" {
+            0
+        } else {
+            cfg.crop.warmup_epochs
+        },
+        loc_interval: if crop == "simccrop" {
+            0
+        } else {
+            cfg.crop.loc_interval
+        },
+        mean,
+        std,
+        init_box: cfg.init_box(),
+        checkpoint_dir: Some(dir.checkpoints()),
+        save_interval: cfg.train.save_interval,
+        resume: resume_from,
+        rrc: RrcParams {
+            scale: (cfg.crop.scale[0], cfg.crop.scale[1]),
+            ratio: (cfg.crop.ratio[0], cfg.crop.ratio[1]),
+        },
+        config_text: cfg.to_toml(),
+        knn: (cfg.knn.interval > 0).then(|| KnnMonitor {
+            interval: cfg.knn.interval,
+            k: cfg.knn.k,
+            temperature: cfg.knn.temperature,
+            test: test.clone(),
+        }),
+        stop: Some(stop_flag()),
+    };
+    println!(
+        "viewcraft pretrain: {} + {}, {} (width {}), {} {} images, {} epochs × {} steps, on {} → {}",
+        cfg.method.name(),
+        crop,
+        cfg.model.arch,
+        cfg.model.width,
+        train.len(),
+        cfg.data.dataset,
+        cfg.train.epochs,
+        train.len() / cfg.train.batch_size,
+        device.name(),
+        dir.root.display()
+    );
+    let steps_per_epoch = (train.len() / cfg.train.batch_size) as u64;
+    let bar = indicatif::ProgressBar::new(steps_per_epoch * cfg.train.epochs as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} steps  {per_sec}  ETA {eta}  {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let mut metrics = dir.metrics_writer()?;
+    let mut first_loss = None;
+    let mut last_loss = None;
+    let mut knn_top1 = None;
+    let mut write_err: Option<Error> = None;
+    let result = pretrain(method.as_mut(), train.clone(), &pcfg, device, |e| {
+        let r = match e {
+            Event::Step {
+                epoch,
+                step,
+                loss,
+                lr,
+            } => {
+                first_loss.get_or_insert(*loss);
+                last_loss = Some(*loss);
+                bar.set_position(*step as u64);
+                bar.set_message(format!("epoch {epoch} loss {loss:.4} lr {lr:.4}"));
+                metrics.write("step", e)
+            }
+            Event::Epoch {
+                epoch,
+                images_per_s,
+                crop,
+            } => {
+                bar.suspend(|| {
+                    println!(
+                        "epoch {epoch:3} ({crop})  loss {}  {images_per_s:.1} img/s",
+                        last_loss.map_or("-".into(), |l| format!("{l:.4}"))
+                    )
+                });
+                let r = metrics.write("epoch", e);
+                let _ = dir.plot();
+                r
+            }
+            Event::Boxes(s) => {
+                bar.suspend(|| {
+                    println!(
+                        "  boxes updated after epoch {}: mean area {:.3}, near-full {:.1}%, constant maps {}",
+                        s.epoch,
+                        s.box_mean_area,
+                        100.0 * s.box_near_full,
+                        s.box_fallbacks
+                    )
+                });
+                metrics.write("boxes", s)
+            }
+            Event::Knn {
+                epoch,
+                knn_top1: a,
+                k,
+            } => {
+                knn_top1 = Some(*a);
+                bar.suspend(|| {
+                    println!("  kNN top-1 after epoch {epoch}: {:.2}% (k={k})", 100.0 * a)
+                });
+                let r = metrics.write("knn", e);
+                let _ = dir.plot();
+                r
+            }
+            Event::Checkpoint { .. } => metrics.write("checkpoint", e),
+        };
+        if let Err(err) = r {
+            write_err.get_or_insert(err);
+        }
+    });
+    bar.finish_and_clear();
+    result?;
+    if let Some(e) = write_err {
+        return Err(e);
+    }
+    let linear = if cfg.linear.epochs > 0 {
+        println!(
+            "linear probe: {} epochs, lr {}, milestones {:?}, {}",
+            cfg.linear.epochs,
+            cfg.linear.lr,
+            cfg.linear.milestones,
+            if cfg.linear.augment {
+                "RandomResizedCrop + flip"
+            } else {
+                "fixed features"
+            }
+        );
+        let net = method.backbone().clone();
+        let r = linear_probe(
+            &net,
+            method.store_mut(),
+            &train,
+            &test,
+            mean,
+            std,
+            &cfg.linear,
+            device,
+            |e| {
+                let _ = metrics.write("linear_epoch", e);
+            },
+        )?;
+        metrics.write(
+            "linear",
+            &serde_json::json!({ "best_top1": r.best_top1, "best_epoch": r.best_epoch, "last_top1": r.last_top1, "epochs": r.epochs }),
+        )?;
+        Some(r)
+    } else {
+        None
+    };
+    dir.plot()?;
+    let summary = RunSummary {
+        run_dir: dir.root.display().to_string(),
+        method: cfg.method.name().into(),
+        crop: crop.into(),
+        device: device.name(),
+        epochs: cfg.train.epochs,
+        train_images: train.len(),
+        first_loss,
+        last_loss,
+        knn_top1,
+        linear,
+        seconds: t0.elapsed().as_secs_f64(),
+    };
+    metrics.write(
+        "done",
+        &serde_json::json!({ "epoch": cfg.train.epochs, "seconds": summary.seconds }),
+    )?;
+    dir.finish(&serde_json::to_value(&summary).unwrap_or_default())?;
+    Ok(summary)
+}
+
+/// Print the results table of a run.
+pub fn print_table(s: &RunSummary) {
+    let pct = |x: Option<f64>| x.map_or("-".into(), |a| format!("{:.1}%", 100.0 * a));
+    println!();
+    println!("| method | crop | epochs | train images | loss first → last | kNN top-1 | linear top-1 best / last | time |");
+    println!("|---|---|---|---|---|---|---|---|");
+    println!(
+        "| {} | {} | {} | {} | {} → {} | {} | {} | {:.0} s |",
+        s.method,
+        s.crop,
+        s.epochs,
+        s.train_images,
+        s.first_loss.map_or("-".into(), |l| format!("{l:.3}")),
+        s.last_loss.map_or("-".into(), |l| format!("{l:.3}")),
+        pct(s.knn_top1),
+        s.linear.as_ref().map_or("-".into(), |l| format!(
+            "{:.1}% (epoch {}) / {:.1}%",
+            100.0 * l.best_top1,
+            l.best_epoch,
+            100.0 * l.last_top1
+        )),
+        s.seconds
+    );
+    println!("run directory: {}", s.run_dir);
+}

@@ -1,0 +1,107 @@
+//! `viewcraft viz`: heatmaps, boxes and crops of a checkpoint's model for the first N
+//! training images, as PNGs plus `boxes.json`.
+
+use std::path::Path;
+
+use crate::autograd::Tape;
+use crate::crop::heatmap::{boxes, normalized_heat_ref, upsample_ref};
+use crate::crop::sampler::{BoxF, RrcParams, WHOLE_IMAGE};
+use crate::crop::viz;
+use crate::data::{normalization, Split};
+use crate::error::{Error, Result};
+use crate::tensor::Device;
+use crate::train::checkpoint::load_backbone;
+
+pub fn run(
+    ckpt: &Path,
+    out: &Path,
+    limit: usize,
+    k: Option<f32>,
+    data: Option<&Path>,
+    dataset: Option<&str>,
+    device: &Device,
+) -> Result<()> {
+    if limit == 0 {
+        return Err(Error::Config {
+            field: "--limit".into(),
+            msg: "must be at least 1".into(),
+        });
+    }
+    let run_cfg = super::eval::checkpoint_config(ckpt)?;
+    let k = k.unwrap_or_else(|| run_cfg.as_ref().map_or(0.1, |c| c.crop.box_thresh));
+    if !(k > 0.0 && k < 1.0) {
+        return Err(Error::Config {
+            field: "--k".into(),
+            msg: format!("{k} must be in (0, 1)"),
+        });
+    }
+    let d = super::eval::checkpoint_data(ckpt, data, dataset)?;
+    let set = crate::data::open(&d.dataset, &d.root_path(), Split::Train, limit)?;
+    let (mean, std) = normalization(&d.dataset);
+    let (net, mut store) = load_backbone(ckpt, device)?;
+    std::fs::create_dir_all(out)
+        .map_err(|e| Error::file(out, format!("cannot create the output directory: {e}")))?;
+    let (h, w) = (set.height, set.width);
+    let (mut heat, mut bxs): (Vec<Option<Vec<f32>>>, Vec<BoxF>) = (Vec::new(), Vec::new());
+    for start in (0..set.len()).step_by(64) {
+        let end = (start + 64).min(set.len());
+        let mut tape = Tape::new();
+        let bound = store.bind(&mut tape, false);
+        let x = tape.input(set.eval_batch(start..end, mean, std, device)?);
+        let fm = tape.no_grad(|t| net.forward_features(t, &mut store, &bound, x, false))?;
+        let f = tape.value(fm);
+        let &[n, c, fh, fw] = f.shape() else {
+            return Err(Error::shape("viz", "feature map is not [N, C, h, w]"));
+        };
+        // Boxes from the same kernel training uses; a constant map gets the whole image.
+        let (b, v) = boxes(f, (h, w), k)?;
+        let (b, v) = (b.to_vec()?, v.to_vec()?);
+        for j in 0..n {
+            bxs.push(if v[j] > 0.5 {
+                [b[4 * j], b[4 * j + 1], b[4 * j + 2], b[4 * j + 3]]
+            } else {
+                WHOLE_IMAGE
+            });
+        }
+        // The heatmaps to look at: the same normalisation and upsampling on the CPU.
+        let host = f.to_vec()?;
+        heat.extend(
+            normalized_heat_ref(&host, n, c, fh * fw)
+                .into_iter()
+                .map(|m| m.map(|m| upsample_ref(&m, fh, fw, h, w))),
+        );
+    }
+    let json = serde_json::json!({
+        "k": k,
+        "checkpoint": ckpt.display().to_string(),
+        "dataset": d.dataset,
+        "images": set.len(),
+        "convention": "[top, left, bottom, right] as fractions; bottom/right = last covered pixel / size",
+        "boxes": bxs,
+    });
+    crate::train::run_dir::write_atomic(&out.join("boxes.json"), format!("{json}\n").as_bytes())?;
+    viz::heatmaps_png(&set, &heat, &bxs, &out.join("heatmaps.png"))?;
+    viz::boxes_png(&set, &bxs, &out.join("boxes.png"))?;
+    let rows = set.len().min(8);
+    let (rrc, alpha) = run_cfg.as_ref().map_or((RrcParams::default(), 0.1), |c| {
+        (
+            RrcParams {
+                scale: (c.crop.scale[0], c.crop.scale[1]),
+                ratio: (c.crop.ratio[0], c.crop.ratio[1]),
+            },
+            c.crop.alpha,
+        )
+    });
+    viz::views_png(&set, &bxs[..rows], rrc, alpha, 4, &out.join("views.png"))?;
+    let area = bxs
+        .iter()
+        .map(|b| ((b[2] - b[0]) * (b[3] - b[1])) as f64)
+        .sum::<f64>()
+        / bxs.len().max(1) as f64;
+    println!(
+        "wrote heatmaps.png, boxes.png, views.png and boxes.json ({} images, k = {k}, mean box area {area:.3}) to {}",
+        set.len(),
+        out.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,786 @@
+//! Run configuration: TOML files under `configs/`, `--set section.key=value` overrides, and
+//! validation with messages that name the field and the allowed values. Unknown keys are
+//! rejected everywhere (a typo must not silently fall back to a default).
+//!
+//! Sections: `[model]`, `[method]` (tagged by `name`), `[data]`, `[crop]`, `[train]`,
+//! `[knn]` (the monitor during pre-training) and `[linear]` (the linear probe, also the
+//! whole configuration of `viewcraft linear-eval` together with `[data]`).
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::crop::sampler::{BoxF, WHOLE_IMAGE};
+use crate::error::{Error, Result};
+use crate::nn::resnet::{Arch, ResNetConfig, Stem};
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub model: ModelCfg,
+    #[serde(default)]
+    pub method: MethodCfg,
+    #[serde(default)]
+    pub data: DataCfg,
+    #[serde(default)]
+    pub crop: CropCfg,
+    #[serde(default)]
+    pub train: TrainCfg,
+    #[serde(default)]
+    pub knn: KnnCfg,
+    #[serde(default)]
+    pub linear: LinearCfg,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelCfg {
+    /// `resnet18` | `resnet34` | `resnet50`.
+    pub arch: String,
+    /// `cifar` (3×3 stem, no max-pool) | `imagenet` (7×7/2 stem + max-pool).
+    pub stem: String,
+    /// Base width (64 = standard).
+    pub width: usize,
+    pub zero_init_residual: bool,
+}
+
+impl Default for ModelCfg {
+    fn default() -> Self {
+        Self {
+            arch: "resnet18".into(),
+            stem: "cifar".into(),
+            width: 64,
+            zero_init_residual: false,
+        }
+    }
+}
+
+/// `[method]`: `name` selects the method; the other keys are that method's fields (SPEC A.5
+/// reference values as defaults).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "name", rename_all = "lowercase")]
+pub enum MethodCfg {
+    Simclr(SimclrCfg),
+    Moco(MocoCfg),
+    Byol(ByolCfg),
+    Simsiam(SimsiamCfg),
+}
+
+impl Default for MethodCfg {
+    fn default() -> Self {
+        MethodCfg::Simclr(SimclrCfg::default())
+    }
+}
+
+impl MethodCfg {
+    pub fn name(&self) -> &'static str {
+        match self {
+            MethodCfg::Simclr(_) => "simclr",
+            MethodCfg::Moco(_) => "moco",
+            MethodCfg::Byol(_) => "byol",
+            MethodCfg::Simsiam(_) => "simsiam",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SimclrCfg {
+    pub dim: usize,
+    pub temperature: f32,
+    /// Multiplies the loss: τ / base_τ with base_τ = 0.07 in the reference.
+    pub loss_scale: f32,
+}
+
+impl Default for SimclrCfg {
+    fn default() -> Self {
+        Self {
+            dim: 128,
+            temperature: 0.5,
+            loss_scale: 0.5 / 0.07,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MocoCfg {
+    pub dim: usize,
+    /// Queue length K (a multiple of the batch size).
+    pub queue: usize,
+    pub momentum: f32,
+    pub temperature: f32,
+    /// Images per BatchNorm group (the reference's per-GPU batch).
+    pub bn_group: usize,
+    /// Shuffle keys across BN groups (shuffle BN).
+    pub shuffle: bool,
+}
+
+impl Default for MocoCfg {
+    fn default() -> Self {
+        Self {
+            dim: 128,
+            queue: 65536,
+            momentum: 0.999,
+            temperature: 0.2,
+            bn_group: 64,
+            shuffle: true,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ByolCfg {
+    pub hidden: usize,
+    pub dim: usize,
+    pub pred_hidden: usize,
+    pub momentum: f32,
+    /// `constant` (the reference) | `cosine` (ramped to 1).
+    pub momentum_schedule: String,
+    /// `independent` (the reference) | `copy`.
+    pub target_init: String,
+}
+
+impl Default for ByolCfg {
+    fn default() -> Self {
+        Self {
+            hidden: 512,
+            dim: 128,
+            pred_hidden: 512,
+            momentum: 0.996,
+            momentum_schedule: "constant".into(),
+            target_init: "independent".into(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SimsiamCfg {
+    pub dim: usize,
+    pub pred_dim: usize,
+    /// The predictor keeps the initial learning rate for the whole run.
+    pub fix_pred_lr: bool,
+}
+
+impl Default for SimsiamCfg {
+    fn default() -> Self {
+        Self {
+            dim: 512,
+            pred_dim: 128,
+            fix_pred_lr: true,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataCfg {
+    /// `cifar10` | `cifar100` (binary or `cifar-*-batches-py` pickle folders).
+    pub dataset: String,
+    /// Dataset folder; empty = the CIFAR-10 subset shipped with viewcraft.
+    pub root: String,
+    /// Use only the first N training images (0 = all).
+    pub subset: usize,
+    /// Loader threads (0 = one per core).
+    pub workers: usize,
+}
+
+impl Default for DataCfg {
+    fn default() -> Self {
+        Self {
+            dataset: "cifar10".into(),
+            root: String::new(),
+            subset: 0,
+            workers: 0,
+        }
+    }
+}
+
+impl DataCfg {
+    pub fn root_path(&self) -> PathBuf {
+        if self.root.is_empty() {
+            crate::data::cifar::embedded_root()
+        } else {
+            PathBuf::from(&self.root)
+        }
+    }
+    pub fn workers(&self) -> usize {
+        if self.workers == 0 {
+            std::thread::available_parallelism().map_or(2, |n| n.get())
+        } else {
+            self.workers
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CropCfg {
+    /// `rcrop` (RandomResizedCrop) | `ccrop` (ContrastiveCrop) | `simccrop` (a fixed centre box).
+    pub kind: String,
+    /// Beta(α, α) of the crop centre.
+    pub alpha: f64,
+    /// Heatmap threshold k ∈ (0, 1).
+    pub box_thresh: f32,
+    /// Epochs of plain RandomResizedCrop before ContrastiveCrop.
+    pub warmup_epochs: usize,
+    /// Boxes are recomputed every this many epochs after the warm-up.
+    pub loc_interval: usize,
+    /// RandomResizedCrop area range.
+    pub scale: [f64; 2],
+    /// RandomResizedCrop aspect-ratio range.
+    pub ratio: [f64; 2],
+}
+
+impl Default for CropCfg {
+    fn default() -> Self {
+        Self {
+            kind: "ccrop".into(),
+            alpha: 0.1,
+            box_thresh: 0.1,
+            warmup_epochs: 100,
+            loc_interval: 100,
+            scale: [0.2, 1.0],
+            ratio: [3.0 / 4.0, 4.0 / 3.0],
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainCfg {
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub momentum: f32,
+    pub weight_decay: f32,
+    /// Cosine floor as a fraction of lr (η_min = decay_rate · lr).
+    pub decay_rate: f64,
+    pub seed: u64,
+    /// Read the loss back every this many steps.
+    pub log_interval: usize,
+    /// Keep `epoch_<e>.safetensors` every this many epochs (and after the last).
+    pub save_interval: usize,
+    /// `cpu`, `gpu`, `auto` or an adapter-name substring; the `--device` flag wins.
+    pub device: String,
+}
+
+impl Default for TrainCfg {
+    fn default() -> Self {
+        Self {
+            epochs: 500,
+            batch_size: 512,
+            lr: 0.5,
+            momentum: 0.9,
+            weight_decay: 1e-4,
+            decay_rate: 0.1,
+            seed: 42,
+            log_interval: 20,
+            save_interval: 250,
+            device: "auto".into(),
+        }
+    }
+}
+
+/// The weighted kNN monitor during pre-training (eval-mode BN, test split).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct KnnCfg {
+    /// Every this many epochs and after the last (0 = never).
+    pub interval: usize,
+    pub k: usize,
+    pub temperature: f32,
+}
+
+impl Default for KnnCfg {
+    fn default() -> Self {
+        Self {
+            interval: 0,
+            k: 200,
+            temperature: 0.1,
+        }
+    }
+}
+
+/// The linear probe (SPEC A.6): frozen eval-mode backbone, new fc ~ N(0, 0.01), SGD with
+/// MultiStep decay ×0.1 after each milestone, RandomResizedCrop(scale) + flip.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LinearCfg {
+    /// Epochs of the probe (0 = no probe at the end of pre-training).
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub momentum: f32,
+    pub weight_decay: f32,
+    /// The LR is multiplied by 0.1 for every milestone strictly below the epoch.
+    pub milestones: Vec<usize>,
+    /// RandomResizedCrop area range of the probe's training views.
+    pub scale: [f64; 2],
+    /// Augment the probe's training images (RRC + flip); `false` trains on fixed features.
+    pub augment: bool,
+    pub seed: u64,
+}
+
+impl Default for LinearCfg {
+    fn default() -> Self {
+        Self {
+            epochs: 100,
+            batch_size: 512,
+            lr: 10.0,
+            momentum: 0.9,
+            weight_decay: 0.0,
+            milestones: vec![60, 80],
+            scale: [0.08, 1.0],
+            augment: true,
+            seed: 42,
+        }
+    }
+}
+
+/// `viewcraft linear-eval`'s configuration: the data and the probe.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct LinearEvalConfig {
+    #[serde(default)]
+    pub data: DataCfg,
+    #[serde(default)]
+    pub linear: LinearCfg,
+    #[serde(default)]
+    pub train: LinearDevice,
+}
+
+/// `[train] device` of a linear-eval config.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LinearDevice {
+    pub device: String,
+}
+
+impl Default for LinearDevice {
+    fn default() -> Self {
+        Self {
+            device: "auto".into(),
+        }
+    }
+}
+
+/// The quickstart configuration (`cargo run --release`), shipped as `configs/quickstart.toml`.
+pub const QUICKSTART_TOML: &str = include_str!("../configs/quickstart.toml");
+
+fn cfg_err(field: impl Into<String>, msg: impl Into<String>) -> Error {
+    Error::Config {
+        field: field.into(),
+        msg: msg.into(),
+    }
+}
+
+/// Apply `section.key=value` overrides to a TOML table. The value is parsed as a TOML value
+/// (numbers, booleans, arrays, quoted strings) and otherwise taken as a bare string.
+pub fn apply_overrides(table: &mut toml::Table, sets: &[String]) -> Result<()> {
+    for s in sets {
+        let (key, raw) = s
+            .split_once('=')
+            .ok_or_else(|| cfg_err(s.clone(), "--set expects section.key=value"))?;
+        let key = key.trim();
+        let value: toml::Value = toml::from_str::<toml::Table>(&format!("v = {}", raw.trim()))
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(raw.trim().to_string()));
+        let parts: Vec<&str> = key.split('.').collect();
+        if parts.len() != 2 || parts.iter().any(|p| p.is_empty()) {
+            return Err(cfg_err(
+                key,
+                "--set expects section.key=value (e.g. train.epochs=10)",
+            ));
+        }
+        let section = table
+            .entry(parts[0].to_string())
+            .or_insert_with(|| toml::Value::Table(Default::default()));
+        let toml::Value::Table(section) = section else {
+            return Err(cfg_err(parts[0], "is not a section"));
+        };
+        section.insert(parts[1].to_string(), value);
+    }
+    Ok(())
+}
+
+/// Parse TOML text with overrides, naming `source` and the section in errors.
+fn parse_table(text: &str, source: &str, sets: &[String]) -> Result<toml::Table> {
+    let mut table: toml::Table = toml::from_str(text)
+        .map_err(|e| Error::file(source, format!("not valid TOML: {}", e.to_string().trim())))?;
+    apply_overrides(&mut table, sets)?;
+    Ok(table)
+}
+
+/// Deserialise section `name` of `table` (absent: the defaults).
+fn section<T: for<'de> Deserialize<'de> + Default>(
+    table: &mut toml::Table,
+    name: &str,
+    source: &str,
+) -> Result<T> {
+    match table.remove(name) {
+        None => Ok(T::default()),
+        Some(v) => T::deserialize(v)
+            .map_err(|e| Error::file(source, format!("[{name}]: {}", e.message().trim()))),
+    }
+}
+
+fn no_other_sections(table: &toml::Table, source: &str, known: &[&str]) -> Result<()> {
+    match table.keys().next() {
+        None => Ok(()),
+        Some(k) => Err(Error::file(
+            source,
+            format!(
+                "unknown section or key `{k}` (sections: {})",
+                known.join(", ")
+            ),
+        )),
+    }
+}
+
+fn parse_config(text: &str, source: &str, sets: &[String]) -> Result<Config> {
+    let mut t = parse_table(text, source, sets)?;
+    let cfg = Config {
+        model: section(&mut t, "model", source)?,
+        method: section(&mut t, "method", source)?,
+        data: section(&mut t, "data", source)?,
+        crop: section(&mut t, "crop", source)?,
+        train: section(&mut t, "train", source)?,
+        knn: section(&mut t, "knn", source)?,
+        linear: section(&mut t, "linear", source)?,
+    };
+    no_other_sections(
+        &t,
+        source,
+        &["model", "method", "data", "crop", "train", "knn", "linear"],
+    )?;
+    Ok(cfg)
+}
+
+impl Config {
+    /// Read `path` (or the quickstart config for `None`), apply `sets`, validate.
+    pub fn load(path: Option<&Path>, sets: &[String]) -> Result<Config> {
+        let (text, source) = match path {
+            Some(p) => (
+                std::fs::read_to_string(p)
+                    .map_err(|e| Error::file(p, format!("cannot read the config: {e}")))?,
+                p.display().to_string(),
+            ),
+            None => (
+                QUICKSTART_TOML.to_string(),
+                "configs/quickstart.toml".into(),
+            ),
+        };
+        let cfg = parse_config(&text, &source, sets)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_default()
+    }
+
+    pub fn from_toml(text: &str, source: &str) -> Result<Config> {
+        parse_config(text, source, &[])
+    }
+
+    pub fn resnet(&self) -> Result<ResNetConfig> {
+        Ok(ResNetConfig {
+            arch: match self.model.arch.as_str() {
+                "resnet18" => Arch::Resnet18,
+                "resnet34" => Arch::Resnet34,
+                "resnet50" => Arch::Resnet50,
+                other => {
+                    return Err(cfg_err(
+                        "model.arch",
+                        format!("`{other}` is not one of resnet18, resnet34, resnet50"),
+                    ))
+                }
+            },
+            stem: match self.model.stem.as_str() {
+                "cifar" => Stem::Cifar,
+                "imagenet" => Stem::Imagenet,
+                other => {
+                    return Err(cfg_err(
+                        "model.stem",
+                        format!("`{other}` is not one of cifar, imagenet"),
+                    ))
+                }
+            },
+            width: self.model.width,
+            zero_init_residual: self.model.zero_init_residual,
+            num_classes: None,
+        })
+    }
+
+    /// The box every image starts with.
+    pub fn init_box(&self) -> BoxF {
+        if self.crop.kind == "simccrop" {
+            [0.25, 0.25, 0.75, 0.75]
+        } else {
+            WHOLE_IMAGE
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        self.resnet()?;
+        if self.model.width == 0 || !self.model.width.is_multiple_of(4) {
+            return Err(cfg_err(
+                "model.width",
+                format!("{} must be a positive multiple of 4", self.model.width),
+            ));
+        }
+        validate_data(&self.data)?;
+        let c = &self.crop;
+        if !["rcrop", "ccrop", "simccrop"].contains(&c.kind.as_str()) {
+            return Err(cfg_err(
+                "crop.kind",
+                format!("`{}` is not one of rcrop, ccrop, simccrop", c.kind),
+            ));
+        }
+        if !(c.alpha > 0.0 && c.alpha.is_finite()) {
+            return Err(cfg_err("crop.alpha", format!("{} must be > 0", c.alpha)));
+        }
+        if !(c.box_thresh > 0.0 && c.box_thresh < 1.0) {
+            return Err(cfg_err(
+                "crop.box_thresh",
+                format!("{} must be in (0, 1)", c.box_thresh),
+            ));
+        }
+        if c.kind == "ccrop" && c.loc_interval == 0 {
+            return Err(cfg_err("crop.loc_interval", "must be at least 1"));
+        }
+        check_range("crop.scale", c.scale, 0.0, 1.0)?;
+        check_range("crop.ratio", c.ratio, 0.0, f64::INFINITY)?;
+        let t = &self.train;
+        if t.epochs == 0 {
+            return Err(cfg_err("train.epochs", "must be at least 1"));
+        }
+        if t.batch_size < 2 {
+            return Err(cfg_err(
+                "train.batch_size",
+                format!("{} must be at least 2", t.batch_size),
+            ));
+        }
+        if !(t.lr > 0.0 && t.lr.is_finite()) {
+            return Err(cfg_err("train.lr", format!("{} must be > 0", t.lr)));
+        }
+        if !(0.0..1.0).contains(&t.momentum) {
+            return Err(cfg_err(
+                "train.momentum",
+                format!("{} must be in [0, 1)", t.momentum),
+            ));
+        }
+        if !(t.weight_decay >= 0.0 && t.weight_decay.is_finite()) {
+            return Err(cfg_err(
+                "train.weight_decay",
+                format!("{} must be ≥ 0", t.weight_decay),
+            ));
+        }
+        if !(0.0..=1.0).contains(&t.decay_rate) {
+            return Err(cfg_err(
+                "train.decay_rate",
+                format!("{} must be in [0, 1]", t.decay_rate),
+            ));
+        }
+        if t.log_interval == 0 {
+            return Err(cfg_err("train.log_interval", "must be at least 1"));
+        }
+        if t.save_interval == 0 {
+            return Err(cfg_err("train.save_interval", "must be at least 1"));
+        }
+        if self.knn.k == 0 {
+            return Err(cfg_err("knn.k", "must be at least 1"));
+        }
+        if !(self.knn.temperature > 0.0 && self.knn.temperature.is_finite()) {
+            return Err(cfg_err(
+                "knn.temperature",
+                format!("{} must be > 0", self.knn.temperature),
+            ));
+        }
+        validate_linear(&self.linear, true)?;
+        match &self.method {
+            MethodCfg::Simclr(m) => {
+                positive("method.dim", m.dim)?;
+                positive_f("method.temperature", m.temperature)?;
+                positive_f("method.loss_scale", m.loss_scale)?;
+            }
+            MethodCfg::Moco(m) => {
+                positive("method.dim", m.dim)?;
+                positive_f("method.temperature", m.temperature)?;
+                momentum("method.momentum", m.momentum)?;
+                if m.queue == 0 || !m.queue.is_multiple_of(t.batch_size) {
+                    return Err(cfg_err(
+                        "method.queue",
+                        format!(
+                            "{} must be a positive multiple of train.batch_size ({})",
+                            m.queue, t.batch_size
+                        ),
+                    ));
+                }
+                if m.bn_group < 2 || !t.batch_size.is_multiple_of(m.bn_group) {
+                    return Err(cfg_err(
+                        "method.bn_group",
+                        format!(
+                            "{} must be ≥ 2 and divide train.batch_size ({})",
+                            m.bn_group, t.batch_size
+                        ),
+                    ));
+                }
+            }
+            MethodCfg::Byol(m) => {
+                positive("method.dim", m.dim)?;
+                positive("method.hidden", m.hidden)?;
+                positive("method.pred_hidden", m.pred_hidden)?;
+                momentum("method.momentum", m.momentum)?;
+                if !["constant", "cosine"].contains(&m.momentum_schedule.as_str()) {
+                    return Err(cfg_err(
+                        "method.momentum_schedule",
+                        format!("`{}` is not one of constant, cosine", m.momentum_schedule),
+                    ));
+                }
+                if !["independent", "copy"].contains(&m.target_init.as_str()) {
+                    return Err(cfg_err(
+                        "method.target_init",
+                        format!("`{}` is not one of independent, copy", m.target_init),
+                    ));
+                }
+            }
+            MethodCfg::Simsiam(m) => {
+                positive("method.dim", m.dim)?;
+                positive("method.pred_dim", m.pred_dim)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl LinearEvalConfig {
+    /// Read `path` (or the defaults), apply `sets` (`train.X` other than `device` is taken as
+    /// `linear.X`), validate. `base` (the checkpoint's run data) fills the `[data]` keys the
+    /// file does not set.
+    pub fn load(
+        path: Option<&Path>,
+        sets: &[String],
+        base: Option<&DataCfg>,
+    ) -> Result<LinearEvalConfig> {
+        let (text, source) = match path {
+            Some(p) => (
+                std::fs::read_to_string(p)
+                    .map_err(|e| Error::file(p, format!("cannot read the config: {e}")))?,
+                p.display().to_string(),
+            ),
+            None => (String::new(), "linear-eval".to_string()),
+        };
+        let sets: Vec<String> = sets
+            .iter()
+            .map(|s| match s.strip_prefix("train.") {
+                Some(rest) if !rest.starts_with("device") => format!("linear.{rest}"),
+                _ => s.clone(),
+            })
+            .collect();
+        let mut t = parse_table(&text, &source, &[])?;
+        if let Some(base) = base {
+            // The probe trains on the whole split unless asked otherwise.
+            let base = DataCfg {
+                subset: 0,
+                ..base.clone()
+            };
+            let mut data = toml::Table::try_from(&base).unwrap_or_default();
+            if let Some(toml::Value::Table(own)) = t.remove("data") {
+                data.extend(own);
+            }
+            t.insert("data".into(), toml::Value::Table(data));
+        }
+        apply_overrides(&mut t, &sets)?;
+        let cfg = LinearEvalConfig {
+            data: section(&mut t, "data", &source)?,
+            linear: section(&mut t, "linear", &source)?,
+            train: section(&mut t, "train", &source)?,
+        };
+        no_other_sections(&t, &source, &["data", "linear", "train"])?;
+        validate_data(&cfg.data)?;
+        validate_linear(&cfg.linear, false)?;
+        Ok(cfg)
+    }
+}
+
+fn validate_data(d: &DataCfg) -> Result<()> {
+    if !["cifar10", "cifar100"].contains(&d.dataset.as_str()) {
+        return Err(cfg_err(
+            "data.dataset",
+            format!("`{}` is not one of cifar10, cifar100", d.dataset),
+        ));
+    }
+    if d.dataset != "cifar10" && d.root.is_empty() {
+        return Err(cfg_err(
+            "data.root",
+            format!(
+                "must name the {} folder (only a CIFAR-10 subset ships with viewcraft)",
+                d.dataset
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn validate_linear(l: &LinearCfg, zero_epochs_ok: bool) -> Result<()> {
+    if l.epochs == 0 && !zero_epochs_ok {
+        return Err(cfg_err("linear.epochs", "must be at least 1"));
+    }
+    if l.batch_size == 0 {
+        return Err(cfg_err("linear.batch_size", "must be at least 1"));
+    }
+    if !(l.lr > 0.0 && l.lr.is_finite()) {
+        return Err(cfg_err("linear.lr", format!("{} must be > 0", l.lr)));
+    }
+    momentum("linear.momentum", l.momentum)?;
+    if !(l.weight_decay >= 0.0 && l.weight_decay.is_finite()) {
+        return Err(cfg_err(
+            "linear.weight_decay",
+            format!("{} must be ≥ 0", l.weight_decay),
+        ));
+    }
+    if l.milestones.windows(2).any(|w| w[0] >= w[1]) {
+        return Err(cfg_err(
+            "linear.milestones",
+            format!("{:?} must be strictly increasing", l.milestones),
+        ));
+    }
+    check_range("linear.scale", l.scale, 0.0, 1.0)
+}
+
+fn positive(field: &str, v: usize) -> Result<()> {
+    if v == 0 {
+        return Err(cfg_err(field, "must be at least 1"));
+    }
+    Ok(())
+}
+
+fn positive_f(field: &str, v: f32) -> Result<()> {
+    if !(v > 0.0 && v.is_finite()) {
+        return Err(cfg_err(field, format!("{v} must be > 0")));
+    }
+    Ok(())
+}
+
+fn momentum(field: &str, v: f32) -> Result<()> {
+    if !(0.0..1.0).contains(&v) {
+        return Err(cfg_err(field, format!("{v} must be in [0, 1)")));
+    }
+    Ok(())
+}
+
+fn check_range(field: &str, r: [f64; 2], lo: f64, hi: f64) -> Result<()> {
+    if !(r[0] > lo && r[0] <= r[1] && r[1] <= hi) {
+        return Err(cfg_err(
+            field,
+            format!("[{}, {}] must satisfy {lo} < min ≤ max ≤ {hi}", r[0], r[1]),
+        ));
+    }
+    Ok(())
+}
