@@ -380,6 +380,8 @@ fn cfg_err(field: impl Into<String>, msg: impl Into<String>) -> Error {
 
 /// Apply `section.key=value` overrides to a TOML table. The value is parsed as a TOML value
 /// (numbers, booleans, arrays, quoted strings) and otherwise taken as a bare string.
+/// Overrides apply in order; `method.name=X` with a different method drops the file's
+/// method fields (so put it before that method's own overrides).
 pub fn apply_overrides(table: &mut toml::Table, sets: &[String]) -> Result<()> {
     for s in sets {
         let (key, raw) = s
@@ -396,6 +398,17 @@ pub fn apply_overrides(table: &mut toml::Table, sets: &[String]) -> Result<()> {
                 key,
                 "--set expects section.key=value (e.g. train.epochs=10)",
             ));
+        }
+        // Switching the method starts the new one from its defaults: the file's fields
+        // belong to the old one.
+        if parts == ["method", "name"] {
+            let old = table
+                .get("method")
+                .and_then(|m| m.get("name"))
+                .and_then(|n| n.as_str());
+            if old.is_some_and(|o| Some(o) != value.as_str()) {
+                table.insert("method".into(), toml::Value::Table(Default::default()));
+            }
         }
         let section = table
             .entry(parts[0].to_string())

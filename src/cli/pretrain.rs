@@ -212,6 +212,9 @@ pub fn run(
             test: test.clone(),
         }),
         stop: Some(stop_flag()),
+        stop_at_step: std::env::var("VIEWCRAFT_STOP_AT_STEP")
+            .ok()
+            .and_then(|v| v.parse().ok()),
     };
     println!(
         "viewcraft pretrain: {} + {}, {} (width {}), {} {} images, {} epochs × {} steps, on {} → {}",

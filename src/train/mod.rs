@@ -63,6 +63,9 @@ pub struct PretrainConfig {
     pub knn: Option<KnnMonitor>,
     /// Set (e.g. by Ctrl-C) to stop after the current step with a checkpoint.
     pub stop: Option<Arc<AtomicBool>>,
+    /// Behave as if `stop` were set after this global step (tests of the interruption path;
+    /// the CLI reads it from VIEWCRAFT_STOP_AT_STEP).
+    pub stop_at_step: Option<usize>,
 }
 
 /// Weighted kNN of the online backbone's features (eval mode): the training images vote
@@ -288,7 +291,9 @@ pub fn pretrain(
                 });
             }
             last_loss = Some(loss_value);
-            if cfg.stop.as_ref().is_some_and(|f| f.load(Ordering::SeqCst)) {
+            if cfg.stop.as_ref().is_some_and(|f| f.load(Ordering::SeqCst))
+                || cfg.stop_at_step == Some(step)
+            {
                 let here = Position {
                     epoch: ep - 1,
                     step,

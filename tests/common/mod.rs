@@ -264,5 +264,6 @@ pub fn pretrain_config(
         config_text: "test".into(),
         knn: None,
         stop: None,
+        stop_at_step: None,
     }
 }

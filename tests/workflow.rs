@@ -1,0 +1,433 @@
+//! The researcher's workflow through the binary, on the CPU path with a tiny config: a run
+//! directory with everything in it, resume after an interruption equal to an uninterrupted
+//! run, linear-eval / knn / viz on the checkpoint, and every user error as one line.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use safetensors::SafeTensors;
+
+const TINY: &str = r#"
+[model]
+width = 8
+[method]
+name = "simclr"
+[data]
+subset = 64
+workers = 2
+[crop]
+kind = "ccrop"
+warmup_epochs = 1
+loc_interval = 1
+[train]
+epochs = 3
+batch_size = 16
+lr = 0.1
+log_interval = 1
+save_interval = 1
+device = "cpu"
+[knn]
+interval = 1
+k = 20
+[linear]
+epochs = 2
+batch_size = 32
+augment = false
+"#;
+
+fn tmp() -> PathBuf {
+    let d = std::env::temp_dir().join(format!("viewcraft-workflow-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn tiny_config() -> PathBuf {
+    let p = tmp().join("tiny.toml");
+    if !p.exists() {
+        std::fs::write(&p, TINY).unwrap();
+    }
+    p
+}
+
+fn viewcraft() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_viewcraft"));
+    c.env_remove("VIEWCRAFT_DEVICE")
+        .env_remove("VIEWCRAFT_STOP_AT_STEP");
+    c
+}
+
+fn run(cmd: &mut Command) -> (i32, String, String) {
+    let out = cmd.output().expect("run viewcraft");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+fn pretrain(out: &Path, extra: &[&str]) -> (i32, String, String) {
+    let cfg = tiny_config();
+    run(viewcraft()
+        .args([
+            "pretrain",
+            cfg.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .args(extra))
+}
+
+/// One uninterrupted run shared by the tests that read its results.
+fn reference_run() -> &'static PathBuf {
+    static RUN: OnceLock<PathBuf> = OnceLock::new();
+    RUN.get_or_init(|| {
+        let out = tmp().join("run-a");
+        let _ = std::fs::remove_dir_all(&out);
+        let (code, o, e) = pretrain(&out, &[]);
+        assert_eq!(code, 0, "{o}{e}");
+        assert!(o.contains("| simclr | ccrop | 3 | 64 |"), "{o}");
+        out
+    })
+}
+
+fn records(run: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn tensors(path: &Path) -> Vec<(String, Vec<u8>)> {
+    let raw = std::fs::read(path).unwrap();
+    let st = SafeTensors::deserialize(&raw).unwrap();
+    let mut v: Vec<(String, Vec<u8>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(n, t)| (n, t.data().to_vec()))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn pretrain_writes_a_complete_run_directory() {
+    let run = reference_run();
+    for f in [
+        "config.toml",
+        "metrics.jsonl",
+        "loss.svg",
+        "knn.svg",
+        "linear.svg",
+        "summary.json",
+        "checkpoints/epoch_1.safetensors",
+        "checkpoints/epoch_3.safetensors",
+        "checkpoints/last.safetensors",
+    ] {
+        assert!(run.join(f).exists(), "{f} missing");
+    }
+    let resolved = viewcraft::config::Config::load(Some(&run.join("config.toml")), &[]).unwrap();
+    assert_eq!((resolved.train.epochs, resolved.model.width), (3, 8));
+    let recs = records(run);
+    let steps: Vec<&serde_json::Value> = recs.iter().filter(|r| r["event"] == "step").collect();
+    assert_eq!(steps.len(), 12, "3 epochs × 4 steps, logged every step");
+    for (i, s) in steps.iter().enumerate() {
+        assert_eq!(s["step"], i + 1);
+        assert!(s["epoch"].as_u64().is_some() && s["loss"].as_f64().unwrap().is_finite());
+    }
+    let boxes: Vec<u64> = recs
+        .iter()
+        .filter(|r| r["event"] == "boxes")
+        .map(|r| {
+            assert!(r["box_mean_area"].as_f64().unwrap() > 0.0);
+            assert!(r["box_near_full"].as_f64().is_some() && r["box_fallbacks"].is_u64());
+            r["epoch"].as_u64().unwrap()
+        })
+        .collect();
+    assert_eq!(
+        boxes,
+        [1, 2],
+        "boxes after epochs 1 and 2, never after the last"
+    );
+    let crops: Vec<&str> = recs
+        .iter()
+        .filter(|r| r["event"] == "epoch")
+        .map(|r| r["crop"].as_str().unwrap())
+        .collect();
+    assert_eq!(crops, ["rcrop", "ccrop", "ccrop"]);
+    assert_eq!(recs.iter().filter(|r| r["event"] == "knn").count(), 3);
+    assert_eq!(
+        recs.iter().filter(|r| r["event"] == "linear_epoch").count(),
+        2
+    );
+    assert_eq!(recs.last().unwrap()["event"], "done");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
+    let best = summary["linear"]["best_top1"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&best));
+    // A finished run directory is not overwritten.
+    let (code, _, e) = pretrain(run, &[]);
+    assert_eq!(code, 2);
+    assert!(e.contains("finished run"), "{e}");
+}
+
+#[test]
+fn interrupted_then_resumed_equals_uninterrupted() {
+    let a = reference_run();
+    let b = tmp().join("run-b");
+    let _ = std::fs::remove_dir_all(&b);
+    // Stop in the middle of epoch 2 (4 steps per epoch), as Ctrl-C would.
+    let cfg = tiny_config();
+    let (code, o, e) = run(viewcraft().env("VIEWCRAFT_STOP_AT_STEP", "6").args([
+        "pretrain",
+        cfg.to_str().unwrap(),
+        "--out",
+        b.to_str().unwrap(),
+    ]));
+    assert_eq!(code, 130, "{o}{e}");
+    assert!(
+        e.contains("interrupted at epoch 2, step 6") && e.contains("--resume"),
+        "{e}"
+    );
+    assert!(!b.join("summary.json").exists());
+    // Run again: the interrupted run directory continues by itself.
+    let (code, o, e) = pretrain(&b, &[]);
+    assert_eq!(code, 0, "{o}{e}");
+    assert!(o.contains("resuming"), "{o}");
+    let (ta, tb) = (
+        tensors(&a.join("checkpoints/last.safetensors")),
+        tensors(&b.join("checkpoints/last.safetensors")),
+    );
+    assert_eq!(ta.len(), tb.len());
+    for ((na, da), (nb, db)) in ta.iter().zip(&tb) {
+        assert_eq!(na, nb);
+        assert!(da == db, "{na} differs after interrupt + resume");
+    }
+    let steps: Vec<u64> = records(&b)
+        .iter()
+        .filter(|r| r["event"] == "step")
+        .map(|r| r["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        steps,
+        (1..=12).collect::<Vec<u64>>(),
+        "each step logged once"
+    );
+    // --resume on a finished run is an error, not a silent retrain.
+    let (code, _, e) = pretrain(&b, &["--resume"]);
+    assert_eq!(code, 2);
+    assert!(e.contains("finished"), "{e}");
+}
+
+#[test]
+fn linear_eval_knn_and_viz_read_the_checkpoint() {
+    let run = reference_run();
+    let ckpt = run.join("checkpoints/last.safetensors");
+    let c = ckpt.to_str().unwrap();
+    let (code, o, e) = run_cmd(&[
+        "--device",
+        "cpu",
+        "linear-eval",
+        "--checkpoint",
+        c,
+        "--set",
+        "linear.epochs=2",
+        "--set",
+        "data.subset=64",
+        "--set",
+        "linear.batch_size=32",
+    ]);
+    assert_eq!(code, 0, "{o}{e}");
+    let v: serde_json::Value = serde_json::from_str(o.trim()).unwrap();
+    for k in ["best_top1", "last_top1"] {
+        assert!((0.0..=1.0).contains(&v[k].as_f64().unwrap()), "{v}");
+    }
+    assert_eq!(v["epochs"], 2);
+    assert_eq!(v["train_images"], 64);
+    let full: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("linear_eval.json")).unwrap())
+            .unwrap();
+    assert_eq!(full["history"].as_array().unwrap().len(), 2);
+
+    let knn_out = tmp().join("knn.json");
+    let (code, o, e) = run_cmd(&[
+        "--device",
+        "cpu",
+        "knn",
+        "--checkpoint",
+        c,
+        "--k",
+        "10",
+        "--out",
+        knn_out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{o}{e}");
+    let v: serde_json::Value = serde_json::from_str(o.trim()).unwrap();
+    assert!((0.0..=1.0).contains(&v["knn_top1"].as_f64().unwrap()));
+    assert!(knn_out.exists());
+
+    let viz = tmp().join("viz");
+    let (code, o, e) = run_cmd(&[
+        "--device",
+        "cpu",
+        "viz",
+        "--checkpoint",
+        c,
+        "--out",
+        viz.to_str().unwrap(),
+        "--limit",
+        "8",
+    ]);
+    assert_eq!(code, 0, "{o}{e}");
+    let b: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(viz.join("boxes.json")).unwrap()).unwrap();
+    assert!((b["k"].as_f64().unwrap() - 0.1).abs() < 1e-6, "{b}");
+    let boxes = b["boxes"].as_array().unwrap();
+    assert_eq!(boxes.len(), 8);
+    for bx in boxes {
+        let f: Vec<f64> = bx
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect();
+        assert_eq!(f.len(), 4);
+        assert!(f.iter().all(|x| (0.0..=1.0).contains(x)));
+        assert!(f[0] <= f[2] && f[1] <= f[3], "{f:?}");
+    }
+    for png in ["heatmaps.png", "boxes.png", "views.png"] {
+        let img = image::open(viz.join(png)).unwrap();
+        assert!(img.width() > 100 && img.height() > 100, "{png}");
+    }
+}
+
+fn run_cmd(args: &[&str]) -> (i32, String, String) {
+    run(viewcraft().args(args))
+}
+
+/// A user error: exit 2, one line on stderr naming `words`, no panic.
+fn user_error(args: &[&str], words: &[&str]) {
+    let (code, o, e) = run_cmd(args);
+    assert_eq!(code, 2, "{args:?}: {o}{e}");
+    let lines: Vec<&str> = e
+        .lines()
+        .filter(|l| !l.contains("XDG_RUNTIME_DIR") && !l.trim().is_empty())
+        .collect();
+    assert!(!e.contains("panicked"), "{args:?}: {e}");
+    assert_eq!(lines.len(), 1, "{args:?}: one line expected: {e}");
+    for w in words {
+        assert!(lines[0].contains(w), "{args:?}: `{w}` not in: {e}");
+    }
+}
+
+#[test]
+fn user_errors_are_one_clear_line() {
+    let cfg = tiny_config();
+    let c = cfg.to_str().unwrap();
+    let d = tmp().join("errors");
+    std::fs::create_dir_all(&d).unwrap();
+    let out = d.join("run");
+    let o = out.to_str().unwrap();
+    user_error(
+        &["pretrain", "/no/such/config.toml"],
+        &["/no/such/config.toml", "cannot read"],
+    );
+    let bad = d.join("bad.toml");
+    std::fs::write(&bad, "[train]\nepoch = 3\n").unwrap();
+    user_error(
+        &["pretrain", bad.to_str().unwrap()],
+        &["bad.toml", "[train]", "epoch"],
+    );
+    user_error(
+        &["pretrain", c, "--out", o, "--set", "crop.box_thresh=2"],
+        &["crop.box_thresh", "(0, 1)"],
+    );
+    user_error(
+        &["pretrain", c, "--out", o, "--set", "crop.alpha=0"],
+        &["crop.alpha"],
+    );
+    user_error(
+        &["pretrain", c, "--out", o, "--set", "data.subset=8"],
+        &["train.batch_size", "larger than the 8 training images"],
+    );
+    user_error(
+        &[
+            "pretrain",
+            c,
+            "--out",
+            o,
+            "--set",
+            "data.root=/no/such/data",
+        ],
+        &["/no/such/data", "not found"],
+    );
+    user_error(
+        &[
+            "pretrain",
+            c,
+            "--out",
+            o,
+            "--set",
+            "train.device=no-such-gpu-xyz",
+        ],
+        &["no-such-gpu-xyz"],
+    );
+    // Corrupt data: a truncated batch file.
+    let corrupt = d.join("cifar");
+    std::fs::create_dir_all(&corrupt).unwrap();
+    let src = viewcraft::data::cifar::embedded_root();
+    let bytes = std::fs::read(src.join("data_batch_1.bin")).unwrap();
+    std::fs::write(corrupt.join("data_batch_1.bin"), &bytes[..5000]).unwrap();
+    std::fs::copy(src.join("test_batch.bin"), corrupt.join("test_batch.bin")).unwrap();
+    let root = format!("data.root={}", corrupt.display());
+    user_error(
+        &["pretrain", c, "--out", o, "--set", &root],
+        &["data_batch_1.bin"],
+    );
+    // An unwritable run directory (below a regular file).
+    let file = d.join("a-file");
+    std::fs::write(&file, "x").unwrap();
+    let under = file.join("run");
+    user_error(
+        &["pretrain", c, "--out", under.to_str().unwrap()],
+        &["a-file", "cannot create the run directory"],
+    );
+    user_error(&["pretrain", c, "--out", o, "--resume"], &["no checkpoint"]);
+    user_error(
+        &[
+            "--device",
+            "cpu",
+            "knn",
+            "--checkpoint",
+            "/no/such.safetensors",
+        ],
+        &["/no/such.safetensors"],
+    );
+    user_error(
+        &["--device", "cpu", "viz", "--checkpoint", c, "--out", o],
+        &["tiny.toml", "not a safetensors checkpoint"],
+    );
+}
+
+#[test]
+fn a_diverging_run_stops_and_keeps_the_last_good_checkpoint() {
+    let out = tmp().join("nan");
+    let _ = std::fs::remove_dir_all(&out);
+    let (code, o, e) = pretrain(&out, &["--set", "train.lr=1e30"]);
+    assert_eq!(code, 2, "{o}{e}");
+    assert!(e.contains("loss became") && e.contains("step"), "{e}");
+    let last = out.join("checkpoints/last.safetensors");
+    if last.exists() {
+        let raw = std::fs::read(&last).unwrap();
+        let st = SafeTensors::deserialize(&raw).unwrap();
+        for (n, t) in st.tensors() {
+            assert!(
+                t.data()
+                    .chunks_exact(4)
+                    .all(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]).is_finite()),
+                "{n} is not finite in the kept checkpoint"
+            );
+        }
+    }
+}
