@@ -4,6 +4,7 @@
 pub mod augment;
 pub mod cifar;
 pub mod loader;
+pub mod pickle;
 
 use std::path::Path;
 
