@@ -178,7 +178,8 @@ impl Default for SimsiamCfg {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct DataCfg {
-    /// `cifar10` | `cifar100` (binary or `cifar-*-batches-py` pickle folders).
+    /// `cifar10` | `cifar100` (binary or Python-pickle folders) | `stl10` (binary; pre-training
+    /// on train + unlabeled) | `imagefolder` (root/train/<class>/*, root/val/<class>/*).
     pub dataset: String,
     /// Dataset folder; empty = the CIFAR-10 subset shipped with viewcraft.
     pub root: String,
@@ -186,6 +187,8 @@ pub struct DataCfg {
     pub subset: usize,
     /// Loader threads (0 = one per core).
     pub workers: usize,
+    /// ImageFolder: resize every image to this square size (0 = keep; all must match).
+    pub image_size: usize,
 }
 
 impl Default for DataCfg {
@@ -195,6 +198,7 @@ impl Default for DataCfg {
             root: String::new(),
             subset: 0,
             workers: 0,
+            image_size: 0,
         }
     }
 }
@@ -723,10 +727,14 @@ impl LinearEvalConfig {
 }
 
 fn validate_data(d: &DataCfg) -> Result<()> {
-    if !["cifar10", "cifar100"].contains(&d.dataset.as_str()) {
+    if !crate::data::DATASETS.contains(&d.dataset.as_str()) {
         return Err(cfg_err(
             "data.dataset",
-            format!("`{}` is not one of cifar10, cifar100", d.dataset),
+            format!(
+                "`{}` is not one of {}",
+                d.dataset,
+                crate::data::DATASETS.join(", ")
+            ),
         ));
     }
     if d.dataset != "cifar10" && d.root.is_empty() {

@@ -155,3 +155,124 @@ fn bad_pickles_are_named() {
         .to_string();
     assert!(e.contains("fine_labels"), "{e}");
 }
+
+/// The value an STL-10 test image holds at (image i, channel c, row y, column x).
+fn stl_px(i: usize, c: usize, y: usize, x: usize) -> u8 {
+    ((i * 31 + c * 7 + y * 3 + x * 5) % 256) as u8
+}
+
+fn write_stl(dir: &std::path::Path, name: &str, n: usize, labels: Option<&[u8]>) {
+    let mut x = Vec::new();
+    for i in 0..n {
+        for c in 0..3 {
+            // Column-major planes: x outer, y inner.
+            for xx in 0..96 {
+                for y in 0..96 {
+                    x.push(stl_px(i, c, y, xx));
+                }
+            }
+        }
+    }
+    std::fs::write(dir.join(format!("{name}_X.bin")), x).unwrap();
+    if let Some(l) = labels {
+        std::fs::write(dir.join(format!("{name}_y.bin")), l).unwrap();
+    }
+}
+
+#[test]
+fn stl10_binary_reads_column_major_images_and_one_based_labels() {
+    use viewcraft::data::{open, open_pretrain, stl10, Split};
+    let root = tmpdir("stl");
+    let dir = root.join("stl10_binary");
+    std::fs::create_dir_all(&dir).unwrap();
+    write_stl(&dir, "train", 2, Some(&[1, 10]));
+    write_stl(&dir, "test", 1, Some(&[4]));
+    write_stl(&dir, "unlabeled", 3, None);
+    let tr = open("stl10", &root, Split::Train, 0, 0).unwrap();
+    assert_eq!((tr.len(), tr.height, tr.width), (2, 96, 96));
+    assert_eq!(tr.labels, vec![0, 9]);
+    for (c, y, x) in [(0, 0, 1), (1, 5, 90), (2, 95, 0), (2, 17, 33)] {
+        assert_eq!(tr.image(1)[(c * 96 + y) * 96 + x], stl_px(1, c, y, x));
+    }
+    assert_eq!(
+        open("stl10", &root, Split::Test, 0, 0).unwrap().labels,
+        vec![3]
+    );
+    let pre = open_pretrain("stl10", &root, 0, 0).unwrap();
+    assert_eq!(pre.len(), 5, "train + unlabeled");
+    assert_eq!(
+        pre.image(2),
+        stl10::load(&root, "unlabeled", 0).unwrap().image(0)
+    );
+    assert_eq!(open_pretrain("stl10", &root, 3, 0).unwrap().len(), 3);
+    // Bad files are named.
+    std::fs::write(dir.join("test_y.bin"), [0u8]).unwrap();
+    let e = open("stl10", &root, Split::Test, 0, 0)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("test_y.bin") && e.contains("label 0"), "{e}");
+    std::fs::write(dir.join("test_X.bin"), vec![0u8; 1000]).unwrap();
+    let e = open("stl10", &root, Split::Test, 0, 0)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("test_X.bin") && e.contains("truncated"), "{e}");
+}
+
+fn png(path: &std::path::Path, w: u32, h: u32, seed: u8) {
+    let img = image::RgbImage::from_fn(w, h, |x, y| {
+        image::Rgb([seed, (x * 10) as u8, (y * 20) as u8])
+    });
+    img.save(path).unwrap();
+}
+
+#[test]
+fn image_folder_reads_sorted_classes_and_names_bad_images() {
+    use viewcraft::data::{open, Split};
+    let root = tmpdir("imgfolder");
+    for (split, class, file, seed) in [
+        ("train", "dog", "b.png", 1u8),
+        ("train", "cat", "z.png", 2),
+        ("train", "cat", "a.png", 3),
+        ("val", "dog", "c.png", 4),
+    ] {
+        let d = root.join(split).join(class);
+        std::fs::create_dir_all(&d).unwrap();
+        png(&d.join(file), 8, 6, seed);
+    }
+    let tr = open("imagefolder", &root, Split::Train, 0, 0).unwrap();
+    assert_eq!(tr.classes, vec!["cat", "dog"]);
+    assert_eq!(tr.labels, vec![0, 0, 1], "cat/a, cat/z, dog/b");
+    assert_eq!((tr.height, tr.width), (6, 8));
+    // cat/a.png has seed 3 in the red plane; green is x*10, blue y*20.
+    assert_eq!(tr.image(0)[0], 3);
+    assert_eq!(tr.image(0)[6 * 8 + 2 * 8 + 3], 30);
+    assert_eq!(tr.image(0)[2 * 6 * 8 + 4 * 8], 80);
+    let va = open("imagefolder", &root, Split::Test, 0, 0).unwrap();
+    assert_eq!((va.len(), va.labels[0]), (1, 0));
+    // Sizes must match unless image_size resizes them.
+    png(&root.join("train/dog/big.png"), 16, 12, 5);
+    let e = open("imagefolder", &root, Split::Train, 0, 0)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("big.png") && e.contains("image_size"), "{e}");
+    let r = open("imagefolder", &root, Split::Train, 0, 4).unwrap();
+    assert_eq!((r.len(), r.height, r.width), (4, 4, 4));
+    std::fs::write(root.join("train/dog/broken.png"), b"not a png").unwrap();
+    let e = open("imagefolder", &root, Split::Train, 0, 4)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("broken.png") && e.contains("unreadable"), "{e}");
+    // A flat folder of unlabeled images.
+    let flat = tmpdir("flat");
+    png(&flat.join("1.png"), 5, 5, 0);
+    png(&flat.join("2.jpg"), 5, 5, 0);
+    let f = open("imagefolder", &flat, Split::Train, 0, 0).unwrap();
+    assert_eq!(
+        (f.len(), f.classes.clone()),
+        (2, vec!["unlabeled".to_string()])
+    );
+    let e = open("imagefolder", &flat, Split::Test, 0, 0)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("val/"), "{e}");
+}

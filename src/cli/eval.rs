@@ -45,7 +45,7 @@ pub fn embed(
     } else {
         Split::Test
     };
-    let set = crate::data::open(&d.dataset, &d.root_path(), split, 0)?;
+    let set = crate::data::open(&d.dataset, &d.root_path(), split, 0, d.image_size)?;
     let (mean, std) = normalization(&d.dataset);
     let (net, mut store) = load_backbone(ckpt, device)?;
     let (feats, dim) = backbone_features(&net, &mut store, &set, mean, std, device)?;
@@ -81,8 +81,8 @@ pub fn knn(
     }
     let d = checkpoint_data(ckpt, data, dataset)?;
     let root = d.root_path();
-    let train = crate::data::open(&d.dataset, &root, Split::Train, 0)?;
-    let test = crate::data::open(&d.dataset, &root, Split::Test, 0)?;
+    let train = crate::data::open(&d.dataset, &root, Split::Train, 0, d.image_size)?;
+    let test = crate::data::open(&d.dataset, &root, Split::Test, 0, d.image_size)?;
     let (mean, std) = normalization(&d.dataset);
     let (net, mut store) = load_backbone(ckpt, device)?;
     let (ftr, dim) = backbone_features(&net, &mut store, &train, mean, std, device)?;
@@ -138,8 +138,20 @@ pub fn linear_eval(
     let cfg = LinearEvalConfig::load(config, sets, base.as_ref())?;
     let device = super::select_device_or(device_flag, &cfg.train.device)?;
     let root = cfg.data.root_path();
-    let train = crate::data::open(&cfg.data.dataset, &root, Split::Train, cfg.data.subset)?;
-    let test = crate::data::open(&cfg.data.dataset, &root, Split::Test, 0)?;
+    let train = crate::data::open(
+        &cfg.data.dataset,
+        &root,
+        Split::Train,
+        cfg.data.subset,
+        cfg.data.image_size,
+    )?;
+    let test = crate::data::open(
+        &cfg.data.dataset,
+        &root,
+        Split::Test,
+        0,
+        cfg.data.image_size,
+    )?;
     let (mean, std) = normalization(&cfg.data.dataset);
     let (net, mut store) = load_backbone(ckpt, &device)?;
     eprintln!(

@@ -131,20 +131,33 @@ pub fn run(
 ) -> Result<RunSummary> {
     let t0 = Instant::now();
     let root = cfg.data.root_path();
-    let train = Arc::new(crate::data::open(
-        &cfg.data.dataset,
+    let (ds, size) = (cfg.data.dataset.as_str(), cfg.data.image_size);
+    let images = Arc::new(crate::data::open_pretrain(
+        ds,
         &root,
-        Split::Train,
         cfg.data.subset,
+        size,
     )?);
-    let test = Arc::new(crate::data::open(&cfg.data.dataset, &root, Split::Test, 0)?);
-    if cfg.train.batch_size > train.len() {
+    // Labelled images for kNN and the probe (STL-10 pre-trains on unlabeled ones too).
+    let train = if ds == "stl10" {
+        Arc::new(crate::data::open(
+            ds,
+            &root,
+            Split::Train,
+            cfg.data.subset,
+            size,
+        )?)
+    } else {
+        images.clone()
+    };
+    let test = Arc::new(crate::data::open(ds, &root, Split::Test, 0, size)?);
+    if cfg.train.batch_size > images.len() {
         return Err(Error::Config {
             field: "train.batch_size".into(),
             msg: format!(
                 "{} is larger than the {} training images",
                 cfg.train.batch_size,
-                train.len()
+                images.len()
             ),
         });
     }
@@ -209,6 +222,7 @@ pub fn run(
             interval: cfg.knn.interval,
             k: cfg.knn.k,
             temperature: cfg.knn.temperature,
+            train: train.clone(),
             test: test.clone(),
         }),
         stop: Some(stop_flag()),
@@ -222,14 +236,14 @@ pub fn run(
         crop,
         cfg.model.arch,
         cfg.model.width,
-        train.len(),
+        images.len(),
         cfg.data.dataset,
         cfg.train.epochs,
-        train.len() / cfg.train.batch_size,
+        images.len() / cfg.train.batch_size,
         device.name(),
         dir.root.display()
     );
-    let steps_per_epoch = (train.len() / cfg.train.batch_size) as u64;
+    let steps_per_epoch = (images.len() / cfg.train.batch_size) as u64;
     let bar = indicatif::ProgressBar::new(steps_per_epoch * cfg.train.epochs as u64);
     bar.set_style(
         indicatif::ProgressStyle::with_template(
@@ -242,7 +256,7 @@ pub fn run(
     let mut last_loss = None;
     let mut knn_top1 = None;
     let mut write_err: Option<Error> = None;
-    let result = pretrain(method.as_mut(), train.clone(), &pcfg, device, |e| {
+    let result = pretrain(method.as_mut(), images.clone(), &pcfg, device, |e| {
         let r = match e {
             Event::Step {
                 epoch,
@@ -348,7 +362,7 @@ pub fn run(
         crop: crop.into(),
         device: device.name(),
         epochs: cfg.train.epochs,
-        train_images: train.len(),
+        train_images: images.len(),
         first_loss,
         last_loss,
         knn_top1,

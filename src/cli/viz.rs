@@ -36,7 +36,13 @@ pub fn run(
         });
     }
     let d = super::eval::checkpoint_data(ckpt, data, dataset)?;
-    let set = crate::data::open(&d.dataset, &d.root_path(), Split::Train, limit)?;
+    let set = crate::data::open(
+        &d.dataset,
+        &d.root_path(),
+        Split::Train,
+        limit,
+        d.image_size,
+    )?;
     let (mean, std) = normalization(&d.dataset);
     let (net, mut store) = load_backbone(ckpt, device)?;
     std::fs::create_dir_all(out)

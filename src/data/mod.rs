@@ -3,8 +3,10 @@
 
 pub mod augment;
 pub mod cifar;
+pub mod image_folder;
 pub mod loader;
 pub mod pickle;
+pub mod stl10;
 
 use std::path::Path;
 
@@ -110,23 +112,52 @@ pub fn verify_sha256sums(dir: &Path) -> Result<usize> {
 /// Which split of a dataset.
 pub use cifar::Split;
 
-/// The `split` of dataset `name` (`cifar10` | `cifar100`) under `root`, first `subset` images
-/// (0 = all).
-pub fn open(name: &str, root: &Path, split: Split, subset: usize) -> Result<ImageSet> {
+/// Dataset kinds `data.dataset` accepts.
+pub const DATASETS: [&str; 4] = ["cifar10", "cifar100", "stl10", "imagefolder"];
+
+/// The `split` of dataset `name` under `root`, first `subset` images (0 = all); `size`
+/// resizes ImageFolder images (0 = keep).
+pub fn open(name: &str, root: &Path, split: Split, subset: usize, size: usize) -> Result<ImageSet> {
     let variant = match name {
         "cifar10" => cifar::Variant::Cifar10,
         "cifar100" => cifar::Variant::Cifar100,
+        "stl10" => {
+            return stl10::load(
+                root,
+                if split == Split::Train {
+                    "train"
+                } else {
+                    "test"
+                },
+                subset,
+            )
+        }
+        "imagefolder" => {
+            return image_folder::load(
+                &image_folder::split_dir(root, split == Split::Train)?,
+                size,
+                subset,
+            )
+        }
         other => {
             return Err(Error::Config {
                 field: "data.dataset".into(),
-                msg: format!("`{other}` is not one of cifar10, cifar100"),
+                msg: format!("`{other}` is not one of {}", DATASETS.join(", ")),
             })
         }
     };
     Ok(cifar::load(root, variant, split)?.truncate(subset))
 }
 
-/// Per-dataset normalisation (SPEC A.4); unknown names get CIFAR-10's.
+/// The pre-training images: the training split, and for STL-10 train + unlabeled (SPEC A.4).
+pub fn open_pretrain(name: &str, root: &Path, subset: usize, size: usize) -> Result<ImageSet> {
+    match name {
+        "stl10" => stl10::load_pretrain(root, subset),
+        _ => open(name, root, Split::Train, subset, size),
+    }
+}
+
+/// Per-dataset normalisation (SPEC A.4); ImageFolder gets ImageNet's, unknown names CIFAR-10's.
 pub fn normalization(name: &str) -> ([f32; 3], [f32; 3]) {
     augment::mean_std(name)
         .or_else(|| augment::mean_std("cifar10"))

@@ -203,21 +203,15 @@ pub fn parse(bytes: &[u8]) -> Result<Value, String> {
             }
             0x8c => {
                 let n = r.u8()? as usize;
-                stack.push(Value::Str(
-                    String::from_utf8_lossy(r.take(n)?).into_owned(),
-                ));
+                stack.push(Value::Str(String::from_utf8_lossy(r.take(n)?).into_owned()));
             }
             b'X' => {
                 let n = r.le(4)? as usize;
-                stack.push(Value::Str(
-                    String::from_utf8_lossy(r.take(n)?).into_owned(),
-                ));
+                stack.push(Value::Str(String::from_utf8_lossy(r.take(n)?).into_owned()));
             }
             0x8d => {
                 let n = r.le(8)? as usize;
-                stack.push(Value::Str(
-                    String::from_utf8_lossy(r.take(n)?).into_owned(),
-                ));
+                stack.push(Value::Str(String::from_utf8_lossy(r.take(n)?).into_owned()));
             }
             b'S' | b'V' => {
                 let l = r.line()?;

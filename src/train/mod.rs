@@ -68,13 +68,14 @@ pub struct PretrainConfig {
     pub stop_at_step: Option<usize>,
 }
 
-/// Weighted kNN of the online backbone's features (eval mode): the training images vote
-/// for the `test` images, every `interval` epochs and after the last.
+/// Weighted kNN of the online backbone's features (eval mode): the labelled `train` images
+/// vote for the `test` images, every `interval` epochs and after the last.
 #[derive(Clone, Debug)]
 pub struct KnnMonitor {
     pub interval: usize,
     pub k: usize,
     pub temperature: f32,
+    pub train: Arc<ImageSet>,
     pub test: Arc<ImageSet>,
 }
 
@@ -349,10 +350,10 @@ pub fn pretrain(
                 let (fte, _) = crate::eval::knn::features(
                     method, &m.test, cfg.mean, cfg.std, eval_batch, device,
                 )?;
-                let classes = data.classes.len().max(m.test.classes.len());
+                let classes = m.train.classes.len().max(m.test.classes.len());
                 let acc = crate::eval::knn::knn_accuracy(
                     ftr,
-                    &data.labels,
+                    &m.train.labels,
                     fte,
                     &m.test.labels,
                     d,
