@@ -278,7 +278,7 @@ pub fn train_step(
                 let logits = net.forward(&mut tape, &mut store, &b, x, true)?;
                 let loss = tape.cross_entropy(logits, &labels)?;
                 let g = tape.backward(loss)?;
-                sgd_store(&mut store, &b, &g, &mut bufs, |_| 0.1, 0.9, 1e-4)?;
+                sgd_store(&mut store, &b, &g, &mut bufs, |_| (0.1, 1e-4), 0.9)?;
                 if let Device::Gpu(g) = &dev {
                     g.flush();
                 }
@@ -323,7 +323,7 @@ pub fn train_step(
                 let v2 = tape.input(Tensor::from_slice(&x2, &[batch, 3, 32, 32], &dev)?);
                 let loss = m.loss(&mut tape, &b, v1, v2)?;
                 let g = tape.backward(loss)?;
-                sgd_store(m.store_mut(), &b, &g, &mut bufs, |_| 0.1, 0.9, 1e-4)?;
+                sgd_store(m.store_mut(), &b, &g, &mut bufs, |_| (0.1, 1e-4), 0.9)?;
                 drop(g);
                 drop(tape);
                 m.after_step()?;

@@ -263,6 +263,10 @@ pub struct TrainCfg {
     pub weight_decay: f32,
     /// Cosine floor as a fraction of lr (η_min = decay_rate · lr).
     pub decay_rate: f64,
+    /// Linear LR warm-up epochs before the cosine (0 = none, the reference).
+    pub lr_warmup_epochs: usize,
+    /// No weight decay on BN weights / biases and biases (the reference decays everything).
+    pub exclude_bn_bias_wd: bool,
     pub seed: u64,
     /// Read the loss back every this many steps.
     pub log_interval: usize,
@@ -281,6 +285,8 @@ impl Default for TrainCfg {
             momentum: 0.9,
             weight_decay: 1e-4,
             decay_rate: 0.1,
+            lr_warmup_epochs: 0,
+            exclude_bn_bias_wd: false,
             seed: 42,
             log_interval: 20,
             save_interval: 250,
@@ -602,6 +608,15 @@ impl Config {
             return Err(cfg_err(
                 "train.decay_rate",
                 format!("{} must be in [0, 1]", t.decay_rate),
+            ));
+        }
+        if t.lr_warmup_epochs >= t.epochs && t.lr_warmup_epochs > 0 {
+            return Err(cfg_err(
+                "train.lr_warmup_epochs",
+                format!(
+                    "{} must be below train.epochs ({})",
+                    t.lr_warmup_epochs, t.epochs
+                ),
             ));
         }
         if t.log_interval == 0 {

@@ -138,3 +138,28 @@ fn gpu_updates_equal_cpu_on_random_tensors() {
         assert_close(&format!("ema n{n} seed {seed}"), &gg.2, &c.2, 1e-6, 1e-6);
     }
 }
+
+#[test]
+fn warmup_then_cosine_and_multistep_schedules() {
+    use viewcraft::eval::linear::multistep_lr;
+    use viewcraft::optim::warmup_cosine_lr;
+    // No warm-up is the plain cosine.
+    for e in 1..=10 {
+        assert_eq!(
+            warmup_cosine_lr(0.5, e, 10, 0.1, 0),
+            cosine_lr(0.5, e, 10, 0.1)
+        );
+    }
+    // Linear warm-up over 2 epochs, then the cosine over the remaining 8 starting at lr.
+    assert!((warmup_cosine_lr(0.4, 1, 10, 0.0, 2) - 0.2).abs() < 1e-12);
+    assert!((warmup_cosine_lr(0.4, 2, 10, 0.0, 2) - 0.4).abs() < 1e-12);
+    assert!((warmup_cosine_lr(0.4, 3, 10, 0.0, 2) - 0.4).abs() < 1e-12);
+    assert!((warmup_cosine_lr(0.4, 7, 10, 0.0, 2) - cosine_lr(0.4, 5, 8, 0.0)).abs() < 1e-12);
+    // MultiStep: ×0.1 for every milestone strictly below the epoch (SPEC A.6).
+    let ms = [60, 80];
+    assert_eq!(multistep_lr(10.0, 1, &ms), 10.0);
+    assert_eq!(multistep_lr(10.0, 60, &ms), 10.0);
+    assert!((multistep_lr(10.0, 61, &ms) - 1.0).abs() < 1e-12);
+    assert!((multistep_lr(10.0, 80, &ms) - 1.0).abs() < 1e-12);
+    assert!((multistep_lr(10.0, 81, &ms) - 0.1).abs() < 1e-12);
+}

@@ -219,3 +219,53 @@ fn simccrop_uses_the_fixed_centre_box_from_epoch_one() {
     );
     assert!(boxes.iter().all(|b| *b == centre));
 }
+
+#[test]
+fn bn_and_bias_weight_decay_exclusion_touches_only_1d_parameters() {
+    // One step from the same init: the first SGD step of a weight depends only on its own
+    // gradient and decay, so excluding 1-D parameters from weight decay must change exactly
+    // the 1-D parameters.
+    let data = Arc::new(
+        cifar::load(&cifar::embedded_root(), Variant::Cifar10, Split::Train)
+            .unwrap()
+            .truncate(16),
+    );
+    let dev = Device::Cpu;
+    let run = |exclude: bool| {
+        let mut m = SimClr::new(
+            resnet18(8),
+            SimClrConfig::default(),
+            &mut rand::rngs::StdRng::seed_from_u64(0),
+            &dev,
+        )
+        .unwrap();
+        let cfg = PretrainConfig {
+            weight_decay: 0.5,
+            exclude_bn_bias_wd: exclude,
+            ..pretrain_config(1, 16, 0.1, 5)
+        };
+        pretrain(&mut m, data.clone(), &cfg, &dev, |_| {}).unwrap();
+        m.store()
+            .params
+            .iter()
+            .filter(|p| p.trainable())
+            .map(|p| (p.name.clone(), p.value.rank(), p.value.to_vec().unwrap()))
+            .collect::<Vec<_>>()
+    };
+    let (a, b) = (run(false), run(true));
+    let (mut same, mut differ) = (0, 0);
+    for ((n, rank, x), (_, _, y)) in a.iter().zip(&b) {
+        // BN biases start at 0, where decay does nothing.
+        let zero_init = n.ends_with("bias") && (n.contains("bn") || n.contains("downsample.1"));
+        if *rank <= 1 && !zero_init {
+            assert!(x != y, "{n}: 1-D parameter should skip weight decay");
+            differ += 1;
+        } else if *rank <= 1 {
+            assert!(x == y, "{n}");
+        } else {
+            assert!(x == y, "{n}: weight-decayed either way");
+            same += 1;
+        }
+    }
+    assert!(same > 10 && differ > 10, "{same} {differ}");
+}

@@ -190,6 +190,8 @@ pub fn run(
         momentum: cfg.train.momentum,
         weight_decay: cfg.train.weight_decay,
         decay_rate: cfg.train.decay_rate,
+        lr_warmup_epochs: cfg.train.lr_warmup_epochs,
+        exclude_bn_bias_wd: cfg.train.exclude_bn_bias_wd,
         seed: cfg.train.seed,
         workers: cfg.data.workers(),
         log_interval: cfg.train.log_interval,

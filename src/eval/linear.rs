@@ -157,9 +157,8 @@ pub fn linear_probe(
                 &bound,
                 &grads,
                 &mut bufs,
-                |_| lr as f32,
+                |_| (lr as f32, cfg.weight_decay),
                 cfg.momentum,
-                cfg.weight_decay,
             )?;
             loss_sum += lv * n as f64;
         }

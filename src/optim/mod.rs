@@ -122,23 +122,45 @@ pub fn momentum_buffers(
         .collect()
 }
 
-/// One SGD step on every bound weight that received a gradient, with the learning rate
-/// `lr_of(store id)` (parameter groups such as SimSiam's fixed predictor LR).
+/// One SGD step on every bound weight that received a gradient, with the learning rate and
+/// weight decay `group(store id) = (lr, wd)` (parameter groups: SimSiam's fixed predictor
+/// LR, BN/bias weight-decay exclusion).
 pub fn sgd_store(
     store: &mut crate::nn::ParamStore,
     bound: &crate::nn::Bound,
     grads: &crate::autograd::Grads,
     bufs: &mut [Option<Tensor>],
-    lr_of: impl Fn(usize) -> f32,
+    group: impl Fn(usize) -> (f32, f32),
     momentum: f32,
-    wd: f32,
 ) -> Result<()> {
     for (id, var) in bound.iter() {
         let (Some(g), Some(buf)) = (grads.get(var), bufs[id].as_mut()) else {
             continue;
         };
-        let lr = lr_of(id);
+        let (lr, wd) = group(id);
         sgd_step(&mut store.params[id].value, g, buf, lr, momentum, wd)?;
     }
     Ok(())
+}
+
+/// The learning rate of 1-based `epoch`: a linear warm-up lr·e/W over the first `warmup`
+/// epochs, then the cosine schedule (floor decay_rate·lr) over the remaining ones. With
+/// `warmup = 0` this is [`cosine_lr`] (the reference: no warm-up).
+pub fn warmup_cosine_lr(
+    lr: f64,
+    epoch: usize,
+    epochs: usize,
+    decay_rate: f64,
+    warmup: usize,
+) -> f64 {
+    if epoch <= warmup {
+        lr * epoch as f64 / warmup as f64
+    } else {
+        cosine_lr(
+            lr,
+            epoch - warmup,
+            epochs.saturating_sub(warmup),
+            decay_rate,
+        )
+    }
 }

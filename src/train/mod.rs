@@ -20,7 +20,7 @@ use crate::data::augment::Jitter;
 use crate::data::loader::{epoch, CropMode, ViewConfig};
 use crate::data::ImageSet;
 use crate::error::{Error, Result};
-use crate::optim::{cosine_lr, momentum_buffers, sgd_store};
+use crate::optim::{momentum_buffers, sgd_store, warmup_cosine_lr};
 use crate::ssl::Method;
 use crate::tensor::{Device, Tensor};
 use checkpoint::Position;
@@ -34,6 +34,11 @@ pub struct PretrainConfig {
     pub weight_decay: f32,
     /// Cosine floor as a fraction of lr.
     pub decay_rate: f64,
+    /// Linear LR warm-up epochs before the cosine (0: none, as the reference).
+    pub lr_warmup_epochs: usize,
+    /// No weight decay on 1-D parameters (BN weights / biases, biases); the reference decays
+    /// every parameter.
+    pub exclude_bn_bias_wd: bool,
     pub seed: u64,
     pub workers: usize,
     pub log_interval: usize,
@@ -178,6 +183,13 @@ pub fn pretrain(
         .iter()
         .map(|p| method.fixed_lr(&p.name))
         .collect();
+    // Weight-decay exclusion: every 1-D parameter (BN weights and biases, linear biases).
+    let no_wd: Vec<bool> = method
+        .store()
+        .params
+        .iter()
+        .map(|p| cfg.exclude_bn_bias_wd && p.value.rank() <= 1)
+        .collect();
     let (s, b) = (data.height, cfg.batch_size);
     let mut pos = Position::default();
     if let Some(path) = &cfg.resume {
@@ -224,7 +236,7 @@ pub fn pretrain(
         ))
     };
     for ep in pos.epoch + 1..=cfg.epochs {
-        let lr = cosine_lr(cfg.lr, ep, cfg.epochs, cfg.decay_rate);
+        let lr = warmup_cosine_lr(cfg.lr, ep, cfg.epochs, cfg.decay_rate, cfg.lr_warmup_epochs);
         let use_box = cfg.ccrop && sched.use_box(ep);
         let mode = if use_box {
             CropMode::Contrastive {
@@ -262,15 +274,19 @@ pub fn pretrain(
             let loss = method.loss(&mut tape, &store_bound, x1, x2)?;
             let loss_value = tape.value(loss).clone();
             let grads = tape.backward(loss)?;
-            let lr_of = |id: usize| if fixed[id] { cfg.lr as f32 } else { lr as f32 };
+            let group = |id: usize| {
+                (
+                    if fixed[id] { cfg.lr as f32 } else { lr as f32 },
+                    if no_wd[id] { 0.0 } else { cfg.weight_decay },
+                )
+            };
             sgd_store(
                 method.store_mut(),
                 &store_bound,
                 &grads,
                 &mut bufs,
-                lr_of,
+                group,
                 cfg.momentum,
-                cfg.weight_decay,
             )?;
             drop(grads);
             drop(tape);

@@ -246,6 +246,8 @@ pub fn pretrain_config(
         momentum: 0.9,
         weight_decay: 1e-4,
         decay_rate: 0.1,
+        lr_warmup_epochs: 0,
+        exclude_bn_bias_wd: false,
         seed,
         workers: 2,
         log_interval: 1,
