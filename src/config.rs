@@ -189,6 +189,8 @@ pub struct DataCfg {
     pub workers: usize,
     /// ImageFolder: resize every image to this square size (0 = keep; all must match).
     pub image_size: usize,
+    /// Gaussian blur in the pre-training views (ImageNet recipe: σ ~ U(0.1, 2), p 0.5).
+    pub blur: bool,
 }
 
 impl Default for DataCfg {
@@ -199,6 +201,7 @@ impl Default for DataCfg {
             subset: 0,
             workers: 0,
             image_size: 0,
+            blur: false,
         }
     }
 }

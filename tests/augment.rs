@@ -192,6 +192,15 @@ fn matches_pillow() {
             let out = adjust_hue(&img, hc["factor"].as_f64().unwrap());
             worst_hue = worst_hue.max(maxdiff(&out.data, &bytes(&hc["out"])));
         }
+        for b in case["blur"].as_array().unwrap() {
+            let sigma = b["sigma"].as_f64().unwrap();
+            let out = gaussian_blur(&img, sigma);
+            assert_eq!(
+                out.data,
+                bytes(&b["out"]),
+                "GaussianBlur(radius={sigma}) on {h}x{w} must equal Pillow's exactly"
+            );
+        }
     }
     println!("max |ours - PIL|: resize {worst_resize}, enhance {worst_enh}, hue {worst_hue}");
     assert!(

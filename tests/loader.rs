@@ -58,6 +58,7 @@ fn contrastive_mode_uses_the_boxes() {
         contrast: 0.0,
         saturation: 0.0,
         hue: 0.0,
+        blur: false,
     };
     // A tiny box in the top-left corner with α → 0 pushes crops to the box's edges, i.e. to the
     // top-left part of the image; compare against the same images with the box bottom-right.
@@ -130,4 +131,41 @@ fn dropping_mid_epoch_stops_workers() {
     );
     assert!(it.next().is_some());
     drop(it); // must not hang
+}
+
+#[test]
+fn blur_option_changes_the_views_deterministically() {
+    let (set, cfg) = setup();
+    let mode = CropMode::Rrc(RrcParams::default());
+    let blurred = ViewConfig {
+        jitter: Jitter {
+            blur: true,
+            ..Jitter::default()
+        },
+        ..cfg.clone()
+    };
+    let plain: Vec<_> = epoch(set.clone(), mode.clone(), cfg, 16, 9, 1, 2, 2, 0)
+        .take(1)
+        .collect();
+    let a: Vec<_> = epoch(
+        set.clone(),
+        mode.clone(),
+        blurred.clone(),
+        16,
+        9,
+        1,
+        2,
+        2,
+        0,
+    )
+    .take(1)
+    .collect();
+    let b: Vec<_> = epoch(set, mode, blurred, 16, 9, 1, 1, 2, 0)
+        .take(1)
+        .collect();
+    assert_eq!(a[0].views, b[0].views, "deterministic with blur");
+    assert_ne!(
+        a[0].views[0], plain[0].views[0],
+        "blur is applied to some images"
+    );
 }

@@ -211,6 +211,7 @@ pub fn run(
         },
         mean,
         std,
+        blur: cfg.data.blur,
         init_box: cfg.init_box(),
         checkpoint_dir: Some(dir.checkpoints()),
         save_interval: cfg.train.save_interval,

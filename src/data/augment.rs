@@ -224,6 +224,78 @@ pub fn adjust_hue(img: &Rgb, f: f64) -> Rgb {
     Rgb::new(img.h, img.w, out)
 }
 
+/// PIL's `ImageFilter.GaussianBlur(radius = sigma)` (the ImageNet recipe's blur, SPEC A.4):
+/// not a true Gaussian but three box blurs per axis (horizontal passes first, then vertical),
+/// each with a fractional radius chosen so the variance matches (Gwosdek et al. 2011), 24-bit
+/// fixed-point weights, edge pixels repeated, and a uint8 rounding after every pass. Matching
+/// those details is what makes the output equal to Pillow's.
+pub fn gaussian_blur(img: &Rgb, sigma: f64) -> Rgb {
+    const PASSES: usize = 3;
+    if sigma <= 0.0 {
+        return img.clone();
+    }
+    let r = box_radius(sigma as f32, PASSES as f32);
+    if r == 0.0 {
+        return img.clone();
+    }
+    let (h, w) = (img.h, img.w);
+    let mut planes = img.data.clone();
+    for c in 0..3 {
+        let plane = &mut planes[c * h * w..(c + 1) * h * w];
+        for _ in 0..PASSES {
+            for y in 0..h {
+                box_blur_line(&mut plane[y * w..(y + 1) * w], r);
+            }
+        }
+        let mut col = vec![0u8; h];
+        for x in 0..w {
+            for (y, v) in col.iter_mut().enumerate() {
+                *v = plane[y * w + x];
+            }
+            for _ in 0..PASSES {
+                box_blur_line(&mut col, r);
+            }
+            for (y, v) in col.iter().enumerate() {
+                plane[y * w + x] = *v;
+            }
+        }
+    }
+    Rgb::new(h, w, planes)
+}
+
+/// The fractional box radius whose `passes`-fold box blur has the variance of a Gaussian of
+/// standard deviation `sigma`, in f32 as Pillow computes it.
+fn box_radius(sigma: f32, passes: f32) -> f32 {
+    let sigma2 = sigma * sigma / passes;
+    let len = ((12.0 * sigma2 as f64 + 1.0).sqrt()) as f32;
+    let l = ((len as f64 - 1.0) / 2.0).floor() as f32;
+    let a =
+        (2.0 * l + 1.0) * (l * (l + 1.0) - 3.0 * sigma2) / (6.0 * (sigma2 - (l + 1.0) * (l + 1.0)));
+    l + a
+}
+
+/// One box-blur pass of fractional radius `r` over a line, in place: the 2⌊r⌋+1 nearest
+/// pixels at full weight and the next one on each side at the fractional weight, indexes
+/// clamped to the line.
+fn box_blur_line(line: &mut [u8], r: f32) {
+    let n = line.len();
+    if n == 0 {
+        return;
+    }
+    let ri = r as i64;
+    let ww = ((1u32 << 24) as f32 / (r * 2.0 + 1.0)) as u64;
+    let fw = ((1u64 << 24) - (ri as u64 * 2 + 1) * ww) / 2;
+    let at = |i: i64| line[i.clamp(0, n as i64 - 1) as usize] as u64;
+    let out: Vec<u8> = (0..n as i64)
+        .map(|x| {
+            let acc: u64 = (x - ri..=x + ri).map(at).sum();
+            let bulk = acc * ww + (at(x - ri - 1) + at(x + ri + 1)) * fw;
+            ((bulk + (1 << 23)) >> 24) as u8
+        })
+        .collect();
+    line.copy_from_slice(&out);
+}
+
 /// ColorJitter's strengths: factors ~ U(1 − s, 1 + s), hue ~ U(−hue, hue).
 #[derive(Clone, Copy, Debug)]
 pub struct Jitter {
@@ -231,6 +303,9 @@ pub struct Jitter {
     pub contrast: f64,
     pub saturation: f64,
     pub hue: f64,
+    /// Gaussian blur σ ~ U(0.1, 2) with p 0.5 after greyscale (ImageNet recipe; off for the
+    /// small datasets).
+    pub blur: bool,
 }
 
 impl Default for Jitter {
@@ -240,6 +315,7 @@ impl Default for Jitter {
             contrast: 0.4,
             saturation: 0.4,
             hue: 0.1,
+            blur: false,
         }
     }
 }
@@ -286,8 +362,8 @@ pub fn mean_std(dataset: &str) -> Option<([f32; 3], [f32; 3])> {
     })
 }
 
-/// The small-dataset pre-training view after the crop: flip (p 0.5), ColorJitter (p 0.8),
-/// greyscale (p 0.2).
+/// The pre-training view after the crop: flip (p 0.5), ColorJitter (p 0.8), greyscale
+/// (p 0.2), and with `j.blur` (the ImageNet recipe) Gaussian blur σ ~ U(0.1, 2) (p 0.5).
 pub fn ssl_view_after_crop(img: &Rgb, j: &Jitter, rng: &mut impl Rng) -> Rgb {
     let mut v = if rng.random_bool(0.5) {
         hflip(img)
@@ -299,6 +375,9 @@ pub fn ssl_view_after_crop(img: &Rgb, j: &Jitter, rng: &mut impl Rng) -> Rgb {
     }
     if rng.random_bool(0.2) {
         v = grayscale(&v);
+    }
+    if j.blur && rng.random_bool(0.5) {
+        v = gaussian_blur(&v, rng.random_range(0.1..2.0));
     }
     v
 }

@@ -50,6 +50,8 @@ pub struct PretrainConfig {
     pub loc_interval: usize,
     pub mean: [f32; 3],
     pub std: [f32; 3],
+    /// Gaussian blur in the views (ImageNet recipe).
+    pub blur: bool,
     /// Every image's box before the first update: the whole image, or SimCCrop's fixed
     /// centre box (0.25, 0.25, 0.75, 0.75) with `warmup_epochs = 0` and
     /// `loc_interval > epochs` (never updated).
@@ -169,7 +171,10 @@ pub fn pretrain(
     let sampler = ContrastiveCrop::new(rrc, cfg.alpha)?;
     let view = ViewConfig {
         size: data.height,
-        jitter: Jitter::default(),
+        jitter: Jitter {
+            blur: cfg.blur,
+            ..Jitter::default()
+        },
         mean: cfg.mean,
         std: cfg.std,
     };

@@ -258,6 +258,7 @@ pub fn pretrain_config(
         loc_interval: epochs,
         mean,
         std,
+        blur: false,
         init_box: viewcraft::crop::sampler::WHOLE_IMAGE,
         checkpoint_dir: None,
         save_interval: 1,
