@@ -270,6 +270,8 @@ pub struct TrainCfg {
     pub lr_warmup_epochs: usize,
     /// No weight decay on BN weights / biases and biases (the reference decays everything).
     pub exclude_bn_bias_wd: bool,
+    /// `sgd` (the reference) | `lars` (LARS trust ratio on weight matrices and kernels).
+    pub optimizer: String,
     pub seed: u64,
     /// Read the loss back every this many steps.
     pub log_interval: usize,
@@ -290,6 +292,7 @@ impl Default for TrainCfg {
             decay_rate: 0.1,
             lr_warmup_epochs: 0,
             exclude_bn_bias_wd: false,
+            optimizer: "sgd".into(),
             seed: 42,
             log_interval: 20,
             save_interval: 250,
@@ -620,6 +623,12 @@ impl Config {
                     "{} must be below train.epochs ({})",
                     t.lr_warmup_epochs, t.epochs
                 ),
+            ));
+        }
+        if !["sgd", "lars"].contains(&t.optimizer.as_str()) {
+            return Err(cfg_err(
+                "train.optimizer",
+                format!("`{}` is not one of sgd, lars", t.optimizer),
             ));
         }
         if t.log_interval == 0 {

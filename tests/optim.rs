@@ -163,3 +163,61 @@ fn warmup_then_cosine_and_multistep_schedules() {
     assert!((multistep_lr(10.0, 80, &ms) - 1.0).abs() < 1e-12);
     assert!((multistep_lr(10.0, 81, &ms) - 0.1).abs() < 1e-12);
 }
+
+#[test]
+fn lars_scales_the_step_by_the_trust_ratio() {
+    use viewcraft::optim::lars_ref;
+    // Hand-computed: p = (3, 4) (‖p‖ = 5), g = (0, 2) (‖g‖ = 2), wd 0.1, η 0.001, ε 0:
+    // trust = 0.001·5 / (2 + 0.5) = 0.002; d = (g + 0.1·p)·0.002 = (0.0006, 0.0048).
+    let (mut p, mut b) = ([3.0f64, 4.0], [0.0f64, 0.0]);
+    lars_ref(&mut p, &[0.0, 2.0], &mut b, 1.0, 0.9, 0.1, 0.001, 0.0);
+    assert!(
+        (b[0] - 0.0006).abs() < 1e-15 && (b[1] - 0.0048).abs() < 1e-15,
+        "{b:?}"
+    );
+    assert!((p[0] - 2.9994).abs() < 1e-12 && (p[1] - 3.9952).abs() < 1e-12);
+    // A zero gradient (or zero weights) falls back to trust 1, i.e. plain SGD.
+    let (mut p1, mut b1) = ([0.0f64, 0.0], [0.0f64, 0.0]);
+    let (mut p2, mut b2) = ([0.0f64, 0.0], [0.0f64, 0.0]);
+    lars_ref(&mut p1, &[1.0, -1.0], &mut b1, 0.1, 0.9, 0.0, 0.001, 1e-8);
+    sgd_ref(&mut p2, &[1.0, -1.0], &mut b2, 0.1, 0.9, 0.0);
+    assert_eq!(p1, p2);
+}
+
+#[test]
+fn lars_on_the_gpu_equals_cpu() {
+    use viewcraft::optim::lars_step;
+    let Some(g) = gpu() else { return };
+    for n in [1usize, 300, 70_001] {
+        let (mut r, seed) = rng();
+        let (p, gr, b) = (randn(&mut r, n), randn(&mut r, n), randn(&mut r, n));
+        let run = |d: &Device| {
+            let mut pt = t(&p, &[n], d);
+            let mut bt = t(&b, &[n], d);
+            for _ in 0..2 {
+                lars_step(&mut pt, &t(&gr, &[n], d), &mut bt, 0.5, 0.9, 1e-4).unwrap();
+            }
+            (pt.to_vec().unwrap(), bt.to_vec().unwrap())
+        };
+        let (c, gg) = (run(&Device::Cpu), run(&g));
+        assert_close(
+            &format!("lars param n{n} seed {seed}"),
+            &gg.0,
+            &c.0,
+            1e-6,
+            1e-5,
+        );
+        assert_close(
+            &format!("lars buffer n{n} seed {seed}"),
+            &gg.1,
+            &c.1,
+            1e-6,
+            1e-5,
+        );
+        // The step is not plain SGD's (the trust ratio is far from 1).
+        let mut ps = p.clone();
+        let mut bs = b.clone();
+        sgd_ref(&mut ps, &gr, &mut bs, 0.5, 0.9, 1e-4);
+        assert!(ps.iter().zip(&c.0).any(|(a, b)| (a - b).abs() > 1e-3));
+    }
+}

@@ -191,6 +191,7 @@ pub fn run(
         weight_decay: cfg.train.weight_decay,
         decay_rate: cfg.train.decay_rate,
         lr_warmup_epochs: cfg.train.lr_warmup_epochs,
+        lars: cfg.train.optimizer == "lars",
         exclude_bn_bias_wd: cfg.train.exclude_bn_bias_wd,
         seed: cfg.train.seed,
         workers: cfg.data.workers(),

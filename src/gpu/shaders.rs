@@ -20,6 +20,7 @@ pub const ALL: &[(&str, &str)] = &[
         include_str!("../../shaders/cross_entropy.wgsl"),
     ),
     ("optim", include_str!("../../shaders/optim.wgsl")),
+    ("lars", include_str!("../../shaders/lars.wgsl")),
     ("info_nce", include_str!("../../shaders/info_nce.wgsl")),
     (
         "heatmap_box",

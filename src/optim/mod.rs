@@ -18,6 +18,95 @@ use crate::tensor::{same_device, same_shape, Device, Tensor};
 
 const SGD: Kernel = Kernel::new("optim", "sgd_step");
 const EMA: Kernel = Kernel::new("optim", "ema_update");
+const LARS_NORMS: Kernel = Kernel::new("lars", "lars_norms");
+const LARS_STEP: Kernel = Kernel::new("lars", "lars_step");
+
+/// LARS's trust coefficient and the epsilon of its ratio (the usual values).
+pub const LARS_ETA: f32 = 0.001;
+pub const LARS_EPS: f32 = 1e-8;
+
+/// LARS on top of SGD (see `shaders/lars.wgsl`): the step scaled per tensor by
+/// trust = η‖p‖ / (‖g‖ + wd‖p‖ + ε), 1 when either norm is 0.
+#[allow(clippy::too_many_arguments)]
+pub fn lars_ref<T: Real>(
+    p: &mut [T],
+    g: &[T],
+    buf: &mut [T],
+    lr: T,
+    momentum: T,
+    wd: T,
+    eta: T,
+    eps: T,
+) {
+    let pn = p
+        .iter()
+        .map(|&x| x * x)
+        .fold(T::zero(), |a, b| a + b)
+        .sqrt();
+    let gn = g
+        .iter()
+        .map(|&x| x * x)
+        .fold(T::zero(), |a, b| a + b)
+        .sqrt();
+    let trust = if pn > T::zero() && gn > T::zero() {
+        eta * pn / (gn + wd * pn + eps)
+    } else {
+        T::one()
+    };
+    for i in 0..p.len() {
+        let d = (g[i] + wd * p[i]) * trust;
+        buf[i] = momentum * buf[i] + d;
+        p[i] -= lr * buf[i];
+    }
+}
+
+/// One LARS step on `param` in place, with its momentum buffer; on the GPU the norms stay
+/// on the device.
+pub fn lars_step(
+    param: &mut Tensor,
+    grad: &Tensor,
+    buf: &mut Tensor,
+    lr: f32,
+    momentum: f32,
+    wd: f32,
+) -> Result<()> {
+    same_shape("lars_step", param, grad)?;
+    same_shape("lars_step", param, buf)?;
+    match same_device("lars_step", &[param, grad, buf])? {
+        Device::Cpu => {
+            let g = grad.cpu_data().unwrap_or_default().to_vec();
+            let mut b = buf.cpu_data().unwrap_or_default().to_vec();
+            let p = param
+                .cpu_data_mut()
+                .ok_or_else(|| Error::Autograd("cpu tensor".into()))?;
+            lars_ref(p, &g, &mut b, lr, momentum, wd, LARS_ETA, LARS_EPS);
+            *buf = Tensor::from_vec(b, buf.shape(), &Device::Cpu)?;
+            Ok(())
+        }
+        Device::Gpu(gpu) => {
+            let n = param.numel();
+            let norms = gpu.alloc(2);
+            let (pb, gb, bb) = (
+                param.gpu_buffer().expect("gpu").1,
+                grad.gpu_buffer().expect("gpu").1,
+                buf.gpu_buffer().expect("gpu").1,
+            );
+            let prm = [
+                u(n),
+                f(lr),
+                f(momentum),
+                f(wd),
+                f(LARS_ETA),
+                f(LARS_EPS),
+                0,
+                0,
+            ];
+            gpu.dispatch(LARS_NORMS, &[], &[pb, gb, &norms], &prm, [1, 1, 1]);
+            gpu.dispatch(LARS_STEP, &[], &[pb, gb, bb, &norms], &prm, grid_1d(n, 256));
+            Ok(())
+        }
+    }
+}
 
 pub fn sgd_ref<T: Real>(p: &mut [T], g: &[T], buf: &mut [T], lr: T, momentum: T, wd: T) {
     for i in 0..p.len() {
@@ -133,12 +222,38 @@ pub fn sgd_store(
     group: impl Fn(usize) -> (f32, f32),
     momentum: f32,
 ) -> Result<()> {
+    update_store(
+        store,
+        bound,
+        grads,
+        bufs,
+        |id| {
+            let (lr, wd) = group(id);
+            (lr, wd, false)
+        },
+        momentum,
+    )
+}
+
+/// [`sgd_store`] with a per-parameter choice of LARS: `group(id) = (lr, wd, lars)`.
+pub fn update_store(
+    store: &mut crate::nn::ParamStore,
+    bound: &crate::nn::Bound,
+    grads: &crate::autograd::Grads,
+    bufs: &mut [Option<Tensor>],
+    group: impl Fn(usize) -> (f32, f32, bool),
+    momentum: f32,
+) -> Result<()> {
     for (id, var) in bound.iter() {
         let (Some(g), Some(buf)) = (grads.get(var), bufs[id].as_mut()) else {
             continue;
         };
-        let (lr, wd) = group(id);
-        sgd_step(&mut store.params[id].value, g, buf, lr, momentum, wd)?;
+        let (lr, wd, lars) = group(id);
+        if lars {
+            lars_step(&mut store.params[id].value, g, buf, lr, momentum, wd)?;
+        } else {
+            sgd_step(&mut store.params[id].value, g, buf, lr, momentum, wd)?;
+        }
     }
     Ok(())
 }

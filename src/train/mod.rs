@@ -20,7 +20,7 @@ use crate::data::augment::Jitter;
 use crate::data::loader::{epoch, CropMode, ViewConfig};
 use crate::data::ImageSet;
 use crate::error::{Error, Result};
-use crate::optim::{momentum_buffers, sgd_store, warmup_cosine_lr};
+use crate::optim::{momentum_buffers, update_store, warmup_cosine_lr};
 use crate::ssl::Method;
 use crate::tensor::{Device, Tensor};
 use checkpoint::Position;
@@ -36,6 +36,8 @@ pub struct PretrainConfig {
     pub decay_rate: f64,
     /// Linear LR warm-up epochs before the cosine (0: none, as the reference).
     pub lr_warmup_epochs: usize,
+    /// LARS instead of SGD for parameters with more than one dimension.
+    pub lars: bool,
     /// No weight decay on 1-D parameters (BN weights / biases, biases); the reference decays
     /// every parameter.
     pub exclude_bn_bias_wd: bool,
@@ -195,6 +197,13 @@ pub fn pretrain(
         .iter()
         .map(|p| cfg.exclude_bn_bias_wd && p.value.rank() <= 1)
         .collect();
+    // LARS adapts the step of weight matrices and kernels; 1-D parameters take plain SGD.
+    let lars: Vec<bool> = method
+        .store()
+        .params
+        .iter()
+        .map(|p| cfg.lars && p.value.rank() > 1)
+        .collect();
     let (s, b) = (data.height, cfg.batch_size);
     let mut pos = Position::default();
     if let Some(path) = &cfg.resume {
@@ -283,9 +292,10 @@ pub fn pretrain(
                 (
                     if fixed[id] { cfg.lr as f32 } else { lr as f32 },
                     if no_wd[id] { 0.0 } else { cfg.weight_decay },
+                    lars[id],
                 )
             };
-            sgd_store(
+            update_store(
                 method.store_mut(),
                 &store_bound,
                 &grads,

@@ -247,6 +247,7 @@ pub fn pretrain_config(
         weight_decay: 1e-4,
         decay_rate: 0.1,
         lr_warmup_epochs: 0,
+        lars: false,
         exclude_bn_bias_wd: false,
         seed,
         workers: 2,
