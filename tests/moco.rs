@@ -227,3 +227,51 @@ fn learns_and_matches_on_the_adapter() {
     );
     assert_close("moco queue after a step", &gg.3, &c.3, 1e-4, 1e-3);
 }
+
+#[test]
+fn ghost_bn_running_stats_follow_the_first_group_only() {
+    // The query encoder over two ghost groups must leave the same running statistics as a
+    // train-mode forward of the first group alone (the reference's rank 0).
+    let dev = Device::Cpu;
+    let mut m = Moco::new(
+        resnet18(4),
+        MocoConfig {
+            dim: 8,
+            k: 32,
+            bn_group: 4,
+            ..Default::default()
+        },
+        &mut rand::rngs::StdRng::seed_from_u64(3),
+        &dev,
+    )
+    .unwrap();
+    let (mut r, _) = rng();
+    let x1 = randn(&mut r, 8 * 3 * 8 * 8);
+    let x2 = randn(&mut r, 8 * 3 * 8 * 8);
+    // The reference: the same backbone and weights, the first 4 query images, train mode.
+    let backbone = m.backbone().clone();
+    let mut alone = m.store().clone();
+    {
+        let mut tape = Tape::new();
+        let b = alone.bind(&mut tape, true);
+        let x = tape.input(Tensor::from_slice(&x1[..4 * 3 * 64], &[4, 3, 8, 8], &dev).unwrap());
+        backbone
+            .forward(&mut tape, &mut alone, &b, x, true)
+            .unwrap();
+    }
+    let mut tape = Tape::new();
+    let b = m.store().bind(&mut tape, true);
+    let v1 = tape.input(Tensor::from_slice(&x1, &[8, 3, 8, 8], &dev).unwrap());
+    let v2 = tape.input(Tensor::from_slice(&x2, &[8, 3, 8, 8], &dev).unwrap());
+    m.loss(&mut tape, &b, v1, v2).unwrap();
+    let mut checked = 0;
+    for p in &m.store().params {
+        if p.name.starts_with(KEY) || !p.name.contains("running_") || p.name.starts_with("fc") {
+            continue;
+        }
+        let want = alone.get(&p.name).unwrap().value.to_vec().unwrap();
+        assert_close(&p.name, &p.value.to_vec().unwrap(), &want, 1e-6, 1e-5);
+        checked += 1;
+    }
+    assert!(checked >= 20, "{checked}");
+}

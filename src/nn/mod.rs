@@ -42,6 +42,10 @@ impl Param {
 #[derive(Clone, Debug, Default)]
 pub struct ParamStore {
     pub params: Vec<Param>,
+    /// Train-mode BN normalises with batch statistics but leaves the running statistics
+    /// alone while this is set (MoCo's ghost-BN groups after the first: the reference keeps
+    /// rank 0's buffers, updated once per forward).
+    pub freeze_running_stats: bool,
 }
 
 /// Tape variables for the trainable entries of a store (`None` for buffers).
@@ -164,7 +168,10 @@ impl ParamStore {
                 })
             })
             .collect::<Result<_>>()?;
-        Ok(ParamStore { params })
+        Ok(ParamStore {
+            params,
+            freeze_running_stats: self.freeze_running_stats,
+        })
     }
 }
 
@@ -281,8 +288,9 @@ impl Bn {
     ) -> Result<Var> {
         let g = self.weight.map(|i| b.var(i)).transpose()?;
         let bb = self.bias.map(|i| b.var(i)).transpose()?;
+        let update = train && !store.freeze_running_stats;
         let (rm, rv) = store.pair_mut(self.running_mean, self.running_var);
-        tape.batch_norm(x, g, bb, rm, rv, self.cfg, train)
+        tape.batch_norm_with(x, g, bb, rm, rv, self.cfg, train, update)
     }
 }
 

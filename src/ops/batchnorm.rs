@@ -345,6 +345,23 @@ impl Tape {
         cfg: BatchNorm,
         train: bool,
     ) -> Result<Var> {
+        self.batch_norm_with(x, gamma, beta, running_mean, running_var, cfg, train, train)
+    }
+
+    /// [`Tape::batch_norm`] with the running-statistics update chosen separately (a
+    /// train-mode forward that must not touch the buffers).
+    #[allow(clippy::too_many_arguments)]
+    pub fn batch_norm_with(
+        &mut self,
+        x: Var,
+        gamma: Option<Var>,
+        beta: Option<Var>,
+        running_mean: &mut Tensor,
+        running_var: &mut Tensor,
+        cfg: BatchNorm,
+        train: bool,
+        update_running: bool,
+    ) -> Result<Var> {
         let xv = self.value(x).clone();
         let gv = gamma.map(|v| self.value(v).clone());
         let bv = beta.map(|v| self.value(v).clone());
@@ -356,7 +373,7 @@ impl Tape {
             running_var,
             cfg,
             train,
-            train,
+            update_running,
             false,
         )?;
         let mut inputs = vec![x];

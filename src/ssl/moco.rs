@@ -7,7 +7,8 @@
 //! One device emulates the reference's per-GPU BatchNorm: both encoders normalise over ghost
 //! groups of `bn_group` images (each group is forwarded on its own), and the key batch is
 //! shuffled across groups before the key encoder and un-shuffled after, so a query never
-//! shares BN statistics with its own key. Running statistics are updated once per group.
+//! shares BN statistics with its own key. Running statistics are updated from the first
+//! group only, once per forward, as the reference's rank 0 (whose buffers DDP broadcasts).
 
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -151,10 +152,15 @@ impl Moco {
         }
         let sizes: Vec<usize> = (0..n).step_by(g).map(|s| g.min(n - s)).collect();
         let parts = tape.split(x, &sizes)?;
-        let outs = parts
-            .into_iter()
-            .map(|p| f(self, tape, p))
-            .collect::<Result<Vec<_>>>()?;
+        let mut outs = Vec::with_capacity(parts.len());
+        for (i, p) in parts.into_iter().enumerate() {
+            // Running statistics follow the first group only (the reference's rank 0, whose
+            // buffers DDP broadcasts at every forward).
+            self.store.freeze_running_stats = i > 0;
+            let out = f(self, tape, p);
+            self.store.freeze_running_stats = false;
+            outs.push(out?);
+        }
         tape.concat(&outs)
     }
 
