@@ -95,10 +95,11 @@ pub struct SimclrCfg {
 
 impl Default for SimclrCfg {
     fn default() -> Self {
+        let d = crate::ssl::simclr::SimClrConfig::default();
         Self {
-            dim: 128,
-            temperature: 0.5,
-            loss_scale: 0.5 / 0.07,
+            dim: d.dim,
+            temperature: d.temperature,
+            loss_scale: d.loss_scale,
         }
     }
 }
@@ -119,13 +120,14 @@ pub struct MocoCfg {
 
 impl Default for MocoCfg {
     fn default() -> Self {
+        let d = crate::ssl::moco::MocoConfig::default();
         Self {
-            dim: 128,
-            queue: 65536,
-            momentum: 0.999,
-            temperature: 0.2,
-            bn_group: 64,
-            shuffle: true,
+            dim: d.dim,
+            queue: d.k,
+            momentum: d.momentum,
+            temperature: d.temperature,
+            bn_group: d.bn_group,
+            shuffle: d.shuffle,
         }
     }
 }
@@ -145,13 +147,23 @@ pub struct ByolCfg {
 
 impl Default for ByolCfg {
     fn default() -> Self {
+        use crate::ssl::byol::{ByolConfig, MomentumSchedule, TargetInit};
+        let d = ByolConfig::default();
         Self {
-            hidden: 512,
-            dim: 128,
-            pred_hidden: 512,
-            momentum: 0.996,
-            momentum_schedule: "constant".into(),
-            target_init: "independent".into(),
+            hidden: d.hidden,
+            dim: d.dim,
+            pred_hidden: d.pred_hidden,
+            momentum: d.momentum,
+            momentum_schedule: match d.schedule {
+                MomentumSchedule::Constant => "constant",
+                MomentumSchedule::Cosine => "cosine",
+            }
+            .into(),
+            target_init: match d.target_init {
+                TargetInit::Independent => "independent",
+                TargetInit::Copy => "copy",
+            }
+            .into(),
         }
     }
 }
@@ -167,10 +179,11 @@ pub struct SimsiamCfg {
 
 impl Default for SimsiamCfg {
     fn default() -> Self {
+        let d = crate::ssl::simsiam::SimSiamConfig::default();
         Self {
-            dim: 512,
-            pred_dim: 128,
-            fix_pred_lr: true,
+            dim: d.dim,
+            pred_dim: d.pred_dim,
+            fix_pred_lr: d.fix_pred_lr,
         }
     }
 }

@@ -12,7 +12,7 @@
 //! or two roundings (atol 1e-6, rtol 1e-6).
 
 use crate::error::{Error, Result};
-use crate::gpu::{grid_1d, Kernel};
+use crate::gpu::{grid_1d, GpuBuffer, Kernel};
 use crate::ops::{f, u, Real};
 use crate::tensor::{same_device, same_shape, Device, Tensor};
 
@@ -70,27 +70,15 @@ pub fn lars_step(
     momentum: f32,
     wd: f32,
 ) -> Result<()> {
-    same_shape("lars_step", param, grad)?;
-    same_shape("lars_step", param, buf)?;
-    match same_device("lars_step", &[param, grad, buf])? {
-        Device::Cpu => {
-            let g = grad.cpu_data().unwrap_or_default().to_vec();
-            let mut b = buf.cpu_data().unwrap_or_default().to_vec();
-            let p = param
-                .cpu_data_mut()
-                .ok_or_else(|| Error::Autograd("cpu tensor".into()))?;
-            lars_ref(p, &g, &mut b, lr, momentum, wd, LARS_ETA, LARS_EPS);
-            *buf = Tensor::from_vec(b, buf.shape(), &Device::Cpu)?;
-            Ok(())
-        }
-        Device::Gpu(gpu) => {
-            let n = param.numel();
+    let n = param.numel();
+    step_in_place(
+        "lars_step",
+        param,
+        grad,
+        buf,
+        |p, g, b| lars_ref(p, g, b, lr, momentum, wd, LARS_ETA, LARS_EPS),
+        |gpu, pb, gb, bb| {
             let norms = gpu.alloc(2);
-            let (pb, gb, bb) = (
-                param.gpu_buffer().expect("gpu").1,
-                grad.gpu_buffer().expect("gpu").1,
-                buf.gpu_buffer().expect("gpu").1,
-            );
             let prm = [
                 u(n),
                 f(lr),
@@ -103,9 +91,8 @@ pub fn lars_step(
             ];
             gpu.dispatch(LARS_NORMS, &[], &[pb, gb, &norms], &prm, [1, 1, 1]);
             gpu.dispatch(LARS_STEP, &[], &[pb, gb, bb, &norms], &prm, grid_1d(n, 256));
-            Ok(())
-        }
-    }
+        },
+    )
 }
 
 pub fn sgd_ref<T: Real>(p: &mut [T], g: &[T], buf: &mut [T], lr: T, momentum: T, wd: T) {
@@ -122,6 +109,41 @@ pub fn ema_ref<T: Real>(target: &mut [T], online: &[T], m: T) {
     }
 }
 
+/// The plumbing both in-place optimiser steps share: shape and device checks, then on the
+/// CPU `cpu(p, g, buf)` on the host data, on the GPU `gpu(gpu, p, g, buf)` recording dispatches.
+fn step_in_place(
+    op: &'static str,
+    param: &mut Tensor,
+    grad: &Tensor,
+    buf: &mut Tensor,
+    cpu: impl FnOnce(&mut [f32], &[f32], &mut [f32]),
+    gpu: impl FnOnce(&std::sync::Arc<crate::gpu::Gpu>, &GpuBuffer, &GpuBuffer, &GpuBuffer),
+) -> Result<()> {
+    same_shape(op, param, grad)?;
+    same_shape(op, param, buf)?;
+    match same_device(op, &[param, grad, buf])? {
+        Device::Cpu => {
+            let g = grad.cpu_data().unwrap_or_default().to_vec();
+            let mut b = buf.cpu_data().unwrap_or_default().to_vec();
+            let p = param
+                .cpu_data_mut()
+                .ok_or_else(|| Error::Autograd("cpu tensor".into()))?;
+            cpu(p, &g, &mut b);
+            *buf = Tensor::from_vec(b, buf.shape(), &Device::Cpu)?;
+            Ok(())
+        }
+        Device::Gpu(g) => {
+            let (pb, gb, bb) = (
+                param.gpu_buffer().expect("gpu").1,
+                grad.gpu_buffer().expect("gpu").1,
+                buf.gpu_buffer().expect("gpu").1,
+            );
+            gpu(&g, pb, gb, bb);
+            Ok(())
+        }
+    }
+}
+
 /// One SGD step on `param` in place, with its momentum buffer.
 pub fn sgd_step(
     param: &mut Tensor,
@@ -131,36 +153,23 @@ pub fn sgd_step(
     momentum: f32,
     wd: f32,
 ) -> Result<()> {
-    same_shape("sgd_step", param, grad)?;
-    same_shape("sgd_step", param, buf)?;
-    match same_device("sgd_step", &[param, grad, buf])? {
-        Device::Cpu => {
-            let g = grad.cpu_data().unwrap_or_default().to_vec();
-            let mut b = buf.cpu_data().unwrap_or_default().to_vec();
-            let p = param
-                .cpu_data_mut()
-                .ok_or_else(|| Error::Autograd("cpu tensor".into()))?;
-            sgd_ref(p, &g, &mut b, lr, momentum, wd);
-            *buf = Tensor::from_vec(b, buf.shape(), &Device::Cpu)?;
-            Ok(())
-        }
-        Device::Gpu(gpu) => {
-            let n = param.numel();
-            let (pb, gb, bb) = (
-                param.gpu_buffer().expect("gpu").1,
-                grad.gpu_buffer().expect("gpu").1,
-                buf.gpu_buffer().expect("gpu").1,
-            );
+    let n = param.numel();
+    step_in_place(
+        "sgd_step",
+        param,
+        grad,
+        buf,
+        |p, g, b| sgd_ref(p, g, b, lr, momentum, wd),
+        |gpu, pb, gb, bb| {
             gpu.dispatch(
                 SGD,
                 &[],
                 &[pb, gb, bb],
                 &[u(n), f(lr), f(momentum), f(wd)],
                 grid_1d(n, 256),
-            );
-            Ok(())
-        }
-    }
+            )
+        },
+    )
 }
 
 /// target ← m·target + (1 − m)·online, in place.
