@@ -276,3 +276,20 @@ fn image_folder_reads_sorted_classes_and_names_bad_images() {
         .to_string();
     assert!(e.contains("val/"), "{e}");
 }
+
+#[test]
+fn cifar100_python_pickles_use_the_fine_labels_and_names() {
+    let dir = pickle_dir("c100");
+    let te = cifar::load(&dir, Variant::Cifar100, Split::Test).unwrap();
+    assert_eq!(te.labels, vec![99, 0, 42, 7, 63, 15]);
+    assert_eq!(&te.image(1)[..5], &[126, 149, 103, 251, 173]);
+    assert_eq!(&te.image(5)[3000..3003], &[7, 155, 245]);
+    assert_eq!(te.classes.len(), 100);
+    assert_eq!(te.classes[42], "fine_42");
+    assert_eq!(
+        cifar::load(&dir, Variant::Cifar100, Split::Train)
+            .unwrap()
+            .len(),
+        6
+    );
+}

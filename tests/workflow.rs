@@ -431,3 +431,85 @@ fn a_diverging_run_stops_and_keeps_the_last_good_checkpoint() {
         }
     }
 }
+
+#[test]
+fn quickstart_with_tiny_overrides_writes_its_run_directory() {
+    let out = tmp().join("quick");
+    let _ = std::fs::remove_dir_all(&out);
+    let (code, o, e) = run_cmd(&[
+        "--device",
+        "cpu",
+        "quickstart",
+        "--set",
+        "train.epochs=2",
+        "--set",
+        "data.subset=64",
+        "--set",
+        "train.batch_size=32",
+        "--set",
+        "model.width=8",
+        "--set",
+        "knn.interval=1",
+        "--set",
+        "linear.epochs=2",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{o}{e}");
+    assert!(
+        o.contains("| simclr | ccrop | 2 | 64 |") && o.contains("kNN top-1"),
+        "{o}"
+    );
+    for f in [
+        "config.toml",
+        "metrics.jsonl",
+        "summary.json",
+        "checkpoints/last.safetensors",
+    ] {
+        assert!(out.join(f).exists(), "{f}");
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn ctrl_c_saves_a_checkpoint_and_exits_130() {
+    let out = tmp().join("sigint");
+    let _ = std::fs::remove_dir_all(&out);
+    let cfg = tiny_config();
+    let mut child = viewcraft()
+        .args([
+            "pretrain",
+            cfg.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--set",
+            "train.epochs=500",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for the first logged step, then interrupt as a terminal would.
+    let t0 = std::time::Instant::now();
+    while !std::fs::read_to_string(out.join("metrics.jsonl")).is_ok_and(|s| s.contains("\"step\""))
+    {
+        assert!(t0.elapsed().as_secs() < 120, "no step logged");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let res = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert_eq!(res.status.code(), Some(130), "{err}");
+    assert!(
+        err.contains("interrupted at epoch") && err.contains("--resume"),
+        "{err}"
+    );
+    assert!(out.join("checkpoints/last.safetensors").exists());
+    let meta =
+        viewcraft::train::checkpoint::metadata(&out.join("checkpoints/last.safetensors")).unwrap();
+    assert!(meta["step"].parse::<usize>().unwrap() >= 1);
+}
