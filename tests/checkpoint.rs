@@ -7,8 +7,6 @@ mod common;
 use common::*;
 use rand::SeedableRng;
 use std::path::PathBuf;
-use std::sync::Arc;
-use viewcraft::data::cifar::{self, Split, Variant};
 use viewcraft::ssl::moco::{Moco, MocoConfig};
 use viewcraft::ssl::simclr::{SimClr, SimClrConfig};
 use viewcraft::ssl::Method;
@@ -30,11 +28,7 @@ fn snapshot(m: &dyn Method) -> Vec<(String, Vec<f32>)> {
 }
 
 fn resume_equals_uninterrupted(tag: &str, make: &dyn Fn(u64) -> Box<dyn Method>) {
-    let data = Arc::new(
-        cifar::load(&cifar::embedded_root(), Variant::Cifar10, Split::Train)
-            .unwrap()
-            .truncate(64),
-    );
+    let data = cifar_train(64);
     let dev = Device::Cpu;
     let (a, c) = (dir(&format!("{tag}-a")), dir(&format!("{tag}-c")));
     let cfg = PretrainConfig {
@@ -116,13 +110,7 @@ fn bad_checkpoints_are_named() {
     let d = dir("bad");
     std::fs::create_dir_all(&d).unwrap();
     let dev = Device::Cpu;
-    let mut m = SimClr::new(
-        resnet18(4),
-        SimClrConfig::default(),
-        &mut rand::rngs::StdRng::seed_from_u64(0),
-        &dev,
-    )
-    .unwrap();
+    let mut m = simclr(4, 0, &dev);
     let mut bufs = vec![None; m.store().params.len()];
     let junk = d.join("junk.safetensors");
     std::fs::write(&junk, b"not a checkpoint").unwrap();
@@ -171,20 +159,10 @@ fn bad_checkpoints_are_named() {
 
 #[test]
 fn export_has_torchvision_names_and_round_trips() {
-    let data = Arc::new(
-        cifar::load(&cifar::embedded_root(), Variant::Cifar10, Split::Train)
-            .unwrap()
-            .truncate(32),
-    );
+    let data = cifar_train(32);
     let dev = Device::Cpu;
     let d = dir("export");
-    let mut m = SimClr::new(
-        resnet18(8),
-        SimClrConfig::default(),
-        &mut rand::rngs::StdRng::seed_from_u64(0),
-        &dev,
-    )
-    .unwrap();
+    let mut m = simclr(8, 0, &dev);
     let cfg = PretrainConfig {
         checkpoint_dir: Some(d.clone()),
         ..pretrain_config(1, 16, 0.1, 2)

@@ -5,8 +5,6 @@
 mod common;
 use common::*;
 use rand::SeedableRng;
-use std::sync::Arc;
-use viewcraft::data::cifar::{self, Split, Variant};
 use viewcraft::ssl::byol::{Byol, ByolConfig, TargetInit, TARGET};
 use viewcraft::ssl::simsiam::{SimSiam, SimSiamConfig};
 use viewcraft::ssl::{embed, Method};
@@ -25,11 +23,7 @@ fn value(m: &dyn Method, name: &str) -> Vec<f32> {
 
 /// Train, return the per-step losses and the spread of normalised backbone features.
 fn train(m: &mut dyn Method, n: usize, cfg: &PretrainConfig, dev: &Device) -> (Vec<f32>, f32) {
-    let data = Arc::new(
-        cifar::load(&cifar::embedded_root(), Variant::Cifar10, Split::Train)
-            .unwrap()
-            .truncate(n),
-    );
+    let data = cifar_train(n);
     let mut losses = Vec::new();
     pretrain(m, data.clone(), cfg, dev, |e| {
         if let Event::Step { loss, .. } = e {

@@ -6,7 +6,6 @@ mod common;
 use common::*;
 use rand::SeedableRng;
 use std::sync::Arc;
-use viewcraft::data::cifar::{self, Split, Variant};
 use viewcraft::ops::shape_ops::{inverse_permutation, permute_rows};
 use viewcraft::ssl::moco::{Moco, MocoConfig, KEY};
 use viewcraft::ssl::Method;
@@ -148,11 +147,7 @@ fn key_ema_runs_before_the_keys() {
 
 #[test]
 fn learns_and_matches_on_the_adapter() {
-    let data = Arc::new(
-        cifar::load(&cifar::embedded_root(), Variant::Cifar10, Split::Train)
-            .unwrap()
-            .truncate(128),
-    );
+    let data = cifar_train(128);
     let mk = |dev: &Device| {
         Moco::new(
             resnet18(8),

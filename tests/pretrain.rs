@@ -6,8 +6,6 @@
 mod common;
 use common::*;
 use rand::SeedableRng;
-use std::sync::Arc;
-use viewcraft::data::cifar::{self, Split, Variant};
 use viewcraft::ssl::simclr::{SimClr, SimClrConfig};
 use viewcraft::ssl::Method;
 use viewcraft::tensor::{Device, Tensor};
@@ -16,19 +14,9 @@ use viewcraft::Tape;
 
 #[test]
 fn simclr_ccrop_schedule_learns_without_collapse() {
-    let data = Arc::new(
-        cifar::load(&cifar::embedded_root(), Variant::Cifar10, Split::Train)
-            .unwrap()
-            .truncate(128),
-    );
+    let data = cifar_train(128);
     let dev = Device::Cpu;
-    let mut m = SimClr::new(
-        resnet18(8),
-        SimClrConfig::default(),
-        &mut rand::rngs::StdRng::seed_from_u64(0),
-        &dev,
-    )
-    .unwrap();
+    let mut m = simclr(8, 0, &dev);
     let mut events = Vec::new();
     let boxes = pretrain(
         &mut m,
@@ -128,11 +116,7 @@ fn simclr_ccrop_schedule_learns_without_collapse() {
 #[test]
 fn one_step_on_the_adapter_equals_cpu() {
     let Some(g) = gpu() else { return };
-    let data = Arc::new(
-        cifar::load(&cifar::embedded_root(), Variant::Cifar10, Split::Train)
-            .unwrap()
-            .truncate(16),
-    );
+    let data = cifar_train(16);
     let cfg = pretrain_config(1, 16, 0.3, 3);
     let run = |dev: &Device| {
         let mut m = SimClr::new(
@@ -179,19 +163,9 @@ fn one_step_on_the_adapter_equals_cpu() {
 
 #[test]
 fn simccrop_uses_the_fixed_centre_box_from_epoch_one() {
-    let data = Arc::new(
-        cifar::load(&cifar::embedded_root(), Variant::Cifar10, Split::Train)
-            .unwrap()
-            .truncate(32),
-    );
+    let data = cifar_train(32);
     let dev = Device::Cpu;
-    let mut m = SimClr::new(
-        resnet18(4),
-        SimClrConfig::default(),
-        &mut rand::rngs::StdRng::seed_from_u64(0),
-        &dev,
-    )
-    .unwrap();
+    let mut m = simclr(4, 0, &dev);
     let centre = [0.25f32, 0.25, 0.75, 0.75];
     let cfg = PretrainConfig {
         ccrop: true,
@@ -225,20 +199,10 @@ fn bn_and_bias_weight_decay_exclusion_touches_only_1d_parameters() {
     // One step from the same init: the first SGD step of a weight depends only on its own
     // gradient and decay, so excluding 1-D parameters from weight decay must change exactly
     // the 1-D parameters.
-    let data = Arc::new(
-        cifar::load(&cifar::embedded_root(), Variant::Cifar10, Split::Train)
-            .unwrap()
-            .truncate(16),
-    );
+    let data = cifar_train(16);
     let dev = Device::Cpu;
     let run = |exclude: bool| {
-        let mut m = SimClr::new(
-            resnet18(8),
-            SimClrConfig::default(),
-            &mut rand::rngs::StdRng::seed_from_u64(0),
-            &dev,
-        )
-        .unwrap();
+        let mut m = simclr(8, 0, &dev);
         let cfg = PretrainConfig {
             weight_decay: 0.5,
             exclude_bn_bias_wd: exclude,

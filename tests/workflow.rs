@@ -476,7 +476,7 @@ fn ctrl_c_saves_a_checkpoint_and_exits_130() {
     let out = tmp().join("sigint");
     let _ = std::fs::remove_dir_all(&out);
     let cfg = tiny_config();
-    let mut child = viewcraft()
+    let child = viewcraft()
         .args([
             "pretrain",
             cfg.to_str().unwrap(),

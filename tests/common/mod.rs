@@ -271,3 +271,29 @@ pub fn pretrain_config(
         stop_at_step: None,
     }
 }
+
+/// The first `n` training images of the shipped CIFAR-10 subset.
+pub fn cifar_train(n: usize) -> std::sync::Arc<viewcraft::data::ImageSet> {
+    use viewcraft::data::cifar::{embedded_root, load, Split, Variant};
+    std::sync::Arc::new(
+        load(&embedded_root(), Variant::Cifar10, Split::Train)
+            .unwrap()
+            .truncate(n),
+    )
+}
+
+/// SimCLR with the reference heads on a ResNet-18 of base `width`, initialised from `seed`.
+pub fn simclr(
+    width: usize,
+    seed: u64,
+    dev: &viewcraft::tensor::Device,
+) -> viewcraft::ssl::simclr::SimClr {
+    use rand::SeedableRng;
+    viewcraft::ssl::simclr::SimClr::new(
+        resnet18(width),
+        viewcraft::ssl::simclr::SimClrConfig::default(),
+        &mut rand::rngs::StdRng::seed_from_u64(seed),
+        dev,
+    )
+    .unwrap()
+}
