@@ -167,12 +167,8 @@ pub fn run(
     let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.train.seed);
     let mut method = crate::ssl::build(cfg, &mut rng, device)?;
     if let Some(ckpt) = &resume_from {
-        let meta = crate::train::checkpoint::metadata(ckpt)?;
-        let pos = crate::train::checkpoint::Position {
-            epoch: meta.get("epoch").and_then(|v| v.parse().ok()).unwrap_or(0),
-            step: meta.get("step").and_then(|v| v.parse().ok()).unwrap_or(0),
-            batch: meta.get("batch").and_then(|v| v.parse().ok()).unwrap_or(0),
-        };
+        use crate::train::checkpoint::{metadata, position};
+        let pos = position(&metadata(ckpt)?, ckpt)?;
         dir.truncate_metrics(pos)?;
         println!(
             "resuming {} from {} (epoch {} done, step {})",

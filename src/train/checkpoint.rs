@@ -37,12 +37,49 @@ pub struct Resumed {
 }
 
 /// The metadata of a checkpoint (format, method, epoch, step, the run's config...).
+/// Only the file's header is read (8-byte length + JSON), not its tensors.
 pub fn metadata(path: &Path) -> Result<HashMap<String, String>> {
-    let raw = std::fs::read(path)
-        .map_err(|e| Error::file(path, format!("cannot read checkpoint: {e}")))?;
-    let (_, meta) = SafeTensors::read_metadata(&raw)
-        .map_err(|e| Error::file(path, format!("not a safetensors checkpoint: {e}")))?;
-    Ok(meta.metadata().clone().unwrap_or_default())
+    use std::io::Read;
+    let bad = |m: String| Error::file(path, m);
+    let mut f =
+        std::fs::File::open(path).map_err(|e| bad(format!("cannot read checkpoint: {e}")))?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len)
+        .map_err(|e| bad(format!("not a safetensors checkpoint: {e}")))?;
+    let n = u64::from_le_bytes(len);
+    if n > 100 << 20 {
+        return Err(bad(format!(
+            "not a safetensors checkpoint: header of {n} bytes"
+        )));
+    }
+    let mut header = vec![0u8; n as usize];
+    f.read_exact(&mut header)
+        .map_err(|e| bad(format!("not a safetensors checkpoint: {e}")))?;
+    let v: serde_json::Value = serde_json::from_slice(&header)
+        .map_err(|e| bad(format!("not a safetensors checkpoint: {e}")))?;
+    Ok(v.get("__metadata__")
+        .and_then(|m| serde_json::from_value(m.clone()).ok())
+        .unwrap_or_default())
+}
+
+/// The run position recorded in a checkpoint's metadata (`batch` is absent in files written
+/// before mid-epoch checkpoints existed: 0).
+pub fn position(meta: &HashMap<String, String>, path: &Path) -> Result<Position> {
+    let num = |k: &str| -> Result<usize> {
+        meta.get(k)
+            .ok_or_else(|| Error::file(path, format!("metadata `{k}` missing")))?
+            .parse()
+            .map_err(|e| Error::file(path, format!("metadata `{k}`: {e}")))
+    };
+    Ok(Position {
+        epoch: num("epoch")?,
+        step: num("step")?,
+        batch: if meta.contains_key("batch") {
+            num("batch")?
+        } else {
+            0
+        },
+    })
 }
 
 /// Little-endian f32 values of a tensor's bytes.
@@ -201,21 +238,8 @@ pub fn load(
     let extra: serde_json::Value =
         serde_json::from_str(&get("extra")?).map_err(|e| bad(format!("metadata `extra`: {e}")))?;
     method.load_extra_state(&extra)?;
-    let num = |k: &str| -> Result<usize> {
-        get(k)?
-            .parse()
-            .map_err(|e| bad(format!("metadata `{k}`: {e}")))
-    };
     Ok(Resumed {
-        pos: Position {
-            epoch: num("epoch")?,
-            step: num("step")?,
-            batch: if meta.contains_key("batch") {
-                num("batch")?
-            } else {
-                0
-            },
-        },
+        pos: position(&meta, path)?,
         boxes,
     })
 }

@@ -183,26 +183,21 @@ pub fn pretrain(
     let mut boxes = vec![cfg.init_box; data.len()];
     // Momentum buffers, one per trainable parameter (zeros reproduce PyTorch's first step).
     let mut bufs = momentum_buffers(method.store(), device)?;
-    // Parameter groups: entries whose learning rate stays at its initial value.
-    let fixed: Vec<bool> = method
+    // Parameter groups, one entry per store entry: (learning rate fixed at its initial
+    // value — SimSiam's predictor; no weight decay — 1-D parameters when excluded; LARS —
+    // weight matrices and kernels when asked, 1-D parameters always take plain SGD).
+    let groups: Vec<(bool, bool, bool)> = method
         .store()
         .params
         .iter()
-        .map(|p| method.fixed_lr(&p.name))
-        .collect();
-    // Weight-decay exclusion: every 1-D parameter (BN weights and biases, linear biases).
-    let no_wd: Vec<bool> = method
-        .store()
-        .params
-        .iter()
-        .map(|p| cfg.exclude_bn_bias_wd && p.value.rank() <= 1)
-        .collect();
-    // LARS adapts the step of weight matrices and kernels; 1-D parameters take plain SGD.
-    let lars: Vec<bool> = method
-        .store()
-        .params
-        .iter()
-        .map(|p| cfg.lars && p.value.rank() > 1)
+        .map(|p| {
+            let one_d = p.value.rank() <= 1;
+            (
+                method.fixed_lr(&p.name),
+                cfg.exclude_bn_bias_wd && one_d,
+                cfg.lars && !one_d,
+            )
+        })
         .collect();
     let (s, b) = (data.height, cfg.batch_size);
     let mut pos = Position::default();
@@ -289,10 +284,11 @@ pub fn pretrain(
             let loss_value = tape.value(loss).clone();
             let grads = tape.backward(loss)?;
             let group = |id: usize| {
+                let (fixed, no_wd, lars) = groups[id];
                 (
-                    if fixed[id] { cfg.lr as f32 } else { lr as f32 },
-                    if no_wd[id] { 0.0 } else { cfg.weight_decay },
-                    lars[id],
+                    if fixed { cfg.lr as f32 } else { lr as f32 },
+                    if no_wd { 0.0 } else { cfg.weight_decay },
+                    lars,
                 )
             };
             update_store(
