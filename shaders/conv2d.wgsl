@@ -197,3 +197,76 @@ fn conv2d_backward_weight(@builtin(global_invocation_id) gid: vec3<u32>, @builti
         }
     }
 }
+
+// ---- Operand packing for the uniform-window kernels (src/ops/conv2d_window.rs) ----
+// Uniform buffers are read ~14× faster than storage buffers on llvmpipe, but a binding sees at
+// most 64 KiB. These two kernels lay operands out as windows of `win` floats so that each
+// window is one binding of the generated kernel.
+
+// Sizes are pipeline constants: llvmpipe turns divisions by run-time values into scalar
+// loops over the lanes, divisions by constants into multiplies.
+override pi_n: u32; override pi_c: u32; override pi_h: u32; override pi_w: u32;
+override pi_ni: u32; override pi_cs: u32; override pi_segs: u32; override pi_hp: u32;
+override pi_wp: u32; override pi_pad: u32; override pi_dil: u32; override pi_win: u32;
+override pi_total: u32;
+
+// x [N, C, H, W] → windows [group][segment] each holding [ni][cs][hp][wp]: zero padded by `pad`
+// on the top/left, zero beyond the data, and dilated by `dil` (zeros between source pixels:
+// the transposed convolution of a strided one becomes a stride-1 convolution).
+@compute @workgroup_size(256)
+fn pack_input(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let t = flat_index(gid, nwg, 256u);
+    if (t >= pi_total) { return; }
+    let win = t / pi_win;
+    let r = t % pi_win;
+    let g = win / pi_segs;
+    let seg = win % pi_segs;
+    let plane = pi_hp * pi_wp;
+    let img = r / (pi_cs * plane);
+    let rr = r % (pi_cs * plane);
+    let cl = rr / plane;
+    let yy = i32((rr / pi_wp) % pi_hp) - i32(pi_pad);
+    let xx = i32(rr % pi_wp) - i32(pi_pad);
+    let d = i32(pi_dil);
+    let y = yy / d;
+    let x = xx / d;
+    let ok = img < pi_ni && yy >= 0 && xx >= 0 && yy % d == 0 && xx % d == 0
+        && y < i32(pi_h) && x < i32(pi_w);
+    let n = g * pi_ni + img;
+    let c = seg * pi_cs + cl;
+    let si = ((n * pi_c + c) * pi_h + u32(max(y, 0))) * pi_w + u32(max(x, 0));
+    out[t] = select(0.0, src[min(si, pi_n * pi_c * pi_h * pi_w - 1u)], ok);
+}
+
+override pw_o: u32; override pw_c: u32; override pw_kk: u32; override pw_og: u32;
+override pw_cs: u32; override pw_spw: u32; override pw_nww: u32; override pw_segs: u32;
+override pw_win: u32; override pw_transpose: u32; override pw_total: u32;
+
+// w [O, C, K, K] → windows [o-group][window] each holding [segment][o-block][cs][K·K][4]
+// (4 output channels contiguous). With `transpose`, the kernel's (o, c) is the source's (c, o)
+// and taps are flipped: the weights of the input-gradient convolution.
+@compute @workgroup_size(256)
+fn pack_weight(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let t = flat_index(gid, nwg, 256u);
+    if (t >= pw_total) { return; }
+    let win = t / pw_win;
+    let r = t % pw_win;
+    let ogi = win / pw_nww;
+    let wwin = win % pw_nww;
+    let wseg = pw_og * pw_cs * pw_kk;
+    let segl = r / wseg;
+    let rr = r % wseg;
+    let seg = wwin * pw_spw + segl;
+    let j = rr % 4u;
+    let tap = (rr / 4u) % pw_kk;
+    let cl = (rr / (4u * pw_kk)) % pw_cs;
+    let ob = rr / (4u * pw_kk * pw_cs);
+    let o = ogi * pw_og + ob * 4u + j;
+    let c = seg * pw_cs + cl;
+    let ok = segl < pw_spw && seg < pw_segs;
+    var si = (o * pw_c + c) * pw_kk + tap;
+    if (pw_transpose != 0u) {
+        si = (c * pw_o + o) * pw_kk + (pw_kk - 1u - tap);
+    }
+    out[t] = select(0.0, src[min(si, pw_o * pw_c * pw_kk - 1u)], ok);
+}

@@ -206,47 +206,83 @@ fn linear_forward_and_grads() {
 #[test]
 fn conv2d_forward_and_grads() {
     let Some(g) = gpu() else { return };
-    // (n, c, h, w, o, k, stride, pad)
+    let Device::Gpu(adapter) = &g else {
+        unreachable!("gpu() returns an adapter")
+    };
+    // (n, c, h, w, o, k, stride, pad, window plan expected for forward / input grad)
     let cases = [
-        (3, 7, 5, 5, 5, 3, 1, 1),
-        (2, 4, 9, 9, 6, 3, 2, 1),
-        (2, 6, 8, 8, 4, 1, 2, 0),
-        (2, 3, 15, 15, 5, 7, 2, 3),
-        (1, 16, 8, 13, 17, 3, 1, 1),
-        (2, 32, 16, 16, 32, 3, 1, 1),
-        (4, 3, 32, 32, 8, 3, 1, 1),
-        (2, 9, 7, 7, 10, 3, 1, 0),
+        (3, 7, 5, 5, 5, 3, 1, 1, false, false),
+        (2, 4, 9, 9, 6, 3, 2, 1, false, false),
+        (2, 6, 8, 8, 4, 1, 2, 0, true, false),
+        (2, 3, 15, 15, 5, 7, 2, 3, false, false),
+        (1, 16, 8, 13, 17, 3, 1, 1, false, false),
+        (2, 32, 16, 16, 32, 3, 1, 1, true, true),
+        (4, 3, 32, 32, 8, 3, 1, 1, true, false),
+        (2, 9, 7, 7, 10, 3, 1, 0, false, false),
+        // Window-plan shapes: strides, odd row counts, several segments / groups.
+        (2, 8, 16, 16, 12, 3, 2, 1, true, true),
+        (2, 8, 8, 8, 16, 1, 2, 0, true, true),
+        (3, 12, 6, 8, 8, 3, 1, 1, true, true),
+        (2, 8, 5, 4, 4, 3, 1, 1, true, true),
+        (4, 64, 16, 16, 64, 3, 1, 1, true, true),
+        (2, 128, 4, 4, 128, 3, 1, 1, true, true),
+        (2, 16, 32, 32, 16, 3, 1, 1, true, true),
     ];
-    for (n, c, h, w, o, k, s, p) in cases {
+    for (n, c, h, w, o, k, s, p, win_f, win_b) in cases {
         let (mut r, seed) = rng();
         let cfg = conv2d::Conv2d::new(s, p);
         let d = cfg.dims(&[n, c, h, w], &[o, c, k, k]).unwrap();
         let (xc, xg) = both(&randn(&mut r, n * c * h * w), &[n, c, h, w], &g);
         let (wc, wg) = both(&randn(&mut r, o * c * k * k), &[o, c, k, k], &g);
         let (gyc, gyg) = both(&randn(&mut r, n * o * d.oh * d.ow), &[n, o, d.oh, d.ow], &g);
-        let lbl = format!("conv2d x[{n},{c},{h},{w}] w[{o},{c},{k},{k}] s{s} p{p} seed {seed}");
         let tol = |len: usize| 1e-5 * (len as f64).sqrt() * 2.0;
-        assert_close(
-            &format!("{lbl} y"),
-            &v(&conv2d::forward(&xg, &wg, cfg).unwrap()),
-            &v(&conv2d::forward(&xc, &wc, cfg).unwrap()),
-            tol(c * k * k),
-            1e-4,
-        );
-        assert_close(
-            &format!("{lbl} grad_x"),
-            &v(&conv2d::backward_input(&gyg, &wg, &d).unwrap()),
-            &v(&conv2d::backward_input(&gyc, &wc, &d).unwrap()),
-            tol(o * k * k),
-            1e-4,
-        );
-        assert_close(
-            &format!("{lbl} grad_w"),
-            &v(&conv2d::backward_weight(&gyg, &xg, &d).unwrap()),
-            &v(&conv2d::backward_weight(&gyc, &xc, &d).unwrap()),
-            tol(n * d.oh * d.ow),
-            1e-4,
-        );
+        let y_cpu = v(&conv2d::forward(&xc, &wc, cfg).unwrap());
+        let gx_cpu = v(&conv2d::backward_input(&gyc, &wc, &d).unwrap());
+        let gw_cpu = v(&conv2d::backward_weight(&gyc, &xc, &d).unwrap());
+        // Both kernel families on this adapter: uniform windows (where a plan fits) and the
+        // storage-buffer kernels.
+        for windows in [true, false] {
+            adapter.set_conv_windows(windows);
+            if windows {
+                let planned = viewcraft::ops::conv2d_window::planned(adapter, &d);
+                assert_eq!(
+                    planned,
+                    (win_f, win_b),
+                    "window plans for x[{n},{c},{h},{w}] w[{o},{c},{k},{k}] s{s} p{p}"
+                );
+                // The weight gradient needs what the forward pass needs.
+                assert_eq!(
+                    viewcraft::ops::conv2d_window::planned_weight_grad(adapter, &d),
+                    win_f,
+                    "weight-gradient window plan for x[{n},{c},{h},{w}] w[{o},{c},{k},{k}]"
+                );
+            }
+            let lbl = format!(
+                "conv2d x[{n},{c},{h},{w}] w[{o},{c},{k},{k}] s{s} p{p} windows {windows} seed {seed}"
+            );
+            assert_close(
+                &format!("{lbl} y"),
+                &v(&conv2d::forward(&xg, &wg, cfg).unwrap()),
+                &y_cpu,
+                tol(c * k * k),
+                1e-4,
+            );
+            assert_close(
+                &format!("{lbl} grad_x"),
+                &v(&conv2d::backward_input(&gyg, &wg, &d).unwrap()),
+                &gx_cpu,
+                tol(o * k * k),
+                1e-4,
+            );
+            assert_close(
+                &format!("{lbl} grad_w"),
+                &v(&conv2d::backward_weight(&gyg, &xg, &d).unwrap()),
+                &gw_cpu,
+                tol(n * d.oh * d.ow),
+                1e-4,
+            );
+        }
+        adapter.set_conv_windows(true);
     }
 }
 

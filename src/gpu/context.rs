@@ -11,7 +11,7 @@ use wgpu::util::DeviceExt;
 
 use super::buffers::{BufferPool, GpuBuffer};
 use super::pipelines::{Kernel, PipelineCache};
-use super::recorder::Recorder;
+use super::recorder::{BufferRange, Recorder};
 use crate::error::{Error, Result};
 
 /// Which family of kernels runs on this adapter. Measured (benches/RESULTS.md): on CPU
@@ -134,6 +134,7 @@ pub struct Gpu {
     /// Whether shaders keep wgpu's injected bounds checks and loop bounds
     /// (`VIEWCRAFT_SHADER_CHECKS=1`).
     pub shader_checks: bool,
+    conv_windows: std::sync::atomic::AtomicBool,
     pool: BufferPool,
     pipelines: Mutex<PipelineCache>,
     rec: Mutex<Recorder>,
@@ -227,6 +228,12 @@ impl Gpu {
             );
         let rec = Recorder::new(&device);
         let shader_checks = std::env::var("VIEWCRAFT_SHADER_CHECKS").is_ok_and(|v| v == "1");
+        // Uniform-window convolutions pay off where storage loads are slow (llvmpipe).
+        let conv_windows = match std::env::var("VIEWCRAFT_CONV_WINDOWS").ok().as_deref() {
+            Some("1") => true,
+            Some("0") => false,
+            _ => variant == KernelVariant::RegisterTiled,
+        };
         Ok(Arc::new(Gpu {
             pool: BufferPool::new(device.clone()),
             device,
@@ -236,6 +243,7 @@ impl Gpu {
             features,
             variant,
             shader_checks,
+            conv_windows: conv_windows.into(),
             pipelines: Mutex::new(PipelineCache::default()),
             rec: Mutex::new(rec),
         }))
@@ -297,6 +305,37 @@ impl Gpu {
         );
         self.rec()
             .dispatch(&self.device, &self.queue, &p, buffers, params, grid);
+    }
+
+    /// Record one dispatch of a generated shader (`key` names its source uniquely; `source`
+    /// is only called the first time). `buffers` bind every binding in order, by range.
+    pub fn dispatch_generated(
+        &self,
+        key: &str,
+        source: impl FnOnce() -> String,
+        entry: &str,
+        buffers: &[BufferRange],
+        grid: [u32; 3],
+    ) {
+        let p = self
+            .pipelines
+            .lock()
+            .expect("pipeline cache poisoned")
+            .get_generated(&self.device, key, source, entry);
+        self.rec()
+            .dispatch_ranges(&self.device, &self.queue, &p, buffers, &[], grid);
+    }
+
+    /// Whether convolutions use the uniform-window kernels where their shape allows
+    /// (`VIEWCRAFT_CONV_WINDOWS=0|1` overrides the per-adapter default).
+    pub fn conv_windows(&self) -> bool {
+        self.conv_windows.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Force the convolution kernel family (tests run both on one adapter).
+    pub fn set_conv_windows(&self, on: bool) {
+        self.conv_windows
+            .store(on, std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Record a copy of `len` values from `src[src_off..]` to `dst[dst_off..]`.

@@ -32,8 +32,9 @@ pub struct Pipeline {
     pub layout: wgpu::BindGroupLayout,
     /// Whether the entry point reads the `params` uniform (binding 0).
     pub uses_params: bool,
-    /// Binding numbers of the storage buffers, in the order `dispatch` takes them.
-    pub storage_bindings: Vec<u32>,
+    /// Binding numbers of the buffers `dispatch` binds (storage, and the uniform windows of
+    /// generated shaders), in the order it takes them.
+    pub bindings: Vec<u32>,
 }
 
 pub(crate) type PipelineKey = (Kernel, Vec<(String, u64)>);
@@ -42,6 +43,7 @@ pub(crate) type PipelineKey = (Kernel, Vec<(String, u64)>);
 pub struct PipelineCache {
     modules: HashMap<&'static str, (wgpu::ShaderModule, naga::Module, naga::valid::ModuleInfo)>,
     pipelines: HashMap<PipelineKey, std::sync::Arc<Pipeline>>,
+    generated: HashMap<String, std::sync::Arc<Pipeline>>,
 }
 
 static NEXT_PIPELINE: AtomicU64 = AtomicU64::new(1);
@@ -89,90 +91,150 @@ impl PipelineCache {
             };
             (module, m, i)
         });
-        let ep_index = naga_module
-            .entry_points
-            .iter()
-            .position(|e| e.name == kernel.entry)
-            .unwrap_or_else(|| {
-                panic!("{}.wgsl has no entry point {}", kernel.shader, kernel.entry)
-            });
-        let ep_info = info.get_entry_point(ep_index);
-        let mut entries = Vec::new();
-        let mut uses_params = false;
-        let mut storage_bindings = Vec::new();
-        for (handle, var) in naga_module.global_variables.iter() {
-            let Some(rb) = &var.binding else { continue };
-            if rb.group != 0 || ep_info[handle].is_empty() {
-                continue;
-            }
-            let ty = match var.space {
-                naga::AddressSpace::Uniform => {
-                    assert_eq!(rb.binding, 0, "params uniform must be binding 0");
-                    uses_params = true;
-                    wgpu::BindingType::Buffer {
-                        ty: wgpu::BufferBindingType::Uniform,
-                        has_dynamic_offset: true,
-                        min_binding_size: None,
-                    }
-                }
-                naga::AddressSpace::Storage { access } => {
-                    storage_bindings.push(rb.binding);
-                    wgpu::BindingType::Buffer {
-                        ty: wgpu::BufferBindingType::Storage {
-                            read_only: !access.contains(naga::StorageAccess::STORE),
-                        },
-                        has_dynamic_offset: false,
-                        min_binding_size: None,
-                    }
-                }
-                other => panic!("unsupported address space {other:?} in {}", kernel.shader),
-            };
-            entries.push(wgpu::BindGroupLayoutEntry {
-                binding: rb.binding,
-                visibility: wgpu::ShaderStages::COMPUTE,
-                ty,
-                count: None,
-            });
-        }
-        entries.sort_by_key(|e| e.binding);
-        storage_bindings.sort();
         let label = format!("{}::{}", kernel.shader, kernel.entry);
-        let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-            label: Some(&label),
-            entries: &entries,
-        });
-        let pl = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-            label: Some(&label),
-            bind_group_layouts: &[Some(&layout)],
-            immediate_size: 0,
-        });
-        let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some(&label),
-            layout: Some(&pl),
+        let p = std::sync::Arc::new(build(
+            device,
+            &label,
             module,
-            entry_point: Some(kernel.entry),
-            compilation_options: wgpu::PipelineCompilationOptions {
-                constants,
-                // Kernels initialise the workgroup memory they read.
-                zero_initialize_workgroup_memory: false,
-            },
-            cache: None,
-        });
-        let p = std::sync::Arc::new(Pipeline {
-            id: NEXT_PIPELINE.fetch_add(1, Ordering::Relaxed),
-            pipeline,
-            layout,
-            uses_params,
-            storage_bindings,
-        });
+            naga_module,
+            info,
+            kernel.entry,
+            constants,
+            true,
+        ));
         self.pipelines.insert(key, p.clone());
         p
     }
 
+    /// A pipeline for a shader generated at run time (`key` names the source uniquely).
+    /// Every uniform binding of such a shader is a plain window (bound by range, no params).
+    pub fn get_generated(
+        &mut self,
+        device: &wgpu::Device,
+        key: &str,
+        source: impl FnOnce() -> String,
+        entry: &str,
+    ) -> std::sync::Arc<Pipeline> {
+        if let Some(p) = self.generated.get(key) {
+            return p.clone();
+        }
+        let src = source();
+        let (m, i) = shaders::validate(key, &src).unwrap_or_else(|e| panic!("{e}"));
+        let desc = wgpu::ShaderModuleDescriptor {
+            label: Some(key),
+            source: wgpu::ShaderSource::Wgsl(src.into()),
+        };
+        // SAFETY: generated kernels index only inside the windows they are planned for
+        // (tests compare them with the CPU reference).
+        let module = unsafe {
+            device.create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked())
+        };
+        let p = std::sync::Arc::new(build(device, key, &module, &m, &i, entry, &[], false));
+        self.generated.insert(key.to_string(), p.clone());
+        p
+    }
+
     pub fn len(&self) -> usize {
-        self.pipelines.len()
+        self.pipelines.len() + self.generated.len()
     }
     pub fn is_empty(&self) -> bool {
-        self.pipelines.is_empty()
+        self.pipelines.is_empty() && self.generated.is_empty()
+    }
+}
+
+/// Compile one entry point with a bind group layout reflected from its naga module: with
+/// `params`, binding 0 is the dynamic-offset params uniform; every other binding (storage, or
+/// uniform windows of generated shaders) is bound by `dispatch`, in binding order.
+#[allow(clippy::too_many_arguments)]
+fn build(
+    device: &wgpu::Device,
+    label: &str,
+    module: &wgpu::ShaderModule,
+    naga_module: &naga::Module,
+    info: &naga::valid::ModuleInfo,
+    entry: &str,
+    constants: &[(&str, f64)],
+    params: bool,
+) -> Pipeline {
+    let ep_index = naga_module
+        .entry_points
+        .iter()
+        .position(|e| e.name == entry)
+        .unwrap_or_else(|| panic!("{}.wgsl has no entry point {}", label, entry));
+    let ep_info = info.get_entry_point(ep_index);
+    let mut entries = Vec::new();
+    let mut uses_params = false;
+    let mut bindings = Vec::new();
+    for (handle, var) in naga_module.global_variables.iter() {
+        let Some(rb) = &var.binding else { continue };
+        if rb.group != 0 || ep_info[handle].is_empty() {
+            continue;
+        }
+        let ty = match var.space {
+            naga::AddressSpace::Uniform if params => {
+                assert_eq!(rb.binding, 0, "params uniform must be binding 0");
+                uses_params = true;
+                wgpu::BindingType::Buffer {
+                    ty: wgpu::BufferBindingType::Uniform,
+                    has_dynamic_offset: true,
+                    min_binding_size: None,
+                }
+            }
+            naga::AddressSpace::Uniform => {
+                bindings.push(rb.binding);
+                wgpu::BindingType::Buffer {
+                    ty: wgpu::BufferBindingType::Uniform,
+                    has_dynamic_offset: false,
+                    min_binding_size: None,
+                }
+            }
+            naga::AddressSpace::Storage { access } => {
+                bindings.push(rb.binding);
+                wgpu::BindingType::Buffer {
+                    ty: wgpu::BufferBindingType::Storage {
+                        read_only: !access.contains(naga::StorageAccess::STORE),
+                    },
+                    has_dynamic_offset: false,
+                    min_binding_size: None,
+                }
+            }
+            other => panic!("unsupported address space {other:?} in {}", label),
+        };
+        entries.push(wgpu::BindGroupLayoutEntry {
+            binding: rb.binding,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty,
+            count: None,
+        });
+    }
+    entries.sort_by_key(|e| e.binding);
+    bindings.sort();
+    let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+        label: Some(label),
+        entries: &entries,
+    });
+    let pl = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+        label: Some(label),
+        bind_group_layouts: &[Some(&layout)],
+        immediate_size: 0,
+    });
+    let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: Some(label),
+        layout: Some(&pl),
+        module,
+        entry_point: Some(entry),
+        compilation_options: wgpu::PipelineCompilationOptions {
+            constants,
+            // Kernels initialise the workgroup memory they read.
+            zero_initialize_workgroup_memory: false,
+        },
+        cache: None,
+    });
+    Pipeline {
+        id: NEXT_PIPELINE.fetch_add(1, Ordering::Relaxed),
+        pipeline,
+        layout,
+        uses_params,
+        bindings,
     }
 }

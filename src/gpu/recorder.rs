@@ -15,12 +15,32 @@ const ARENA_BLOCKS: u64 = 4096;
 /// Cached bind groups before the cache is cleared (shapes changed many times).
 const MAX_BIND_GROUPS: usize = 16384;
 
+/// `size` bytes of `buffer` from byte `offset`.
+pub struct BufferRange<'a> {
+    pub buffer: &'a GpuBuffer,
+    pub offset: u64,
+    pub size: u64,
+}
+
+impl<'a> BufferRange<'a> {
+    pub fn whole(buffer: &'a GpuBuffer) -> Self {
+        Self {
+            buffer,
+            offset: 0,
+            size: buffer.size(),
+        }
+    }
+}
+
+/// (pipeline id, [(buffer id, offset, size)] in binding order).
+type BindKey = (u64, Vec<(u64, u64, u64)>);
+
 pub(crate) struct Recorder {
     encoder: Option<wgpu::CommandEncoder>,
     pass: Option<wgpu::ComputePass<'static>>,
     arena: Vec<u8>,
     arena_buf: wgpu::Buffer,
-    bind_groups: HashMap<(u64, Vec<u64>), wgpu::BindGroup>,
+    bind_groups: HashMap<BindKey, wgpu::BindGroup>,
     timestamps: Option<(wgpu::QuerySet, u32)>,
     pub dispatches: u64,
     pub submits: u64,
@@ -58,6 +78,7 @@ impl Recorder {
         self.pass = None;
     }
 
+    /// Record one dispatch; `buffers` are bound whole, in binding order.
     pub fn dispatch(
         &mut self,
         device: &wgpu::Device,
@@ -67,12 +88,26 @@ impl Recorder {
         params: &[u32],
         grid: [u32; 3],
     ) {
+        let ranges: Vec<BufferRange> = buffers.iter().map(|b| BufferRange::whole(b)).collect();
+        self.dispatch_ranges(device, queue, p, &ranges, params, grid);
+    }
+
+    /// Record one dispatch binding byte ranges of buffers (uniform windows, offset outputs).
+    pub fn dispatch_ranges(
+        &mut self,
+        device: &wgpu::Device,
+        queue: &wgpu::Queue,
+        p: &Arc<Pipeline>,
+        buffers: &[BufferRange],
+        params: &[u32],
+        grid: [u32; 3],
+    ) {
         assert_eq!(
             buffers.len(),
-            p.storage_bindings.len(),
+            p.bindings.len(),
             "kernel {:?} takes {} storage buffers",
             p.pipeline,
-            p.storage_bindings.len()
+            p.bindings.len()
         );
         assert!(
             params.len() * 4 <= PARAM_BLOCK as usize,
@@ -85,7 +120,13 @@ impl Recorder {
         self.arena.extend_from_slice(bytemuck::cast_slice(params));
         self.arena.resize(offset as usize + PARAM_BLOCK as usize, 0);
 
-        let key = (p.id, buffers.iter().map(|b| b.id()).collect::<Vec<_>>());
+        let key = (
+            p.id,
+            buffers
+                .iter()
+                .map(|r| (r.buffer.id(), r.offset, r.size))
+                .collect::<Vec<_>>(),
+        );
         if !self.bind_groups.contains_key(&key) {
             if self.bind_groups.len() >= MAX_BIND_GROUPS {
                 self.bind_groups.clear();
@@ -101,10 +142,14 @@ impl Recorder {
                     }),
                 });
             }
-            for (b, &binding) in buffers.iter().zip(&p.storage_bindings) {
+            for (r, &binding) in buffers.iter().zip(&p.bindings) {
                 entries.push(wgpu::BindGroupEntry {
                     binding,
-                    resource: b.buffer().as_entire_binding(),
+                    resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                        buffer: r.buffer.buffer(),
+                        offset: r.offset,
+                        size: wgpu::BufferSize::new(r.size),
+                    }),
                 });
             }
             let bg = device.create_bind_group(&wgpu::BindGroupDescriptor {

@@ -6,7 +6,7 @@
 //! Tolerance GPU vs CPU: sums of C·KH·KW (forward), O·KH·KW (input grad) or N·OH·OW (weight
 //! grad) f32 products in another order: atol 1e-5·√len·max|x|·max|w|, rtol 1e-4.
 
-use super::{buf, cpu, u, Real, TResult};
+use super::{buf, conv2d_window, cpu, u, Real, TResult};
 use crate::autograd::{Tape, Var};
 use crate::error::{Error, Result};
 use crate::gpu::{grid_1d, Gpu, GpuBuffer, Kernel, KernelVariant};
@@ -297,7 +297,14 @@ pub fn forward(x: &Tensor, w: &Tensor, cfg: Conv2d) -> TResult {
             ),
             &yshape,
         )),
-        Device::Gpu(g) => Ok(direct_pass(&g, x, w, &d, true)),
+        Device::Gpu(g) => {
+            if g.conv_windows() {
+                if let Some(y) = conv2d_window::forward(&g, buf(x), buf(w), &d) {
+                    return Ok(Tensor::from_gpu(&g, y, &yshape));
+                }
+            }
+            Ok(direct_pass(&g, x, w, &d, true))
+        }
     }
 }
 
@@ -313,7 +320,14 @@ pub fn backward_input(gy: &Tensor, w: &Tensor, d: &Dims) -> TResult {
             ),
             &xshape,
         )),
-        Device::Gpu(g) => Ok(direct_pass(&g, gy, w, d, false)),
+        Device::Gpu(g) => {
+            if g.conv_windows() {
+                if let Some(gx) = conv2d_window::backward_input(&g, buf(gy), buf(w), d) {
+                    return Ok(Tensor::from_gpu(&g, gx, &xshape));
+                }
+            }
+            Ok(direct_pass(&g, gy, w, d, false))
+        }
     }
 }
 
@@ -330,6 +344,19 @@ pub fn backward_weight(gy: &Tensor, x: &Tensor, d: &Dims) -> TResult {
             &wshape,
         )),
         Device::Gpu(g) => {
+            if g.conv_windows() {
+                if let Some(out) = conv2d_window::backward_weight(&g, buf(gy), buf(x), d) {
+                    let wlen = d.o * d.c * d.kh * d.kw;
+                    let nparts = out.len() / wlen;
+                    let partial = Tensor::from_gpu(&g, out, &[nparts, wlen]);
+                    let gw = if nparts == 1 {
+                        partial
+                    } else {
+                        crate::ops::reduce::col_sum(&partial, 1.0)?
+                    };
+                    return gw.reshape(&wshape);
+                }
+            }
             let (bo, bc) = (d.o.div_ceil(4), d.c.div_ceil(4));
             let base = bo * bc * d.kh * d.kw;
             // Split the batch so that there are enough invocations to fill the device.

@@ -6,6 +6,7 @@
 
 pub mod batchnorm;
 pub mod conv2d;
+pub mod conv2d_window;
 pub mod cross_entropy;
 pub mod elementwise;
 pub mod l2norm;

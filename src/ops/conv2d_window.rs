@@ -1,0 +1,729 @@
+//! Convolution through uniform-buffer windows: the fast path on CPU adapters (llvmpipe).
+//!
+//! Why: Mesa 22.3's llvmpipe executes every storage-buffer load as a loop over the SIMD lanes
+//! (~23 cycles per value), while uniform-buffer loads are vector gathers (~1.6 cycles), see
+//! benches/RESULTS.md. A uniform binding sees at most 64 KiB, so the operands are first packed
+//! (`pack_input` / `pack_weight` in conv2d.wgsl) into windows: the input, zero padded (and
+//! dilated for the transposed convolution of a strided one), as [image group][channel segment]
+//! windows of [images][channels][rows][cols]; the weights as [output-channel group][window] of
+//! [segment][4-channel block][channels][taps][4]. One dispatch computes one (image group,
+//! output-channel group) with every input channel: segment `s` reads input window `Xs` and
+//! weight window `W(s / segments-per-window)`, and the result is stored once (no partial sums).
+//!
+//! The kernel is generated for each plan (sizes are constants, the tap loops are unrolled):
+//! each invocation computes a 2-row × 4-pixel × 4-channel register tile, loading each input
+//! row span once as aligned vec4s and one vec4 of weights per tap. Shapes that fit no plan
+//! (large images, channels not a multiple of 4, ...) use the storage-buffer kernels instead.
+
+use super::conv2d::Dims;
+use crate::gpu::{grid_1d, BufferRange, Gpu, GpuBuffer, Kernel};
+use std::fmt::Write;
+use std::sync::Arc;
+
+const PACK_INPUT: Kernel = Kernel::new("conv2d", "pack_input");
+const PACK_WEIGHT: Kernel = Kernel::new("conv2d", "pack_weight");
+
+/// Pixels per invocation along a row (vec4 aligned).
+const P: usize = 4;
+/// Output channels per invocation (one vec4 of weights per tap).
+const KB: usize = 4;
+/// Invocations per workgroup (measured best on llvmpipe among 8–64), halved to the SIMD
+/// width for small dispatches so both threads get work.
+fn workgroup(total: usize) -> usize {
+    if total < 256 {
+        8
+    } else {
+        16
+    }
+}
+/// Most channel segments per kernel (code size grows with it).
+const MAX_SEGMENTS: usize = 12;
+
+/// One window convolution: `src` [n, c, hs, ws] → out [n, o, oh, ow] with a k×k kernel at
+/// `stride` over the packed (padded by `pad`, dilated by `dil`) input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Problem {
+    n: usize,
+    c: usize,
+    hs: usize,
+    ws: usize,
+    o: usize,
+    oh: usize,
+    ow: usize,
+    k: usize,
+    stride: usize,
+    pad: usize,
+    dil: usize,
+    /// Weights are the transposed, flipped ones of the forward convolution.
+    transpose: bool,
+}
+
+/// How a problem is split into windows and dispatches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Plan {
+    /// Output rows per invocation.
+    r: usize,
+    /// Input channels per segment, segments.
+    cs: usize,
+    segs: usize,
+    /// Images per dispatch, output channels per dispatch.
+    ni: usize,
+    og: usize,
+    /// Packed input rows / cols (cols a multiple of 4), vec4 loads per row span.
+    hp: usize,
+    wp: usize,
+    nv: usize,
+    /// Floats per input window, segments per weight window, weight windows, floats per
+    /// weight window.
+    wx: usize,
+    spw: usize,
+    nww: usize,
+    ww: usize,
+}
+
+fn round64(x: usize) -> usize {
+    x.div_ceil(64) * 64
+}
+
+impl Problem {
+    fn forward(d: &Dims) -> Option<Self> {
+        (d.kh == d.kw).then_some(Problem {
+            n: d.n,
+            c: d.c,
+            hs: d.h,
+            ws: d.w,
+            o: d.o,
+            oh: d.oh,
+            ow: d.ow,
+            k: d.kh,
+            stride: d.stride,
+            pad: d.pad,
+            dil: 1,
+            transpose: false,
+        })
+    }
+
+    /// gx = the stride-1 convolution of gy, dilated by the stride and padded by k−1−p, with
+    /// the transposed, flipped weights.
+    fn backward_input(d: &Dims) -> Option<Self> {
+        (d.kh == d.kw && d.pad < d.kh).then_some(Problem {
+            n: d.n,
+            c: d.o,
+            hs: d.oh,
+            ws: d.ow,
+            o: d.c,
+            oh: d.h,
+            ow: d.w,
+            k: d.kh,
+            stride: 1,
+            pad: d.kh - 1 - d.pad,
+            dil: d.stride,
+            transpose: true,
+        })
+    }
+
+    fn plan(&self, g: &Gpu) -> Option<Plan> {
+        if !self.o.is_multiple_of(KB) || !self.ow.is_multiple_of(P) || self.n == 0 || self.c == 0 {
+            return None;
+        }
+        let maxwin = (g.limits.max_uniform_buffer_binding_size as usize / 4).min(16384);
+        let max_ubo = g.limits.max_uniform_buffers_per_shader_stage as usize;
+        let ualign = g.limits.min_uniform_buffer_offset_alignment as usize;
+        let salign = g.limits.min_storage_buffer_offset_alignment as usize;
+        if 256 % ualign != 0 {
+            return None;
+        }
+        let r = if self.oh.is_multiple_of(2) { 2 } else { 1 };
+        let s = self.stride;
+        let nv = ((P - 1) * s + self.k).div_ceil(4);
+        let hp = (self.oh - 1) * s + self.k;
+        let wp = ((self.ow - P) * s + 4 * nv).div_ceil(4) * 4;
+        let kk = self.k * self.k;
+        let ohw = self.oh * self.ow;
+        let divisors = |x: usize| (1..=x).rev().filter(move |d| x.is_multiple_of(*d));
+        let mut best: Option<(usize, usize, Plan)> = None;
+        for cs in divisors(self.c) {
+            let segs = self.c / cs;
+            if segs > MAX_SEGMENTS {
+                break;
+            }
+            for ni in divisors(self.n) {
+                let wx = round64(ni * cs * hp * wp);
+                if wx > maxwin {
+                    continue;
+                }
+                for og in divisors(self.o).filter(|og| og % KB == 0) {
+                    let wseg = og * cs * kk;
+                    if wseg > maxwin {
+                        continue;
+                    }
+                    let spw = segs.min(maxwin / wseg);
+                    let nww = segs.div_ceil(spw);
+                    if segs + nww > max_ubo
+                        || !(og * ohw * 4).is_multiple_of(salign)
+                        || !(ni * self.o * ohw * 4).is_multiple_of(salign)
+                    {
+                        continue;
+                    }
+                    let plan = Plan {
+                        r,
+                        cs,
+                        segs,
+                        ni,
+                        og,
+                        hp,
+                        wp,
+                        nv,
+                        wx,
+                        spw,
+                        nww,
+                        ww: round64(spw * wseg),
+                    };
+                    let dispatches = (self.n / ni) * (self.o / og);
+                    let score = (dispatches, segs);
+                    if best.as_ref().is_none_or(|b| score < (b.0, b.1)) {
+                        best = Some((dispatches, segs, plan));
+                    }
+                }
+            }
+        }
+        best.map(|b| b.2)
+    }
+
+    fn key(&self, p: &Plan) -> String {
+        let s = self;
+        format!(
+            "conv2d_window_n{}c{}o{}oh{}ow{}k{}s{}_r{}cs{}g{}ni{}og{}hp{}wp{}wx{}spw{}nww{}ww{}",
+            s.n,
+            s.c,
+            s.o,
+            s.oh,
+            s.ow,
+            s.k,
+            s.stride,
+            p.r,
+            p.cs,
+            p.segs,
+            p.ni,
+            p.og,
+            p.hp,
+            p.wp,
+            p.wx,
+            p.spw,
+            p.nww,
+            p.ww
+        )
+    }
+
+    /// The generated kernel (see the module comment).
+    fn source(&self, p: &Plan) -> String {
+        let (s, k, kk) = (self.stride, self.k, self.k * self.k);
+        let (w4, nob) = (p.wp / 4, p.og / KB);
+        let rows = (p.r - 1) * s + k;
+        let mut o = String::new();
+        let _ = writeln!(
+            o,
+            "// generated by src/ops/conv2d_window.rs: {}",
+            self.key(p)
+        );
+        let _ = writeln!(o, "struct WinX {{ v: array<vec4<f32>, {}> }}", p.wx / 4);
+        let _ = writeln!(o, "struct WinW {{ v: array<vec4<f32>, {}> }}", p.ww / 4);
+        for i in 0..p.segs {
+            let _ = writeln!(o, "@group(0) @binding({i}) var<uniform> X{i}: WinX;");
+        }
+        for i in 0..p.nww {
+            let _ = writeln!(
+                o,
+                "@group(0) @binding({}) var<uniform> W{i}: WinW;",
+                p.segs + i
+            );
+        }
+        let _ = writeln!(
+            o,
+            "@group(0) @binding({}) var<storage, read_write> y: array<vec4<f32>>;",
+            p.segs + p.nww
+        );
+        let total = p.ni * nob * (self.oh / p.r) * (self.ow / P);
+        let wg = workgroup(total);
+        let _ = writeln!(o, "@compute @workgroup_size({wg})");
+        let _ = writeln!(o, "fn conv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {{");
+        let _ = writeln!(o, "  let t = (wid.y * nwg.x + wid.x) * {wg}u + li;");
+        let _ = writeln!(o, "  if (t >= {total}u) {{ return; }}");
+        let _ = writeln!(
+            o,
+            "  let xb = t % {}u; var r = t / {}u; let yb = r % {}u; r = r / {}u; let ob = r % {nob}u; let img = r / {nob}u;",
+            self.ow / P,
+            self.ow / P,
+            self.oh / p.r,
+            self.oh / p.r
+        );
+        let _ = writeln!(o, "  let x0 = xb * {P}u; let y0 = yb * {}u;", p.r);
+        for rr in 0..p.r {
+            for q in 0..P {
+                let _ = writeln!(o, "  var a{rr}_{q} = vec4<f32>();");
+            }
+        }
+        for seg in 0..p.segs {
+            let (wi, segl) = (seg / p.spw, seg % p.spw);
+            let _ = writeln!(o, "  for (var c = 0u; c < {}u; c++) {{", p.cs);
+            let _ = writeln!(
+                o,
+                "    let xv = ((img * {}u + c) * {}u + y0 * {s}u) * {w4}u + x0 * {s}u / 4u;",
+                p.cs, p.hp
+            );
+            let _ = writeln!(
+                o,
+                "    let wv = {}u + (ob * {}u + c) * {kk}u;",
+                segl * p.og * p.cs * kk / 4,
+                p.cs
+            );
+            for ir in 0..rows {
+                for v in 0..p.nv {
+                    let _ = writeln!(o, "    let v{ir}_{v} = X{seg}.v[xv + {}u];", ir * w4 + v);
+                }
+            }
+            for ky in 0..k {
+                for kx in 0..k {
+                    let _ = writeln!(o, "    let w{ky}_{kx} = W{wi}.v[wv + {}u];", ky * k + kx);
+                    for rr in 0..p.r {
+                        let ir = rr * s + ky;
+                        for q in 0..P {
+                            let j = q * s + kx;
+                            let _ = writeln!(
+                                o,
+                                "    a{rr}_{q} += v{ir}_{}[{}] * w{ky}_{kx};",
+                                j / 4,
+                                j % 4
+                            );
+                        }
+                    }
+                }
+            }
+            let _ = writeln!(o, "  }}");
+        }
+        // One vec4 store per (row, channel): the 4 pixels are contiguous in y.
+        for rr in 0..p.r {
+            for j in 0..KB {
+                let _ = writeln!(
+                    o,
+                    "  y[(((img * {}u + ob * {KB}u + {j}u) * {}u + y0 + {rr}u) * {}u + x0) / 4u] = vec4<f32>(a{rr}_0[{j}], a{rr}_1[{j}], a{rr}_2[{j}], a{rr}_3[{j}]);",
+                    self.o, self.oh, self.ow
+                );
+            }
+        }
+        let _ = writeln!(o, "}}");
+        o
+    }
+
+    /// Pack, then one dispatch per (image group, output-channel group).
+    fn run(&self, g: &Arc<Gpu>, p: &Plan, src: &GpuBuffer, w: &GpuBuffer) -> GpuBuffer {
+        // The chosen split, for tuning (`VIEWCRAFT_DEBUG_PLAN=1`).
+        if std::env::var("VIEWCRAFT_DEBUG_PLAN").is_ok() {
+            eprintln!(
+                "{self:?}\n  {p:?} dispatches {}",
+                (self.n / p.ni) * (self.o / p.og)
+            );
+        }
+        let groups = self.n / p.ni;
+        let ogroups = self.o / p.og;
+        let xp = pack_input(
+            g,
+            src,
+            [self.n, self.c, self.hs, self.ws],
+            Windows {
+                ni: p.ni,
+                cs: p.cs,
+                segs: p.segs,
+                hp: p.hp,
+                wp: p.wp,
+                pad: self.pad,
+                dil: self.dil,
+                win: p.wx,
+            },
+        );
+        let f = |x: usize| x as f64;
+        let wlen = ogroups * p.nww * p.ww;
+        let wp = g.alloc(wlen);
+        g.dispatch(
+            PACK_WEIGHT,
+            &[
+                ("pw_o", f(self.o)),
+                ("pw_c", f(self.c)),
+                ("pw_kk", f(self.k * self.k)),
+                ("pw_og", f(p.og)),
+                ("pw_cs", f(p.cs)),
+                ("pw_spw", f(p.spw)),
+                ("pw_nww", f(p.nww)),
+                ("pw_segs", f(p.segs)),
+                ("pw_win", f(p.ww)),
+                ("pw_transpose", f(self.transpose as usize)),
+                ("pw_total", f(wlen)),
+            ],
+            &[w, &wp],
+            &[],
+            grid_1d(wlen, 256),
+        );
+        let ohw = self.oh * self.ow;
+        let out = g.alloc(self.n * self.o * ohw);
+        let key = self.key(p);
+        let total = p.ni * (p.og / KB) * (self.oh / p.r) * (self.ow / P);
+        let out_span = (((p.ni - 1) * self.o + p.og) * ohw * 4) as u64;
+        for gi in 0..groups {
+            for oi in 0..ogroups {
+                let mut b = Vec::with_capacity(p.segs + p.nww + 1);
+                for s in 0..p.segs {
+                    b.push(BufferRange {
+                        buffer: &xp,
+                        offset: ((gi * p.segs + s) * p.wx * 4) as u64,
+                        size: (p.wx * 4) as u64,
+                    });
+                }
+                for wi in 0..p.nww {
+                    b.push(BufferRange {
+                        buffer: &wp,
+                        offset: ((oi * p.nww + wi) * p.ww * 4) as u64,
+                        size: (p.ww * 4) as u64,
+                    });
+                }
+                b.push(BufferRange {
+                    buffer: &out,
+                    offset: ((gi * p.ni * self.o + oi * p.og) * ohw * 4) as u64,
+                    size: out_span,
+                });
+                g.dispatch_generated(
+                    &key,
+                    || self.source(p),
+                    "conv",
+                    &b,
+                    grid_1d(total, workgroup(total) as u32),
+                );
+            }
+        }
+        out
+    }
+}
+
+/// How `pack_input` lays a [n, c, h, w] tensor out: windows of `win` floats, one per
+/// (group of `ni` images, segment of `cs` channels), each [ni][cs][hp][wp], padded by `pad`
+/// at the top/left and dilated by `dil`.
+#[derive(Clone, Copy, Debug)]
+struct Windows {
+    ni: usize,
+    cs: usize,
+    segs: usize,
+    hp: usize,
+    wp: usize,
+    pad: usize,
+    dil: usize,
+    win: usize,
+}
+
+fn pack_input(g: &Arc<Gpu>, src: &GpuBuffer, [n, c, h, w]: [usize; 4], l: Windows) -> GpuBuffer {
+    let len = (n / l.ni) * l.segs * l.win;
+    let out = g.alloc(len);
+    let f = |x: usize| x as f64;
+    g.dispatch(
+        PACK_INPUT,
+        &[
+            ("pi_n", f(n)),
+            ("pi_c", f(c)),
+            ("pi_h", f(h)),
+            ("pi_w", f(w)),
+            ("pi_ni", f(l.ni)),
+            ("pi_cs", f(l.cs)),
+            ("pi_segs", f(l.segs)),
+            ("pi_hp", f(l.hp)),
+            ("pi_wp", f(l.wp)),
+            ("pi_pad", f(l.pad)),
+            ("pi_dil", f(l.dil)),
+            ("pi_win", f(l.win)),
+            ("pi_total", f(len)),
+        ],
+        &[src, &out],
+        &[],
+        grid_1d(len, 256),
+    );
+    out
+}
+
+/// y = conv2d(x, w) through windows, or None when no plan fits this shape on this adapter.
+pub fn forward(g: &Arc<Gpu>, x: &GpuBuffer, w: &GpuBuffer, d: &Dims) -> Option<GpuBuffer> {
+    let pb = Problem::forward(d)?;
+    let plan = pb.plan(g)?;
+    Some(pb.run(g, &plan, x, w))
+}
+
+/// gx from gy through windows, or None when no plan fits.
+pub fn backward_input(g: &Arc<Gpu>, gy: &GpuBuffer, w: &GpuBuffer, d: &Dims) -> Option<GpuBuffer> {
+    let pb = Problem::backward_input(d)?;
+    let plan = pb.plan(g)?;
+    Some(pb.run(g, &plan, gy, w))
+}
+
+/// Whether a window plan exists for the forward / input-gradient pass of `d` (tests and
+/// benchmarks report which kernel ran).
+pub fn planned(g: &Gpu, d: &Dims) -> (bool, bool) {
+    (
+        Problem::forward(d).and_then(|p| p.plan(g)).is_some(),
+        Problem::backward_input(d).and_then(|p| p.plan(g)).is_some(),
+    )
+}
+
+/// The weight gradient through windows: gw[o,c,ky,kx] = Σ_{n,oy,ox} gy[n,o,oy,ox] ·
+/// xpad[n,c,oy·s+ky,ox·s+kx]. x is packed as for the forward pass and gy as windows
+/// [image group][output-channel group] of [ni][og][oh][ow]. One dispatch per (image group,
+/// output-channel group); each invocation owns 4 output channels × 1 input channel × all taps
+/// (K·K vec4 accumulators) and walks the group's pixels 4 at a time. An invocation's input
+/// channel selects its window: every segment's loop runs zero times for lanes of other
+/// segments (llvmpipe leaves a loop as soon as no lane is active, so a SIMD group of one
+/// segment pays only the empty loop checks of the others). Image groups give partial sums,
+/// added by `reduce::col_sum`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct GradPlan {
+    cs: usize,
+    segs: usize,
+    ni: usize,
+    og: usize,
+    hp: usize,
+    wp: usize,
+    nv: usize,
+    wx: usize,
+    wg: usize,
+}
+
+fn grad_plan(g: &Gpu, d: &Dims) -> Option<GradPlan> {
+    if d.kh != d.kw || !d.o.is_multiple_of(KB) || !d.ow.is_multiple_of(P) || d.n == 0 || d.c == 0 {
+        return None;
+    }
+    let maxwin = (g.limits.max_uniform_buffer_binding_size as usize / 4).min(16384);
+    let max_ubo = g.limits.max_uniform_buffers_per_shader_stage as usize;
+    let salign = g.limits.min_storage_buffer_offset_alignment as usize;
+    let (s, k) = (d.stride, d.kh);
+    let nv = ((P - 1) * s + k).div_ceil(4);
+    let hp = (d.oh - 1) * s + k;
+    let wp = ((d.ow - P) * s + 4 * nv).div_ceil(4) * 4;
+    let ohw = d.oh * d.ow;
+    let divisors = |x: usize| (1..=x).rev().filter(move |v| x.is_multiple_of(*v));
+    let mut best: Option<((usize, usize), GradPlan)> = None;
+    for cs in divisors(d.c) {
+        let segs = d.c / cs;
+        if segs + 1 > max_ubo.min(MAX_SEGMENTS) {
+            break;
+        }
+        for ni in divisors(d.n) {
+            let wx = round64(ni * cs * hp * wp);
+            if wx > maxwin {
+                continue;
+            }
+            for og in divisors(d.o).filter(|og| og % KB == 0) {
+                if round64(ni * og * ohw) > maxwin || !(og * d.c * k * k * 4).is_multiple_of(salign)
+                {
+                    continue;
+                }
+                let inv = (og / KB) * d.c;
+                let plan = GradPlan {
+                    cs,
+                    segs,
+                    ni,
+                    og,
+                    hp,
+                    wp,
+                    nv,
+                    wx,
+                    wg: if inv < 256 { 8 } else { 16 },
+                };
+                // Fewest dispatches; then fewer partial sums.
+                let score = ((d.n / ni) * (d.o / og), d.n / ni);
+                if best.as_ref().is_none_or(|b| score < b.0) {
+                    best = Some((score, plan));
+                }
+            }
+        }
+    }
+    best.map(|b| b.1)
+}
+
+fn grad_key(d: &Dims, p: &GradPlan) -> String {
+    format!(
+        "conv2d_window_grad_n{}c{}o{}oh{}ow{}k{}s{}_cs{}g{}ni{}og{}hp{}wp{}wx{}wg{}",
+        d.n, d.c, d.o, d.oh, d.ow, d.kh, d.stride, p.cs, p.segs, p.ni, p.og, p.hp, p.wp, p.wx, p.wg
+    )
+}
+
+fn grad_source(d: &Dims, p: &GradPlan) -> String {
+    let (s, k) = (d.stride, d.kh);
+    let kk = k * k;
+    let w4 = p.wp / 4;
+    let (ow4, ohw4) = (d.ow / P, d.oh * d.ow / P);
+    let npix = p.ni * ohw4;
+    let gwin = round64(p.ni * p.og * d.oh * d.ow);
+    let total = (p.og / KB) * d.c;
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "// generated by src/ops/conv2d_window.rs: {}",
+        grad_key(d, p)
+    );
+    let _ = writeln!(o, "struct WinX {{ v: array<vec4<f32>, {}> }}", p.wx / 4);
+    let _ = writeln!(o, "struct WinG {{ v: array<vec4<f32>, {}> }}", gwin / 4);
+    for i in 0..p.segs {
+        let _ = writeln!(o, "@group(0) @binding({i}) var<uniform> X{i}: WinX;");
+    }
+    let _ = writeln!(o, "@group(0) @binding({}) var<uniform> G: WinG;", p.segs);
+    let _ = writeln!(
+        o,
+        "@group(0) @binding({}) var<storage, read_write> gw: array<f32>;",
+        p.segs + 1
+    );
+    let _ = writeln!(o, "@compute @workgroup_size({})", p.wg);
+    let _ = writeln!(o, "fn grad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {{");
+    let _ = writeln!(o, "  let t = (wid.y * nwg.x + wid.x) * {}u + li;", p.wg);
+    let _ = writeln!(o, "  if (t >= {total}u) {{ return; }}");
+    // Channel fastest: a SIMD group shares its segment (cs is a multiple of 8 or the
+    // segments are short anyway).
+    let _ = writeln!(o, "  let c = t % {}u; let ob = t / {}u;", d.c, d.c);
+    let _ = writeln!(o, "  let seg = c / {}u; let cl = c % {}u;", p.cs, p.cs);
+    for tap in 0..kk {
+        let _ = writeln!(o, "  var a{tap} = vec4<f32>();");
+    }
+    for seg in 0..p.segs {
+        let _ = writeln!(
+            o,
+            "  for (var i = 0u; i < select(0u, {npix}u, seg == {seg}u); i++) {{"
+        );
+        let _ = writeln!(
+            o,
+            "    let img = i / {ohw4}u; let oy = (i / {ow4}u) % {}u; let xb = i % {ow4}u;",
+            d.oh
+        );
+        for j in 0..KB {
+            let _ = writeln!(
+                o,
+                "    let g{j} = G.v[((img * {}u + ob * {KB}u + {j}u) * {}u + oy) * {ow4}u + xb];",
+                p.og, d.oh
+            );
+        }
+        let _ = writeln!(
+            o,
+            "    let xv = ((img * {}u + cl) * {}u + oy * {s}u) * {w4}u + xb * {}u;",
+            p.cs,
+            p.hp,
+            P * s / 4
+        );
+        for ky in 0..k {
+            for v in 0..p.nv {
+                let _ = writeln!(o, "    let v{ky}_{v} = X{seg}.v[xv + {}u];", ky * w4 + v);
+            }
+        }
+        for q in 0..P {
+            let _ = writeln!(
+                o,
+                "    let q{q} = vec4<f32>(g0[{q}], g1[{q}], g2[{q}], g3[{q}]);"
+            );
+        }
+        for ky in 0..k {
+            for kx in 0..k {
+                for q in 0..P {
+                    let j = q * s + kx;
+                    let _ = writeln!(
+                        o,
+                        "    a{} += v{ky}_{}[{}] * q{q};",
+                        ky * k + kx,
+                        j / 4,
+                        j % 4
+                    );
+                }
+            }
+        }
+        let _ = writeln!(o, "  }}");
+    }
+    for tap in 0..kk {
+        for j in 0..KB {
+            let _ = writeln!(
+                o,
+                "  gw[((ob * {KB}u + {j}u) * {}u + c) * {kk}u + {tap}u] = a{tap}[{j}];",
+                d.c
+            );
+        }
+    }
+    let _ = writeln!(o, "}}");
+    o
+}
+
+/// gw from gy and x through windows, or None when no plan fits.
+pub fn backward_weight(g: &Arc<Gpu>, gy: &GpuBuffer, x: &GpuBuffer, d: &Dims) -> Option<GpuBuffer> {
+    let p = grad_plan(g, d)?;
+    let (groups, ogroups) = (d.n / p.ni, d.o / p.og);
+    let xp = pack_input(
+        g,
+        x,
+        [d.n, d.c, d.h, d.w],
+        Windows {
+            ni: p.ni,
+            cs: p.cs,
+            segs: p.segs,
+            hp: p.hp,
+            wp: p.wp,
+            pad: d.pad,
+            dil: 1,
+            win: p.wx,
+        },
+    );
+    let ohw = d.oh * d.ow;
+    let gwin = round64(p.ni * p.og * ohw);
+    let gp = pack_input(
+        g,
+        gy,
+        [d.n, d.o, d.oh, d.ow],
+        Windows {
+            ni: p.ni,
+            cs: p.og,
+            segs: ogroups,
+            hp: d.oh,
+            wp: d.ow,
+            pad: 0,
+            dil: 1,
+            win: gwin,
+        },
+    );
+    let kk = d.kh * d.kw;
+    let wlen = d.o * d.c * kk;
+    let out = g.alloc(groups * wlen);
+    let key = grad_key(d, &p);
+    let total = (p.og / KB) * d.c;
+    for gi in 0..groups {
+        for oi in 0..ogroups {
+            let mut b = Vec::with_capacity(p.segs + 2);
+            for s in 0..p.segs {
+                b.push(BufferRange {
+                    buffer: &xp,
+                    offset: ((gi * p.segs + s) * p.wx * 4) as u64,
+                    size: (p.wx * 4) as u64,
+                });
+            }
+            b.push(BufferRange {
+                buffer: &gp,
+                offset: ((gi * ogroups + oi) * gwin * 4) as u64,
+                size: (gwin * 4) as u64,
+            });
+            b.push(BufferRange {
+                buffer: &out,
+                offset: ((gi * wlen + oi * p.og * d.c * kk) * 4) as u64,
+                size: (p.og * d.c * kk * 4) as u64,
+            });
+            g.dispatch_generated(
+                &key,
+                || grad_source(d, &p),
+                "grad",
+                &b,
+                grid_1d(total, p.wg as u32),
+            );
+        }
+    }
+    Some(out)
+}
+
+/// Whether a window plan exists for the weight gradient of `d`.
+pub fn planned_weight_grad(g: &Gpu, d: &Dims) -> bool {
+    grad_plan(g, d).is_some()
+}
