@@ -227,6 +227,7 @@ fn conv2d_forward_and_grads() {
         (4, 64, 16, 16, 64, 3, 1, 1, true, true),
         (2, 128, 4, 4, 128, 3, 1, 1, true, true),
         (2, 16, 32, 32, 16, 3, 1, 1, true, true),
+        (8, 16, 32, 32, 8, 3, 1, 1, true, true),
     ];
     for (n, c, h, w, o, k, s, p, win_f, win_b) in cases {
         let (mut r, seed) = rng();
@@ -282,7 +283,18 @@ fn conv2d_forward_and_grads() {
                 1e-4,
             );
         }
+        // The window weight gradient sums its per-image-group partials in bounded chunks:
+        // force one partial per chunk.
         adapter.set_conv_windows(true);
+        std::env::set_var("VIEWCRAFT_WGRAD_PARTIAL_BYTES", "4");
+        assert_close(
+            &format!("conv2d x[{n},{c},{h},{w}] s{s} p{p} chunked grad_w seed {seed}"),
+            &v(&conv2d::backward_weight(&gyg, &xg, &d).unwrap()),
+            &gw_cpu,
+            tol(n * d.oh * d.ow),
+            1e-4,
+        );
+        std::env::remove_var("VIEWCRAFT_WGRAD_PARTIAL_BYTES");
     }
 }
 

@@ -345,15 +345,7 @@ pub fn backward_weight(gy: &Tensor, x: &Tensor, d: &Dims) -> TResult {
         )),
         Device::Gpu(g) => {
             if g.conv_windows() {
-                if let Some(out) = conv2d_window::backward_weight(&g, buf(gy), buf(x), d) {
-                    let wlen = d.o * d.c * d.kh * d.kw;
-                    let nparts = out.len() / wlen;
-                    let partial = Tensor::from_gpu(&g, out, &[nparts, wlen]);
-                    let gw = if nparts == 1 {
-                        partial
-                    } else {
-                        crate::ops::reduce::col_sum(&partial, 1.0)?
-                    };
+                if let Some(gw) = conv2d_window::backward_weight(&g, buf(gy), buf(x), d) {
                     return gw.reshape(&wshape);
                 }
             }

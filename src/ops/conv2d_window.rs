@@ -17,6 +17,7 @@
 
 use super::conv2d::Dims;
 use crate::gpu::{grid_1d, BufferRange, Gpu, GpuBuffer, Kernel};
+use crate::tensor::Tensor;
 use std::fmt::Write;
 use std::sync::Arc;
 
@@ -179,6 +180,10 @@ impl Problem {
                         nww,
                         ww: round64(spw * wseg),
                     };
+                    let packed = (self.n / ni) * segs * round64(ni * cs * hp * wp);
+                    if packed * 4 > g.limits.max_storage_buffer_binding_size as usize {
+                        continue;
+                    }
                     let dispatches = (self.n / ni) * (self.o / og);
                     let score = (dispatches, segs);
                     if best.as_ref().is_none_or(|b| score < (b.0, b.1)) {
@@ -520,6 +525,12 @@ fn grad_plan(g: &Gpu, d: &Dims) -> Option<GradPlan> {
                 {
                     continue;
                 }
+                let packed = (d.n / ni) * segs * wx;
+                if packed.max(d.n * d.o * ohw) * 4
+                    > g.limits.max_storage_buffer_binding_size as usize
+                {
+                    continue;
+                }
                 let inv = (og / KB) * d.c;
                 let plan = GradPlan {
                     cs,
@@ -651,7 +662,8 @@ fn grad_source(d: &Dims, p: &GradPlan) -> String {
 }
 
 /// gw from gy and x through windows, or None when no plan fits.
-pub fn backward_weight(g: &Arc<Gpu>, gy: &GpuBuffer, x: &GpuBuffer, d: &Dims) -> Option<GpuBuffer> {
+/// gw as a flat [O·C·K·K] tensor.
+pub fn backward_weight(g: &Arc<Gpu>, gy: &GpuBuffer, x: &GpuBuffer, d: &Dims) -> Option<Tensor> {
     let p = grad_plan(g, d)?;
     let (groups, ogroups) = (d.n / p.ni, d.o / p.og);
     let xp = pack_input(
@@ -688,39 +700,61 @@ pub fn backward_weight(g: &Arc<Gpu>, gy: &GpuBuffer, x: &GpuBuffer, d: &Dims) ->
     );
     let kk = d.kh * d.kw;
     let wlen = d.o * d.c * kk;
-    let out = g.alloc(groups * wlen);
     let key = grad_key(d, &p);
     let total = (p.og / KB) * d.c;
-    for gi in 0..groups {
-        for oi in 0..ogroups {
-            let mut b = Vec::with_capacity(p.segs + 2);
-            for s in 0..p.segs {
+    // Partial sums per image group, summed in chunks so the partial buffer stays bounded.
+    // VIEWCRAFT_WGRAD_PARTIAL_BYTES lowers the bound (tests use it to exercise the chunks).
+    let bytes = std::env::var("VIEWCRAFT_WGRAD_PARTIAL_BYTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64usize << 20);
+    let cap = (g.limits.max_storage_buffer_binding_size as usize).min(bytes) / 4;
+    let chunk = (cap / wlen).clamp(1, groups);
+    let mut sum: Option<Tensor> = None;
+    for g0 in (0..groups).step_by(chunk) {
+        let gn = chunk.min(groups - g0);
+        let out = g.alloc(gn * wlen);
+        for gi in g0..g0 + gn {
+            for oi in 0..ogroups {
+                let mut b = Vec::with_capacity(p.segs + 2);
+                for s in 0..p.segs {
+                    b.push(BufferRange {
+                        buffer: &xp,
+                        offset: ((gi * p.segs + s) * p.wx * 4) as u64,
+                        size: (p.wx * 4) as u64,
+                    });
+                }
                 b.push(BufferRange {
-                    buffer: &xp,
-                    offset: ((gi * p.segs + s) * p.wx * 4) as u64,
-                    size: (p.wx * 4) as u64,
+                    buffer: &gp,
+                    offset: ((gi * ogroups + oi) * gwin * 4) as u64,
+                    size: (gwin * 4) as u64,
                 });
+                b.push(BufferRange {
+                    buffer: &out,
+                    offset: (((gi - g0) * wlen + oi * p.og * d.c * kk) * 4) as u64,
+                    size: (p.og * d.c * kk * 4) as u64,
+                });
+                g.dispatch_generated(
+                    &key,
+                    || grad_source(d, &p),
+                    "grad",
+                    &b,
+                    grid_1d(total, p.wg as u32),
+                );
             }
-            b.push(BufferRange {
-                buffer: &gp,
-                offset: ((gi * ogroups + oi) * gwin * 4) as u64,
-                size: (gwin * 4) as u64,
-            });
-            b.push(BufferRange {
-                buffer: &out,
-                offset: ((gi * wlen + oi * p.og * d.c * kk) * 4) as u64,
-                size: (p.og * d.c * kk * 4) as u64,
-            });
-            g.dispatch_generated(
-                &key,
-                || grad_source(d, &p),
-                "grad",
-                &b,
-                grid_1d(total, p.wg as u32),
-            );
         }
+        let part = Tensor::from_gpu(g, out, &[gn, wlen]);
+        let part = if gn == 1 {
+            part.reshape(&[wlen]).ok()?
+        } else {
+            crate::ops::reduce::col_sum(&part, 1.0).ok()?
+        };
+        sum = Some(match sum {
+            None => part,
+            Some(acc) => crate::ops::elementwise::add(&acc, &part).ok()?,
+        });
     }
-    Some(out)
+    sum
 }
 
 /// Whether a window plan exists for the weight gradient of `d`.
