@@ -82,6 +82,15 @@ struct Plan {
     ww: usize,
 }
 
+/// For an (oh × ow) output at `stride` with a k×k kernel: vec4 loads per input row span of
+/// P pixels, and the packed input's rows and (vec4-aligned) columns that the kernels read.
+fn packed_geometry(oh: usize, ow: usize, stride: usize, k: usize) -> (usize, usize, usize) {
+    let nv = ((P - 1) * stride + k).div_ceil(4);
+    let hp = (oh - 1) * stride + k;
+    let wp = ((ow - P) * stride + 4 * nv).div_ceil(4) * 4;
+    (nv, hp, wp)
+}
+
 fn round64(x: usize) -> usize {
     x.div_ceil(64) * 64
 }
@@ -136,9 +145,7 @@ impl Problem {
         }
         let r = if self.oh.is_multiple_of(2) { 2 } else { 1 };
         let s = self.stride;
-        let nv = ((P - 1) * s + self.k).div_ceil(4);
-        let hp = (self.oh - 1) * s + self.k;
-        let wp = ((self.ow - P) * s + 4 * nv).div_ceil(4) * 4;
+        let (nv, hp, wp) = packed_geometry(self.oh, self.ow, s, self.k);
         let kk = self.k * self.k;
         let ohw = self.oh * self.ow;
         let divisors = |x: usize| (1..=x).rev().filter(move |d| x.is_multiple_of(*d));
@@ -504,9 +511,7 @@ fn grad_plan(g: &Gpu, d: &Dims) -> Option<GradPlan> {
     let max_ubo = g.limits.max_uniform_buffers_per_shader_stage as usize;
     let salign = g.limits.min_storage_buffer_offset_alignment as usize;
     let (s, k) = (d.stride, d.kh);
-    let nv = ((P - 1) * s + k).div_ceil(4);
-    let hp = (d.oh - 1) * s + k;
-    let wp = ((d.ow - P) * s + 4 * nv).div_ceil(4) * 4;
+    let (nv, hp, wp) = packed_geometry(d.oh, d.ow, s, k);
     let ohw = d.oh * d.ow;
     let divisors = |x: usize| (1..=x).rev().filter(move |v| x.is_multiple_of(*v));
     let mut best: Option<((usize, usize), GradPlan)> = None;
