@@ -382,14 +382,7 @@ impl Problem {
         let out_span = (((p.ni - 1) * self.o + p.og) * ohw * 4) as u64;
         for gi in 0..groups {
             for oi in 0..ogroups {
-                let mut b = Vec::with_capacity(p.segs + p.nww + 1);
-                for s in 0..p.segs {
-                    b.push(BufferRange {
-                        buffer: &xp,
-                        offset: ((gi * p.segs + s) * p.wx * 4) as u64,
-                        size: (p.wx * 4) as u64,
-                    });
-                }
+                let mut b = input_windows(&xp, gi, p.segs, p.wx);
                 for wi in 0..p.nww {
                     b.push(BufferRange {
                         buffer: &wp,
@@ -456,6 +449,17 @@ fn pack_input(g: &Arc<Gpu>, src: &GpuBuffer, [n, c, h, w]: [usize; 4], l: Window
         grid_1d(len, 256),
     );
     out
+}
+
+/// The `segs` windows of image group `gi` in a `pack_input` buffer, as bindings.
+fn input_windows(xp: &GpuBuffer, gi: usize, segs: usize, win: usize) -> Vec<BufferRange<'_>> {
+    (0..segs)
+        .map(|s| BufferRange {
+            buffer: xp,
+            offset: ((gi * segs + s) * win * 4) as u64,
+            size: (win * 4) as u64,
+        })
+        .collect()
 }
 
 /// y = conv2d(x, w) through windows, or None when no plan fits this shape on this adapter.
@@ -721,14 +725,7 @@ pub fn backward_weight(g: &Arc<Gpu>, gy: &GpuBuffer, x: &GpuBuffer, d: &Dims) ->
         let out = g.alloc(gn * wlen);
         for gi in g0..g0 + gn {
             for oi in 0..ogroups {
-                let mut b = Vec::with_capacity(p.segs + 2);
-                for s in 0..p.segs {
-                    b.push(BufferRange {
-                        buffer: &xp,
-                        offset: ((gi * p.segs + s) * p.wx * 4) as u64,
-                        size: (p.wx * 4) as u64,
-                    });
-                }
+                let mut b = input_windows(&xp, gi, p.segs, p.wx);
                 b.push(BufferRange {
                     buffer: &gp,
                     offset: ((gi * ogroups + oi) * gwin * 4) as u64,
