@@ -207,7 +207,7 @@ fn conv2d_backward_weight(@builtin(global_invocation_id) gid: vec3<u32>, @builti
 // loops over the lanes, divisions by constants into multiplies.
 override pi_n: u32; override pi_c: u32; override pi_h: u32; override pi_w: u32;
 override pi_ni: u32; override pi_cs: u32; override pi_segs: u32; override pi_hp: u32;
-override pi_wp: u32; override pi_pad: u32; override pi_dil: u32; override pi_win: u32;
+override pi_wp: u32; override pi_pad: u32; override pi_padx: u32; override pi_dil: u32; override pi_win: u32;
 override pi_total: u32;
 
 // x [N, C, H, W] → windows [group][segment] each holding [ni][cs][hp][wp]: zero padded by `pad`
@@ -226,7 +226,7 @@ fn pack_input(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgr
     let rr = r % (pi_cs * plane);
     let cl = rr / plane;
     let yy = i32((rr / pi_wp) % pi_hp) - i32(pi_pad);
-    let xx = i32(rr % pi_wp) - i32(pi_pad);
+    let xx = i32(rr % pi_wp) - i32(pi_padx);
     let d = i32(pi_dil);
     let y = yy / d;
     let x = xx / d;

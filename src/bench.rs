@@ -127,6 +127,7 @@ pub fn bench_conv(dev: &Device, name: &str, d: &Dims, reps: usize) -> Result<Vec
             return Err(Error::Gpu(format!("{kernel} {name}: result differs from the CPU reference (rel. error {err:.2e}); not timing it")));
         }
         let (secs, gpu) = time(dev, reps, || run_conv(kernel, &x, &w, &gy, d))?;
+        print_profile(dev, &format!("{kernel} {name}"), reps + 1);
         let best = gpu.unwrap_or(secs);
         out.push(KernelResult {
             kernel: kernel.into(),
@@ -337,12 +338,14 @@ pub fn train_step(
     let mut per_step = per_step;
     per_step()?;
     sync(dev)?;
+    print_profile(dev, "warm-up", 1);
     let t0 = Instant::now();
     for _ in 0..steps {
         per_step()?;
     }
     sync(dev)?;
     let secs = t0.elapsed().as_secs_f64() / steps.max(1) as f64;
+    print_profile(dev, &format!("{method} step"), steps.max(1));
     let flops = 3.0 * 2.0 * model_macs(width) as f64 * (batch * views) as f64;
     Ok(StepResult {
         method: method.into(),
@@ -355,6 +358,28 @@ pub fn train_step(
         images_per_s: batch as f64 / secs,
         gflops: flops / secs * 1e-9,
     })
+}
+
+/// With `VIEWCRAFT_PROFILE=1`: per-kernel wall time of what ran since the last report, per
+/// repetition, slowest first (to stderr; the dispatches were serialised to time them).
+fn print_profile(dev: &Device, title: &str, reps: usize) {
+    let Device::Gpu(g) = dev else { return };
+    if !g.profiling() {
+        return;
+    }
+    let mut p = g.take_profile();
+    p.sort_by(|a, b| b.2.total_cmp(&a.2));
+    let total: f64 = p.iter().map(|e| e.2).sum();
+    let r = reps as f64;
+    eprintln!("profile {title}: {:.2} ms per repetition", total / r * 1e3);
+    for (label, n, s) in p {
+        eprintln!(
+            "  {label:32} {:8.2} ms {:5.1} %  {:7.1} dispatches",
+            s / r * 1e3,
+            100.0 * s / total.max(f64::MIN_POSITIVE),
+            n as f64 / r
+        );
+    }
 }
 
 fn model_macs(width: usize) -> usize {

@@ -228,7 +228,15 @@ fn conv2d_forward_and_grads() {
         (2, 128, 4, 4, 128, 3, 1, 1, true, true),
         (2, 16, 32, 32, 16, 3, 1, 1, true, true),
         (8, 16, 32, 32, 8, 3, 1, 1, true, true),
+        // Register tiles 8×4 through a stride-2 layer, 8×2 for 6-row outputs.
+        (4, 8, 32, 32, 16, 3, 2, 1, true, true),
+        (4, 8, 6, 16, 16, 3, 1, 1, true, true),
+        // Tiles as wide (8×8) / as wide and tall (4×4) as the image read unpadded windows.
+        (4, 32, 8, 8, 32, 3, 1, 1, true, true),
+        (16, 16, 4, 4, 8, 3, 1, 1, true, true),
+        (4, 16, 4, 4, 8, 1, 1, 0, true, true),
     ];
+    let mut tiles = std::collections::BTreeSet::new();
     for (n, c, h, w, o, k, s, p, win_f, win_b) in cases {
         let (mut r, seed) = rng();
         let cfg = conv2d::Conv2d::new(s, p);
@@ -245,6 +253,7 @@ fn conv2d_forward_and_grads() {
         for windows in [true, false] {
             adapter.set_conv_windows(windows);
             if windows {
+                tiles.extend(viewcraft::ops::conv2d_window::planned_tiles(adapter, &d));
                 let planned = viewcraft::ops::conv2d_window::planned(adapter, &d);
                 assert_eq!(
                     planned,
@@ -295,6 +304,18 @@ fn conv2d_forward_and_grads() {
             1e-4,
         );
         std::env::remove_var("VIEWCRAFT_WGRAD_PARTIAL_BYTES");
+    }
+    for tile in viewcraft::ops::conv2d_window::TILES {
+        assert!(
+            tiles.iter().any(|t| (t.0, t.1) == tile),
+            "no case ran register tile {tile:?} (ran {tiles:?}): add a shape that plans it"
+        );
+    }
+    for unpadded in [(true, false), (true, true)] {
+        assert!(
+            tiles.iter().any(|t| (t.2, t.3) == unpadded),
+            "no case ran an unpadded (columns, rows) = {unpadded:?} tile (ran {tiles:?})"
+        );
     }
 }
 
@@ -714,5 +735,40 @@ fn info_nce_fused() {
         )
         .is_err(),
         "odd NT-Xent size"
+    );
+}
+
+/// The per-kernel profiler (`VIEWCRAFT_PROFILE=1` / `set_profiling`) attributes each dispatch
+/// to its kernel and stops when switched off.
+#[test]
+fn profiler_times_each_kernel() {
+    let Some(g) = gpu() else { return };
+    let Device::Gpu(adapter) = &g else {
+        unreachable!("gpu() returns an adapter")
+    };
+    let (mut r, _) = rng();
+    let x = t(&randn(&mut r, 2 * 8 * 8 * 8), &[2, 8, 8, 8], &g);
+    let w = t(&randn(&mut r, 8 * 8 * 9), &[8, 8, 3, 3], &g);
+    adapter.set_profiling(true);
+    adapter.take_profile();
+    let y = conv2d::forward(&x, &w, conv2d::Conv2d::new(1, 1)).unwrap();
+    ew::add(&y, &y).unwrap().to_vec().unwrap();
+    let p = adapter.take_profile();
+    adapter.set_profiling(false);
+    for family in ["conv2d", "elementwise."] {
+        assert!(
+            p.iter()
+                .any(|(label, n, s)| label.starts_with(family) && *n >= 1 && *s > 0.0),
+            "no {family} entry in the profile {p:?}"
+        );
+    }
+    assert!(
+        p.iter().all(|(_, n, s)| *n >= 1 && s.is_finite()),
+        "profile entries without dispatches: {p:?}"
+    );
+    ew::add(&y, &y).unwrap().to_vec().unwrap();
+    assert!(
+        adapter.take_profile().is_empty(),
+        "profiling continued after set_profiling(false)"
     );
 }

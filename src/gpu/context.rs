@@ -138,6 +138,9 @@ pub struct Gpu {
     pool: BufferPool,
     pipelines: Mutex<PipelineCache>,
     rec: Mutex<Recorder>,
+    /// Per-kernel (dispatches, wall seconds) when `VIEWCRAFT_PROFILE=1`: every dispatch is
+    /// then submitted and waited for on its own, so totals include submit overhead.
+    profile: Mutex<Option<std::collections::BTreeMap<String, (u64, f64)>>>,
 }
 
 impl std::fmt::Debug for Gpu {
@@ -246,6 +249,11 @@ impl Gpu {
             conv_windows: conv_windows.into(),
             pipelines: Mutex::new(PipelineCache::default()),
             rec: Mutex::new(rec),
+            profile: Mutex::new(
+                std::env::var("VIEWCRAFT_PROFILE")
+                    .is_ok_and(|v| v == "1")
+                    .then(Default::default),
+            ),
         }))
     }
 
@@ -303,8 +311,54 @@ impl Gpu {
             constants,
             self.shader_checks,
         );
-        self.rec()
-            .dispatch(&self.device, &self.queue, &p, buffers, params, grid);
+        self.profiled(&format!("{}.{}", kernel.shader, kernel.entry), || {
+            self.rec()
+                .dispatch(&self.device, &self.queue, &p, buffers, params, grid)
+        });
+    }
+
+    /// Run `record`; when profiling, wait for it alone and add its wall time to `label`.
+    fn profiled(&self, label: &str, record: impl FnOnce()) {
+        if !self.profiling() {
+            return record();
+        }
+        let _ = self.sync();
+        let t0 = Instant::now();
+        record();
+        let _ = self.sync();
+        let dt = t0.elapsed().as_secs_f64();
+        if let Some(m) = self.profile.lock().expect("profile poisoned").as_mut() {
+            let e = m.entry(label.to_string()).or_default();
+            e.0 += 1;
+            e.1 += dt;
+        }
+    }
+
+    /// Whether every dispatch is being timed (`VIEWCRAFT_PROFILE=1` or `set_profiling`).
+    pub fn profiling(&self) -> bool {
+        self.profile.lock().expect("profile poisoned").is_some()
+    }
+
+    /// Time every dispatch from now on (each is then submitted and waited for alone), or stop.
+    pub fn set_profiling(&self, on: bool) {
+        let mut p = self.profile.lock().expect("profile poisoned");
+        if on != p.is_some() {
+            *p = on.then(Default::default);
+        }
+    }
+
+    /// The per-kernel (label, dispatches, seconds) collected since the last call.
+    pub fn take_profile(&self) -> Vec<(String, u64, f64)> {
+        self.profile
+            .lock()
+            .expect("profile poisoned")
+            .as_mut()
+            .map_or_else(Vec::new, |m| {
+                std::mem::take(m)
+                    .into_iter()
+                    .map(|(k, (n, s))| (k, n, s))
+                    .collect()
+            })
     }
 
     /// Record one dispatch of a generated shader (`key` names its source uniquely; `source`
@@ -322,8 +376,12 @@ impl Gpu {
             .lock()
             .expect("pipeline cache poisoned")
             .get_generated(&self.device, key, source, entry);
-        self.rec()
-            .dispatch_ranges(&self.device, &self.queue, &p, buffers, &[], grid);
+        // Generated keys are `<family>_n<sizes>...`: profile by family.
+        let label = key.split("_n").next().unwrap_or(key);
+        self.profiled(label, || {
+            self.rec()
+                .dispatch_ranges(&self.device, &self.queue, &p, buffers, &[], grid)
+        });
     }
 
     /// Whether convolutions use the uniform-window kernels where their shape allows

@@ -119,6 +119,10 @@ impl PipelineCache {
             return p.clone();
         }
         let src = source();
+        // For kernel tuning: `VIEWCRAFT_DUMP_GENERATED=dir` writes each generated source there.
+        if let Ok(dir) = std::env::var("VIEWCRAFT_DUMP_GENERATED") {
+            let _ = std::fs::write(std::path::Path::new(&dir).join(format!("{key}.wgsl")), &src);
+        }
         let (m, i) = shaders::validate(key, &src).unwrap_or_else(|e| panic!("{e}"));
         let desc = wgpu::ShaderModuleDescriptor {
             label: Some(key),

@@ -24,8 +24,23 @@ use std::sync::Arc;
 const PACK_INPUT: Kernel = Kernel::new("conv2d", "pack_input");
 const PACK_WEIGHT: Kernel = Kernel::new("conv2d", "pack_weight");
 
-/// Pixels per invocation along a row (vec4 aligned).
+/// Pixels per invocation along a row in the weight-gradient kernel, and the narrowest
+/// register tile of the convolution kernels (vec4 aligned).
 const P: usize = 4;
+/// Register tiles of the convolution kernels, (pixels per row, rows) per invocation, best
+/// first. Measured on llvmpipe (benches/RESULTS.md): every uniform load costs about as much as
+/// eight vec4 FMAs, so bigger tiles pay until the accumulators spill; 8×4 was 1.2–1.5× faster
+/// than 4×2 at 64ch 32×32 and 128ch 16×16, 16×4, 8×8 and 8 output channels were slower.
+///
+/// A tile as wide as the output (stride 1) reads unpadded rows: the kernel knows which columns
+/// fall outside the image and leaves their taps out, so the packed input is smaller (more
+/// images per window, fewer dispatches) and every vec4 load is useful. A tile as tall as the
+/// output does the same for rows (4×4 images: no padding at all).
+pub const TILES: [(usize, usize); 5] = [(8, 4), (8, 2), (4, 4), (4, 2), (4, 1)];
+/// Fewest invocations per dispatch for a bigger tile to be taken: one SIMD group of 8 for
+/// each thread of a 2-core llvmpipe (at 512ch 4×4, 4×2 with 16 invocations beat 4×4 with 8
+/// and 4×1 with 32).
+const MIN_INVOCATIONS: usize = 16;
 /// Output channels per invocation (one vec4 of weights per tap).
 const KB: usize = 4;
 /// Invocations per workgroup (measured best on llvmpipe among 8–64), halved to the SIMD
@@ -62,8 +77,12 @@ struct Problem {
 /// How a problem is split into windows and dispatches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Plan {
-    /// Output rows per invocation.
+    /// Output pixels per row and output rows per invocation.
+    px: usize,
     r: usize,
+    /// The tile spans every output column / row: that dimension is packed unpadded.
+    full_w: bool,
+    full_h: bool,
     /// Input channels per segment, segments.
     cs: usize,
     segs: usize,
@@ -83,11 +102,17 @@ struct Plan {
 }
 
 /// For an (oh × ow) output at `stride` with a k×k kernel: vec4 loads per input row span of
-/// P pixels, and the packed input's rows and (vec4-aligned) columns that the kernels read.
-fn packed_geometry(oh: usize, ow: usize, stride: usize, k: usize) -> (usize, usize, usize) {
-    let nv = ((P - 1) * stride + k).div_ceil(4);
+/// `px` pixels, and the packed input's rows and (vec4-aligned) columns that the kernels read.
+fn packed_geometry(
+    oh: usize,
+    ow: usize,
+    stride: usize,
+    k: usize,
+    px: usize,
+) -> (usize, usize, usize) {
+    let nv = ((px - 1) * stride + k).div_ceil(4);
     let hp = (oh - 1) * stride + k;
-    let wp = ((ow - P) * stride + 4 * nv).div_ceil(4) * 4;
+    let wp = ((ow - px) * stride + 4 * nv).div_ceil(4) * 4;
     (nv, hp, wp)
 }
 
@@ -132,8 +157,28 @@ impl Problem {
         })
     }
 
+    /// The plan of the biggest register tile that fits and keeps both threads busy, else of
+    /// the biggest that fits.
     fn plan(&self, g: &Gpu) -> Option<Plan> {
-        if !self.o.is_multiple_of(KB) || !self.ow.is_multiple_of(P) || self.n == 0 || self.c == 0 {
+        let plans: Vec<Plan> = TILES
+            .iter()
+            .filter_map(|&(px, r)| self.plan_tile(g, px, r))
+            .collect();
+        let invocations = |p: &Plan| p.ni * (p.og / KB) * (self.oh / p.r) * (self.ow / p.px);
+        plans
+            .iter()
+            .find(|p| invocations(p) >= MIN_INVOCATIONS)
+            .or(plans.last())
+            .copied()
+    }
+
+    fn plan_tile(&self, g: &Gpu, px: usize, r: usize) -> Option<Plan> {
+        if !self.o.is_multiple_of(KB)
+            || !self.ow.is_multiple_of(px)
+            || !self.oh.is_multiple_of(r)
+            || self.n == 0
+            || self.c == 0
+        {
             return None;
         }
         let maxwin = (g.limits.max_uniform_buffer_binding_size as usize / 4).min(16384);
@@ -143,9 +188,16 @@ impl Problem {
         if 256 % ualign != 0 {
             return None;
         }
-        let r = if self.oh.is_multiple_of(2) { 2 } else { 1 };
         let s = self.stride;
-        let (nv, hp, wp) = packed_geometry(self.oh, self.ow, s, self.k);
+        let full_w = s == 1 && self.dil == 1 && px == self.ow && self.ws.is_multiple_of(4);
+        let full_h = full_w && r == self.oh;
+        let (mut nv, mut hp, mut wp) = packed_geometry(self.oh, self.ow, s, self.k, px);
+        if full_w {
+            (nv, wp) = (self.ws / 4, self.ws);
+        }
+        if full_h {
+            hp = self.hs;
+        }
         let kk = self.k * self.k;
         let ohw = self.oh * self.ow;
         let divisors = |x: usize| (1..=x).rev().filter(move |d| x.is_multiple_of(*d));
@@ -174,7 +226,10 @@ impl Problem {
                         continue;
                     }
                     let plan = Plan {
+                        px,
                         r,
+                        full_w,
+                        full_h,
                         cs,
                         segs,
                         ni,
@@ -205,7 +260,7 @@ impl Problem {
     fn key(&self, p: &Plan) -> String {
         let s = self;
         format!(
-            "conv2d_window_n{}c{}o{}oh{}ow{}k{}s{}_r{}cs{}g{}ni{}og{}hp{}wp{}wx{}spw{}nww{}ww{}",
+            "conv2d_window_n{}c{}o{}oh{}ow{}k{}s{}p{}_p{}r{}f{}{}cs{}g{}ni{}og{}hp{}wp{}wx{}spw{}nww{}ww{}",
             s.n,
             s.c,
             s.o,
@@ -213,7 +268,11 @@ impl Problem {
             s.ow,
             s.k,
             s.stride,
+            s.pad,
+            p.px,
             p.r,
+            p.full_w as u8,
+            p.full_h as u8,
             p.cs,
             p.segs,
             p.ni,
@@ -225,6 +284,26 @@ impl Problem {
             p.nww,
             p.ww
         )
+    }
+
+    /// The loaded row (relative to the tile's first) that output row `rr` of a tile reads at
+    /// tap row `ky`; None where an unpadded row falls outside the image (a zero tap).
+    fn packed_row(&self, p: &Plan, rr: usize, ky: usize) -> Option<usize> {
+        if p.full_h {
+            (rr + ky).checked_sub(self.pad).filter(|&iy| iy < self.hs)
+        } else {
+            Some(rr * self.stride + ky)
+        }
+    }
+
+    /// The loaded column (relative to the tile's first) that output pixel `q` of a tile reads
+    /// at tap column `kx`; None where an unpadded column falls outside the image.
+    fn packed_col(&self, p: &Plan, q: usize, kx: usize) -> Option<usize> {
+        if p.full_w {
+            (q + kx).checked_sub(self.pad).filter(|&ix| ix < self.ws)
+        } else {
+            Some(q * self.stride + kx)
+        }
     }
 
     /// The generated kernel (see the module comment).
@@ -255,7 +334,8 @@ impl Problem {
             "@group(0) @binding({}) var<storage, read_write> y: array<vec4<f32>>;",
             p.segs + p.nww
         );
-        let total = p.ni * nob * (self.oh / p.r) * (self.ow / P);
+        let px = p.px;
+        let total = p.ni * nob * (self.oh / p.r) * (self.ow / px);
         let wg = workgroup(total);
         let _ = writeln!(o, "@compute @workgroup_size({wg})");
         let _ = writeln!(o, "fn conv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {{");
@@ -264,14 +344,14 @@ impl Problem {
         let _ = writeln!(
             o,
             "  let xb = t % {}u; var r = t / {}u; let yb = r % {}u; r = r / {}u; let ob = r % {nob}u; let img = r / {nob}u;",
-            self.ow / P,
-            self.ow / P,
+            self.ow / px,
+            self.ow / px,
             self.oh / p.r,
             self.oh / p.r
         );
-        let _ = writeln!(o, "  let x0 = xb * {P}u; let y0 = yb * {}u;", p.r);
+        let _ = writeln!(o, "  let x0 = xb * {px}u; let y0 = yb * {}u;", p.r);
         for rr in 0..p.r {
-            for q in 0..P {
+            for q in 0..px {
                 let _ = writeln!(o, "  var a{rr}_{q} = vec4<f32>();");
             }
         }
@@ -289,7 +369,7 @@ impl Problem {
                 segl * p.og * p.cs * kk / 4,
                 p.cs
             );
-            for ir in 0..rows {
+            for ir in 0..(if p.full_h { self.hs } else { rows }) {
                 for v in 0..p.nv {
                     let _ = writeln!(o, "    let v{ir}_{v} = X{seg}.v[xv + {}u];", ir * w4 + v);
                 }
@@ -298,9 +378,13 @@ impl Problem {
                 for kx in 0..k {
                     let _ = writeln!(o, "    let w{ky}_{kx} = W{wi}.v[wv + {}u];", ky * k + kx);
                     for rr in 0..p.r {
-                        let ir = rr * s + ky;
-                        for q in 0..P {
-                            let j = q * s + kx;
+                        let Some(ir) = self.packed_row(p, rr, ky) else {
+                            continue;
+                        };
+                        for q in 0..px {
+                            let Some(j) = self.packed_col(p, q, kx) else {
+                                continue;
+                            };
                             let _ = writeln!(
                                 o,
                                 "    a{rr}_{q} += v{ir}_{}[{}] * w{ky}_{kx};",
@@ -313,14 +397,16 @@ impl Problem {
             }
             let _ = writeln!(o, "  }}");
         }
-        // One vec4 store per (row, channel): the 4 pixels are contiguous in y.
+        // One vec4 store per (row, channel, 4 pixels): the pixels are contiguous in y.
         for rr in 0..p.r {
             for j in 0..KB {
-                let _ = writeln!(
-                    o,
-                    "  y[(((img * {}u + ob * {KB}u + {j}u) * {}u + y0 + {rr}u) * {}u + x0) / 4u] = vec4<f32>(a{rr}_0[{j}], a{rr}_1[{j}], a{rr}_2[{j}], a{rr}_3[{j}]);",
-                    self.o, self.oh, self.ow
-                );
+                for q in (0..px).step_by(4) {
+                    let _ = writeln!(
+                        o,
+                        "  y[(((img * {}u + ob * {KB}u + {j}u) * {}u + y0 + {rr}u) * {}u + x0 + {q}u) / 4u] = vec4<f32>(a{rr}_{}[{j}], a{rr}_{}[{j}], a{rr}_{}[{j}], a{rr}_{}[{j}]);",
+                        self.o, self.oh, self.ow, q, q + 1, q + 2, q + 3
+                    );
+                }
             }
         }
         let _ = writeln!(o, "}}");
@@ -348,7 +434,8 @@ impl Problem {
                 segs: p.segs,
                 hp: p.hp,
                 wp: p.wp,
-                pad: self.pad,
+                pad: if p.full_h { 0 } else { self.pad },
+                padx: if p.full_w { 0 } else { self.pad },
                 dil: self.dil,
                 win: p.wx,
             },
@@ -378,7 +465,7 @@ impl Problem {
         let ohw = self.oh * self.ow;
         let out = g.alloc(self.n * self.o * ohw);
         let key = self.key(p);
-        let total = p.ni * (p.og / KB) * (self.oh / p.r) * (self.ow / P);
+        let total = p.ni * (p.og / KB) * (self.oh / p.r) * (self.ow / p.px);
         let out_span = (((p.ni - 1) * self.o + p.og) * ohw * 4) as u64;
         for gi in 0..groups {
             for oi in 0..ogroups {
@@ -419,6 +506,7 @@ struct Windows {
     hp: usize,
     wp: usize,
     pad: usize,
+    padx: usize,
     dil: usize,
     win: usize,
 }
@@ -440,6 +528,7 @@ fn pack_input(g: &Arc<Gpu>, src: &GpuBuffer, [n, c, h, w]: [usize; 4], l: Window
             ("pi_hp", f(l.hp)),
             ("pi_wp", f(l.wp)),
             ("pi_pad", f(l.pad)),
+            ("pi_padx", f(l.padx)),
             ("pi_dil", f(l.dil)),
             ("pi_win", f(l.win)),
             ("pi_total", f(len)),
@@ -474,6 +563,17 @@ pub fn backward_input(g: &Arc<Gpu>, gy: &GpuBuffer, w: &GpuBuffer, d: &Dims) -> 
     let pb = Problem::backward_input(d)?;
     let plan = pb.plan(g)?;
     Some(pb.run(g, &plan, gy, w))
+}
+
+/// The register tiles (pixels, rows, unpadded columns, unpadded rows) of the forward and input-gradient plans of `d` (tests
+/// check that every tile of `TILES` is exercised).
+pub fn planned_tiles(g: &Gpu, d: &Dims) -> Vec<(usize, usize, bool, bool)> {
+    [Problem::forward(d), Problem::backward_input(d)]
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p.plan(g))
+        .map(|p| (p.px, p.r, p.full_w, p.full_h))
+        .collect()
 }
 
 /// Whether a window plan exists for the forward / input-gradient pass of `d` (tests and
@@ -515,7 +615,7 @@ fn grad_plan(g: &Gpu, d: &Dims) -> Option<GradPlan> {
     let max_ubo = g.limits.max_uniform_buffers_per_shader_stage as usize;
     let salign = g.limits.min_storage_buffer_offset_alignment as usize;
     let (s, k) = (d.stride, d.kh);
-    let (nv, hp, wp) = packed_geometry(d.oh, d.ow, s, k);
+    let (nv, hp, wp) = packed_geometry(d.oh, d.ow, s, k, P);
     let ohw = d.oh * d.ow;
     let divisors = |x: usize| (1..=x).rev().filter(move |v| x.is_multiple_of(*v));
     let mut best: Option<((usize, usize), GradPlan)> = None;
@@ -686,6 +786,7 @@ pub fn backward_weight(g: &Arc<Gpu>, gy: &GpuBuffer, x: &GpuBuffer, d: &Dims) ->
             hp: p.hp,
             wp: p.wp,
             pad: d.pad,
+            padx: d.pad,
             dil: 1,
             win: p.wx,
         },
@@ -703,6 +804,7 @@ pub fn backward_weight(g: &Arc<Gpu>, gy: &GpuBuffer, x: &GpuBuffer, d: &Dims) ->
             hp: d.oh,
             wp: d.ow,
             pad: 0,
+            padx: 0,
             dil: 1,
             win: gwin,
         },
