@@ -207,7 +207,7 @@ fn conv2d_backward_weight(@builtin(global_invocation_id) gid: vec3<u32>, @builti
 // loops over the lanes, divisions by constants into multiplies.
 override pi_n: u32; override pi_c: u32; override pi_h: u32; override pi_w: u32;
 override pi_ni: u32; override pi_cs: u32; override pi_segs: u32; override pi_hp: u32;
-override pi_wp: u32; override pi_pad: u32; override pi_padx: u32; override pi_dil: u32; override pi_win: u32;
+override pi_c0: u32; override pi_wp: u32; override pi_pad: u32; override pi_padx: u32; override pi_dil: u32; override pi_win: u32;
 override pi_total: u32;
 
 // x [N, C, H, W] → windows [group][segment] each holding [ni][cs][hp][wp]: zero padded by `pad`
@@ -233,14 +233,14 @@ fn pack_input(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgr
     let ok = img < pi_ni && yy >= 0 && xx >= 0 && yy % d == 0 && xx % d == 0
         && y < i32(pi_h) && x < i32(pi_w);
     let n = g * pi_ni + img;
-    let c = seg * pi_cs + cl;
+    let c = pi_c0 + seg * pi_cs + cl;
     let si = ((n * pi_c + c) * pi_h + u32(max(y, 0))) * pi_w + u32(max(x, 0));
     out[t] = select(0.0, src[min(si, pi_n * pi_c * pi_h * pi_w - 1u)], ok);
 }
 
 override pw_o: u32; override pw_c: u32; override pw_kk: u32; override pw_og: u32;
 override pw_cs: u32; override pw_spw: u32; override pw_nww: u32; override pw_segs: u32;
-override pw_win: u32; override pw_transpose: u32; override pw_total: u32;
+override pw_c0: u32; override pw_win: u32; override pw_transpose: u32; override pw_total: u32;
 
 // w [O, C, K, K] → windows [o-group][window] each holding [segment][o-block][cs][K·K][4]
 // (4 output channels contiguous). With `transpose`, the kernel's (o, c) is the source's (c, o)
@@ -262,7 +262,7 @@ fn pack_weight(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workg
     let cl = (rr / (4u * pw_kk)) % pw_cs;
     let ob = rr / (4u * pw_kk * pw_cs);
     let o = ogi * pw_og + ob * 4u + j;
-    let c = seg * pw_cs + cl;
+    let c = pw_c0 + seg * pw_cs + cl;
     let ok = segl < pw_spw && seg < pw_segs;
     var si = (o * pw_c + c) * pw_kk + tap;
     if (pw_transpose != 0u) {

@@ -72,6 +72,12 @@ struct Problem {
     dil: usize,
     /// Weights are the transposed, flipped ones of the forward convolution.
     transpose: bool,
+    /// This problem convolves channels `c0..c0 + c` of a source with `c_src` channels (a
+    /// channel part, when all channels do not fit one dispatch's windows); `acc` adds the
+    /// result to the output instead of storing it.
+    c0: usize,
+    c_src: usize,
+    acc: bool,
 }
 
 /// How a problem is split into windows and dispatches.
@@ -135,6 +141,9 @@ impl Problem {
             pad: d.pad,
             dil: 1,
             transpose: false,
+            c0: 0,
+            c_src: d.c,
+            acc: false,
         })
     }
 
@@ -154,6 +163,9 @@ impl Problem {
             pad: d.kh - 1 - d.pad,
             dil: d.stride,
             transpose: true,
+            c0: 0,
+            c_src: d.o,
+            acc: false,
         })
     }
 
@@ -260,7 +272,7 @@ impl Problem {
     fn key(&self, p: &Plan) -> String {
         let s = self;
         format!(
-            "conv2d_window_n{}c{}o{}oh{}ow{}k{}s{}p{}_p{}r{}f{}{}cs{}g{}ni{}og{}hp{}wp{}wx{}spw{}nww{}ww{}",
+            "conv2d_window_n{}c{}o{}oh{}ow{}k{}s{}p{}a{}_p{}r{}f{}{}cs{}g{}ni{}og{}hp{}wp{}wx{}spw{}nww{}ww{}",
             s.n,
             s.c,
             s.o,
@@ -269,6 +281,7 @@ impl Problem {
             s.k,
             s.stride,
             s.pad,
+            s.acc as u8,
             p.px,
             p.r,
             p.full_w as u8,
@@ -403,8 +416,18 @@ impl Problem {
                 for q in (0..px).step_by(4) {
                     let _ = writeln!(
                         o,
-                        "  y[(((img * {}u + ob * {KB}u + {j}u) * {}u + y0 + {rr}u) * {}u + x0 + {q}u) / 4u] = vec4<f32>(a{rr}_{}[{j}], a{rr}_{}[{j}], a{rr}_{}[{j}], a{rr}_{}[{j}]);",
-                        self.o, self.oh, self.ow, q, q + 1, q + 2, q + 3
+                        "  let i{rr}_{j}_{q} = (((img * {}u + ob * {KB}u + {j}u) * {}u + y0 + {rr}u) * {}u + x0 + {q}u) / 4u;",
+                        self.o, self.oh, self.ow
+                    );
+                    let prev = if self.acc {
+                        format!("y[i{rr}_{j}_{q}] + ")
+                    } else {
+                        String::new()
+                    };
+                    let _ = writeln!(
+                        o,
+                        "  y[i{rr}_{j}_{q}] = {prev}vec4<f32>(a{rr}_{}[{j}], a{rr}_{}[{j}], a{rr}_{}[{j}], a{rr}_{}[{j}]);",
+                        q, q + 1, q + 2, q + 3
                     );
                 }
             }
@@ -413,8 +436,8 @@ impl Problem {
         o
     }
 
-    /// Pack, then one dispatch per (image group, output-channel group).
-    fn run(&self, g: &Arc<Gpu>, p: &Plan, src: &GpuBuffer, w: &GpuBuffer) -> GpuBuffer {
+    /// Pack, then one dispatch per (image group, output-channel group) into `out`.
+    fn run_into(&self, g: &Arc<Gpu>, p: &Plan, src: &GpuBuffer, w: &GpuBuffer, out: &GpuBuffer) {
         // The chosen split, for tuning (`VIEWCRAFT_DEBUG_PLAN=1`).
         if std::env::var("VIEWCRAFT_DEBUG_PLAN").is_ok() {
             eprintln!(
@@ -427,7 +450,8 @@ impl Problem {
         let xp = pack_input(
             g,
             src,
-            [self.n, self.c, self.hs, self.ws],
+            [self.n, self.c_src, self.hs, self.ws],
+            self.c0,
             Windows {
                 ni: p.ni,
                 cs: p.cs,
@@ -447,7 +471,8 @@ impl Problem {
             PACK_WEIGHT,
             &[
                 ("pw_o", f(self.o)),
-                ("pw_c", f(self.c)),
+                ("pw_c", f(self.c_src)),
+                ("pw_c0", f(self.c0)),
                 ("pw_kk", f(self.k * self.k)),
                 ("pw_og", f(p.og)),
                 ("pw_cs", f(p.cs)),
@@ -463,7 +488,6 @@ impl Problem {
             grid_1d(wlen, 256),
         );
         let ohw = self.oh * self.ow;
-        let out = g.alloc(self.n * self.o * ohw);
         let key = self.key(p);
         let total = p.ni * (p.og / KB) * (self.oh / p.r) * (self.ow / p.px);
         let out_span = (((p.ni - 1) * self.o + p.og) * ohw * 4) as u64;
@@ -478,7 +502,7 @@ impl Problem {
                     });
                 }
                 b.push(BufferRange {
-                    buffer: &out,
+                    buffer: out,
                     offset: ((gi * p.ni * self.o + oi * p.og) * ohw * 4) as u64,
                     size: out_span,
                 });
@@ -491,9 +515,48 @@ impl Problem {
                 );
             }
         }
-        out
+    }
+
+    /// The problem on channels `c0..c0 + c` of this one's source, accumulating or not.
+    fn part(&self, c0: usize, c: usize, acc: bool) -> Self {
+        Problem {
+            c0: self.c0 + c0,
+            c,
+            acc,
+            ..*self
+        }
+    }
+
+    /// How to solve it: one plan over all channels, or, when the channels do not fit one
+    /// dispatch's windows (a 3×3 s2 layer's input gradient at 32×32 needs 16 segments), the
+    /// fewest equal channel parts that each have a plan, summed into the output by the kernels.
+    fn parts(&self, g: &Gpu) -> Option<Vec<(Problem, Plan)>> {
+        (1..=MAX_PARTS)
+            .filter(|k| self.c.is_multiple_of(*k))
+            .find_map(|k| {
+                let c = self.c / k;
+                (0..k)
+                    .map(|i| {
+                        let pb = self.part(i * c, c, i > 0);
+                        pb.plan(g).map(|plan| (pb, plan))
+                    })
+                    .collect()
+            })
+    }
+
+    /// Solve into a new buffer, or None when no split has a plan.
+    fn solve(&self, g: &Arc<Gpu>, src: &GpuBuffer, w: &GpuBuffer) -> Option<GpuBuffer> {
+        let parts = self.parts(g)?;
+        let out = g.alloc(self.n * self.o * self.oh * self.ow);
+        for (pb, plan) in &parts {
+            pb.run_into(g, plan, src, w, &out);
+        }
+        Some(out)
     }
 }
+
+/// Most channel parts a convolution is split into (each part re-reads the output).
+const MAX_PARTS: usize = 4;
 
 /// How `pack_input` lays a [n, c, h, w] tensor out: windows of `win` floats, one per
 /// (group of `ni` images, segment of `cs` channels), each [ni][cs][hp][wp], padded by `pad`
@@ -511,7 +574,14 @@ struct Windows {
     win: usize,
 }
 
-fn pack_input(g: &Arc<Gpu>, src: &GpuBuffer, [n, c, h, w]: [usize; 4], l: Windows) -> GpuBuffer {
+/// Channels `c0..` of `src` [n, c, h, w] packed as `l` says.
+fn pack_input(
+    g: &Arc<Gpu>,
+    src: &GpuBuffer,
+    [n, c, h, w]: [usize; 4],
+    c0: usize,
+    l: Windows,
+) -> GpuBuffer {
     let len = (n / l.ni) * l.segs * l.win;
     let out = g.alloc(len);
     let f = |x: usize| x as f64;
@@ -520,6 +590,7 @@ fn pack_input(g: &Arc<Gpu>, src: &GpuBuffer, [n, c, h, w]: [usize; 4], l: Window
         &[
             ("pi_n", f(n)),
             ("pi_c", f(c)),
+            ("pi_c0", f(c0)),
             ("pi_h", f(h)),
             ("pi_w", f(w)),
             ("pi_ni", f(l.ni)),
@@ -553,35 +624,33 @@ fn input_windows(xp: &GpuBuffer, gi: usize, segs: usize, win: usize) -> Vec<Buff
 
 /// y = conv2d(x, w) through windows, or None when no plan fits this shape on this adapter.
 pub fn forward(g: &Arc<Gpu>, x: &GpuBuffer, w: &GpuBuffer, d: &Dims) -> Option<GpuBuffer> {
-    let pb = Problem::forward(d)?;
-    let plan = pb.plan(g)?;
-    Some(pb.run(g, &plan, x, w))
+    Problem::forward(d)?.solve(g, x, w)
 }
 
 /// gx from gy through windows, or None when no plan fits.
 pub fn backward_input(g: &Arc<Gpu>, gy: &GpuBuffer, w: &GpuBuffer, d: &Dims) -> Option<GpuBuffer> {
-    let pb = Problem::backward_input(d)?;
-    let plan = pb.plan(g)?;
-    Some(pb.run(g, &plan, gy, w))
+    Problem::backward_input(d)?.solve(g, gy, w)
 }
 
-/// The register tiles (pixels, rows, unpadded columns, unpadded rows) of the forward and input-gradient plans of `d` (tests
-/// check that every tile of `TILES` is exercised).
+/// The register tiles (pixels, rows, unpadded columns, unpadded rows) of the forward and
+/// input-gradient plans of `d` (tests check that every tile of `TILES` is exercised).
 pub fn planned_tiles(g: &Gpu, d: &Dims) -> Vec<(usize, usize, bool, bool)> {
     [Problem::forward(d), Problem::backward_input(d)]
         .into_iter()
         .flatten()
-        .filter_map(|p| p.plan(g))
-        .map(|p| (p.px, p.r, p.full_w, p.full_h))
+        .filter_map(|p| p.parts(g))
+        .flatten()
+        .map(|(_, p)| (p.px, p.r, p.full_w, p.full_h))
         .collect()
 }
 
-/// Whether a window plan exists for the forward / input-gradient pass of `d` (tests and
-/// benchmarks report which kernel ran).
-pub fn planned(g: &Gpu, d: &Dims) -> (bool, bool) {
+/// Into how many channel parts the window kernels split the forward / input-gradient pass
+/// of `d` (0: no plan, the storage-buffer kernels run; tests report which kernel ran).
+pub fn planned(g: &Gpu, d: &Dims) -> (usize, usize) {
+    let parts = |p: Option<Problem>| p.and_then(|p| p.parts(g)).map_or(0, |v| v.len());
     (
-        Problem::forward(d).and_then(|p| p.plan(g)).is_some(),
-        Problem::backward_input(d).and_then(|p| p.plan(g)).is_some(),
+        parts(Problem::forward(d)),
+        parts(Problem::backward_input(d)),
     )
 }
 
@@ -779,6 +848,7 @@ pub fn backward_weight(g: &Arc<Gpu>, gy: &GpuBuffer, x: &GpuBuffer, d: &Dims) ->
         g,
         x,
         [d.n, d.c, d.h, d.w],
+        0,
         Windows {
             ni: p.ni,
             cs: p.cs,
@@ -797,6 +867,7 @@ pub fn backward_weight(g: &Arc<Gpu>, gy: &GpuBuffer, x: &GpuBuffer, d: &Dims) ->
         g,
         gy,
         [d.n, d.o, d.oh, d.ow],
+        0,
         Windows {
             ni: p.ni,
             cs: p.og,
