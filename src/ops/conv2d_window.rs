@@ -176,12 +176,16 @@ impl Problem {
             .iter()
             .filter_map(|&(px, r)| self.plan_tile(g, px, r))
             .collect();
-        let invocations = |p: &Plan| p.ni * (p.og / KB) * (self.oh / p.r) * (self.ow / p.px);
         plans
             .iter()
-            .find(|p| invocations(p) >= MIN_INVOCATIONS)
+            .find(|p| self.invocations(p) >= MIN_INVOCATIONS)
             .or(plans.last())
             .copied()
+    }
+
+    /// Invocations of one dispatch: one per register tile of its images and channels.
+    fn invocations(&self, p: &Plan) -> usize {
+        p.ni * (p.og / KB) * (self.oh / p.r) * (self.ow / p.px)
     }
 
     fn plan_tile(&self, g: &Gpu, px: usize, r: usize) -> Option<Plan> {
@@ -254,7 +258,7 @@ impl Problem {
                         nww,
                         ww: round64(spw * wseg),
                     };
-                    let packed = (self.n / ni) * segs * round64(ni * cs * hp * wp);
+                    let packed = (self.n / ni) * segs * wx;
                     if packed * 4 > g.limits.max_storage_buffer_binding_size as usize {
                         continue;
                     }
@@ -348,7 +352,7 @@ impl Problem {
             p.segs + p.nww
         );
         let px = p.px;
-        let total = p.ni * nob * (self.oh / p.r) * (self.ow / px);
+        let total = self.invocations(p);
         let wg = workgroup(total);
         let _ = writeln!(o, "@compute @workgroup_size({wg})");
         let _ = writeln!(o, "fn conv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {{");
@@ -489,7 +493,7 @@ impl Problem {
         );
         let ohw = self.oh * self.ow;
         let key = self.key(p);
-        let total = p.ni * (p.og / KB) * (self.oh / p.r) * (self.ow / p.px);
+        let total = self.invocations(p);
         let out_span = (((p.ni - 1) * self.o + p.og) * ohw * 4) as u64;
         for gi in 0..groups {
             for oi in 0..ogroups {
@@ -534,13 +538,10 @@ impl Problem {
         (1..=MAX_PARTS)
             .filter(|k| self.c.is_multiple_of(*k))
             .find_map(|k| {
+                // Parts differ only in their channel offset and accumulation: one plan.
                 let c = self.c / k;
-                (0..k)
-                    .map(|i| {
-                        let pb = self.part(i * c, c, i > 0);
-                        pb.plan(g).map(|plan| (pb, plan))
-                    })
-                    .collect()
+                let plan = self.part(0, c, false).plan(g)?;
+                Some((0..k).map(|i| (self.part(i * c, c, i > 0), plan)).collect())
             })
     }
 
