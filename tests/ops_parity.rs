@@ -231,6 +231,8 @@ fn conv2d_forward_and_grads() {
         // Register tiles 8×4 through a stride-2 layer, 8×2 for 6-row outputs.
         (4, 8, 32, 32, 16, 3, 2, 1, true, true),
         (4, 8, 6, 16, 16, 3, 1, 1, true, true),
+        // 12 output channels and rows: one block of 4 channels per invocation (8×4×1).
+        (2, 8, 12, 16, 12, 3, 1, 1, true, true),
         // Tiles as wide (8×8) / as wide and tall (4×4) as the image read unpadded windows.
         (4, 32, 8, 8, 32, 3, 1, 1, true, true),
         (16, 16, 4, 4, 8, 3, 1, 1, true, true),
@@ -314,14 +316,14 @@ fn conv2d_forward_and_grads() {
     }
     for tile in viewcraft::ops::conv2d_window::TILES {
         assert!(
-            tiles.iter().any(|t| (t.0, t.1) == tile),
+            tiles.iter().any(|t| (t.0, t.1, t.2) == tile),
             "no case ran register tile {tile:?} (ran {tiles:?}): add a shape that plans it"
         );
     }
     assert!(most_parts >= 2, "no case split its channels into parts");
     for unpadded in [(true, false), (true, true)] {
         assert!(
-            tiles.iter().any(|t| (t.2, t.3) == unpadded),
+            tiles.iter().any(|t| (t.3, t.4) == unpadded),
             "no case ran an unpadded (columns, rows) = {unpadded:?} tile (ran {tiles:?})"
         );
     }

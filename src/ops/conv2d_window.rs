@@ -27,16 +27,48 @@ const PACK_WEIGHT: Kernel = Kernel::new("conv2d", "pack_weight");
 /// Pixels per invocation along a row in the weight-gradient kernel, and the narrowest
 /// register tile of the convolution kernels (vec4 aligned).
 const P: usize = 4;
-/// Register tiles of the convolution kernels, (pixels per row, rows) per invocation, best
-/// first. Measured on llvmpipe (benches/RESULTS.md): every uniform load costs about as much as
-/// eight vec4 FMAs, so bigger tiles pay until the accumulators spill; 8×4 was 1.2–1.5× faster
-/// than 4×2 at 64ch 32×32 and 128ch 16×16, 16×4, 8×8 and 8 output channels were slower.
+/// Register tiles of the convolution kernels, (pixels per row, rows, blocks of `KB` output
+/// channels) per invocation, best first. Measured on llvmpipe with the generated kernels alone
+/// (benches/RESULTS.md): every uniform load costs about as much as eight vec4 FMAs, so bigger
+/// tiles pay until the accumulators spill. With the accumulator-major FMA order, 8×4×2 was
+/// 1.1–1.3× faster than 8×4×1 at 64ch 32×32 and 128ch 16×16 (but 0.8× at 8×8, where the
+/// unpadded 8×8×1 tile was 1.3× faster than 8×4×1); 4×4×2 1.08× the 4×4×1 at 4×4.
 ///
 /// A tile as wide as the output (stride 1) reads unpadded rows: the kernel knows which columns
 /// fall outside the image and leaves their taps out, so the packed input is smaller (more
 /// images per window, fewer dispatches) and every vec4 load is useful. A tile as tall as the
-/// output does the same for rows (4×4 images: no padding at all).
-pub const TILES: [(usize, usize); 5] = [(8, 4), (8, 2), (4, 4), (4, 2), (4, 1)];
+/// output does the same for rows (8×8 and 4×4 images: no padding at all); such a tile is
+/// preferred to the order below.
+pub const TILES: [(usize, usize, usize); 8] = [
+    (8, 4, 2),
+    (8, 8, 1),
+    (4, 4, 2),
+    (8, 4, 1),
+    (8, 2, 1),
+    (4, 4, 1),
+    (4, 2, 1),
+    (4, 1, 1),
+];
+/// `TILES`, or the tiles listed in `VIEWCRAFT_TILES` (`PxRxM,...`; malformed entries are
+/// ignored).
+fn tiles() -> Vec<(usize, usize, usize)> {
+    let parse = |t: &str| -> Option<(usize, usize, usize)> {
+        let f: Vec<usize> = t
+            .split('x')
+            .map(|x| x.trim().parse().ok())
+            .collect::<Option<_>>()?;
+        match f[..] {
+            [px, r, m] if px > 0 && px % 4 == 0 && r > 0 && m > 0 => Some((px, r, m)),
+            _ => None,
+        }
+    };
+    std::env::var("VIEWCRAFT_TILES")
+        .ok()
+        .map(|v| v.split(',').filter_map(parse).collect::<Vec<_>>())
+        .filter(|t| !t.is_empty())
+        .unwrap_or(TILES.to_vec())
+}
+
 /// Fewest invocations per dispatch for a bigger tile to be taken: one SIMD group of 8 for
 /// each thread of a 2-core llvmpipe (at 512ch 4×4, 4×2 with 16 invocations beat 4×4 with 8
 /// and 4×1 with 32).
@@ -86,6 +118,8 @@ struct Plan {
     /// Output pixels per row and output rows per invocation.
     px: usize,
     r: usize,
+    /// Blocks of `KB` output channels per invocation.
+    m: usize,
     /// The tile spans every output column / row: that dimension is packed unpadded.
     full_w: bool,
     full_h: bool,
@@ -169,27 +203,31 @@ impl Problem {
         })
     }
 
-    /// The plan of the biggest register tile that fits and keeps both threads busy, else of
-    /// the biggest that fits.
+    /// The plan of the first register tile (an unpadded whole-image one, else in `TILES`
+    /// order, or as `VIEWCRAFT_TILES` lists them, e.g. `8x4x2,4x4x1`, for tuning) that fits and
+    /// keeps both threads busy, else of the last that fits.
     fn plan(&self, g: &Gpu) -> Option<Plan> {
-        let plans: Vec<Plan> = TILES
+        let plans: Vec<Plan> = tiles()
             .iter()
-            .filter_map(|&(px, r)| self.plan_tile(g, px, r))
+            .filter_map(|&(px, r, m)| self.plan_tile(g, px, r, m))
             .collect();
+        let busy = |p: &&Plan| self.invocations(p) >= MIN_INVOCATIONS;
         plans
             .iter()
-            .find(|p| self.invocations(p) >= MIN_INVOCATIONS)
+            .filter(busy)
+            .find(|p| p.full_h)
+            .or_else(|| plans.iter().find(busy))
             .or(plans.last())
             .copied()
     }
 
     /// Invocations of one dispatch: one per register tile of its images and channels.
     fn invocations(&self, p: &Plan) -> usize {
-        p.ni * (p.og / KB) * (self.oh / p.r) * (self.ow / p.px)
+        p.ni * (p.og / (KB * p.m)) * (self.oh / p.r) * (self.ow / p.px)
     }
 
-    fn plan_tile(&self, g: &Gpu, px: usize, r: usize) -> Option<Plan> {
-        if !self.o.is_multiple_of(KB)
+    fn plan_tile(&self, g: &Gpu, px: usize, r: usize, m: usize) -> Option<Plan> {
+        if !self.o.is_multiple_of(KB * m)
             || !self.ow.is_multiple_of(px)
             || !self.oh.is_multiple_of(r)
             || self.n == 0
@@ -228,7 +266,7 @@ impl Problem {
                 if wx > maxwin {
                     continue;
                 }
-                for og in divisors(self.o).filter(|og| og % KB == 0) {
+                for og in divisors(self.o).filter(|og| og % (KB * m) == 0) {
                     let wseg = og * cs * kk;
                     if wseg > maxwin {
                         continue;
@@ -244,6 +282,7 @@ impl Problem {
                     let plan = Plan {
                         px,
                         r,
+                        m,
                         full_w,
                         full_h,
                         cs,
@@ -276,7 +315,7 @@ impl Problem {
     fn key(&self, p: &Plan) -> String {
         let s = self;
         format!(
-            "conv2d_window_n{}c{}o{}oh{}ow{}k{}s{}p{}a{}_p{}r{}f{}{}cs{}g{}ni{}og{}hp{}wp{}wx{}spw{}nww{}ww{}",
+            "conv2d_window_n{}c{}o{}oh{}ow{}k{}s{}p{}a{}_p{}r{}m{}f{}{}cs{}g{}ni{}og{}hp{}wp{}wx{}spw{}nww{}ww{}",
             s.n,
             s.c,
             s.o,
@@ -288,6 +327,7 @@ impl Problem {
             s.acc as u8,
             p.px,
             p.r,
+            p.m,
             p.full_w as u8,
             p.full_h as u8,
             p.cs,
@@ -326,7 +366,7 @@ impl Problem {
     /// The generated kernel (see the module comment).
     fn source(&self, p: &Plan) -> String {
         let (s, k, kk) = (self.stride, self.k, self.k * self.k);
-        let (w4, nob) = (p.wp / 4, p.og / KB);
+        let (w4, nob, m) = (p.wp / 4, p.og / (KB * p.m), p.m);
         let rows = (p.r - 1) * s + k;
         let mut o = String::new();
         let _ = writeln!(
@@ -369,7 +409,9 @@ impl Problem {
         let _ = writeln!(o, "  let x0 = xb * {px}u; let y0 = yb * {}u;", p.r);
         for rr in 0..p.r {
             for q in 0..px {
-                let _ = writeln!(o, "  var a{rr}_{q} = vec4<f32>();");
+                for b in 0..m {
+                    let _ = writeln!(o, "  var a{rr}_{q}_{b} = vec4<f32>();");
+                }
             }
         }
         for seg in 0..p.segs {
@@ -380,12 +422,14 @@ impl Problem {
                 "    let xv = ((img * {}u + c) * {}u + y0 * {s}u) * {w4}u + x0 * {s}u / 4u;",
                 p.cs, p.hp
             );
-            let _ = writeln!(
-                o,
-                "    let wv = {}u + (ob * {}u + c) * {kk}u;",
-                segl * p.og * p.cs * kk / 4,
-                p.cs
-            );
+            for b in 0..m {
+                let _ = writeln!(
+                    o,
+                    "    let wv{b} = {}u + ((ob * {m}u + {b}u) * {}u + c) * {kk}u;",
+                    segl * p.og * p.cs * kk / 4,
+                    p.cs
+                );
+            }
             for ir in 0..(if p.full_h { self.hs } else { rows }) {
                 for v in 0..p.nv {
                     let _ = writeln!(o, "    let v{ir}_{v} = X{seg}.v[xv + {}u];", ir * w4 + v);
@@ -393,18 +437,31 @@ impl Problem {
             }
             for ky in 0..k {
                 for kx in 0..k {
-                    let _ = writeln!(o, "    let w{ky}_{kx} = W{wi}.v[wv + {}u];", ky * k + kx);
-                    for rr in 0..p.r {
+                    for b in 0..m {
+                        let _ = writeln!(
+                            o,
+                            "    let w{ky}_{kx}_{b} = W{wi}.v[wv{b} + {}u];",
+                            ky * k + kx
+                        );
+                    }
+                }
+            }
+            // Every tap of one accumulator before the next: llvmpipe keeps the accumulator
+            // in registers for its taps (the tile's accumulators cannot all stay there);
+            // tap-major order reloaded and stored each accumulator per tap (1.2× slower).
+            for rr in 0..p.r {
+                for (q, b) in (0..px).flat_map(|q| (0..m).map(move |b| (q, b))) {
+                    for ky in 0..k {
                         let Some(ir) = self.packed_row(p, rr, ky) else {
                             continue;
                         };
-                        for q in 0..px {
+                        for kx in 0..k {
                             let Some(j) = self.packed_col(p, q, kx) else {
                                 continue;
                             };
                             let _ = writeln!(
                                 o,
-                                "    a{rr}_{q} += v{ir}_{}[{}] * w{ky}_{kx};",
+                                "    a{rr}_{q}_{b} += v{ir}_{}[{}] * w{ky}_{kx}_{b};",
                                 j / 4,
                                 j % 4
                             );
@@ -416,21 +473,22 @@ impl Problem {
         }
         // One vec4 store per (row, channel, 4 pixels): the pixels are contiguous in y.
         for rr in 0..p.r {
-            for j in 0..KB {
+            for (b, j) in (0..m).flat_map(|b| (0..KB).map(move |j| (b, j))) {
                 for q in (0..px).step_by(4) {
+                    let i = format!("i{rr}_{b}_{j}_{q}");
                     let _ = writeln!(
                         o,
-                        "  let i{rr}_{j}_{q} = (((img * {}u + ob * {KB}u + {j}u) * {}u + y0 + {rr}u) * {}u + x0 + {q}u) / 4u;",
+                        "  let {i} = (((img * {}u + (ob * {m}u + {b}u) * {KB}u + {j}u) * {}u + y0 + {rr}u) * {}u + x0 + {q}u) / 4u;",
                         self.o, self.oh, self.ow
                     );
                     let prev = if self.acc {
-                        format!("y[i{rr}_{j}_{q}] + ")
+                        format!("y[{i}] + ")
                     } else {
                         String::new()
                     };
                     let _ = writeln!(
                         o,
-                        "  y[i{rr}_{j}_{q}] = {prev}vec4<f32>(a{rr}_{}[{j}], a{rr}_{}[{j}], a{rr}_{}[{j}], a{rr}_{}[{j}]);",
+                        "  y[{i}] = {prev}vec4<f32>(a{rr}_{}_{b}[{j}], a{rr}_{}_{b}[{j}], a{rr}_{}_{b}[{j}], a{rr}_{}_{b}[{j}]);",
                         q, q + 1, q + 2, q + 3
                     );
                 }
@@ -633,15 +691,15 @@ pub fn backward_input(g: &Arc<Gpu>, gy: &GpuBuffer, w: &GpuBuffer, d: &Dims) -> 
     Problem::backward_input(d)?.solve(g, gy, w)
 }
 
-/// The register tiles (pixels, rows, unpadded columns, unpadded rows) of the forward and
-/// input-gradient plans of `d` (tests check that every tile of `TILES` is exercised).
-pub fn planned_tiles(g: &Gpu, d: &Dims) -> Vec<(usize, usize, bool, bool)> {
+/// The register tiles (pixels, rows, channel blocks, unpadded columns, unpadded rows) of the
+/// forward and input-gradient plans of `d` (tests check that every tile of `TILES` is exercised).
+pub fn planned_tiles(g: &Gpu, d: &Dims) -> Vec<(usize, usize, usize, bool, bool)> {
     [Problem::forward(d), Problem::backward_input(d)]
         .into_iter()
         .flatten()
         .filter_map(|p| p.parts(g))
         .flatten()
-        .map(|(_, p)| (p.px, p.r, p.full_w, p.full_h))
+        .map(|(_, p)| (p.px, p.r, p.m, p.full_w, p.full_h))
         .collect()
 }
 
