@@ -126,6 +126,9 @@ pub fn bench_conv(dev: &Device, name: &str, d: &Dims, reps: usize) -> Result<Vec
         if err > 1e-4 {
             return Err(Error::Gpu(format!("{kernel} {name}: result differs from the CPU reference (rel. error {err:.2e}); not timing it")));
         }
+        if let Device::Gpu(g) = dev {
+            g.take_profile(); // the validation run is not part of the profile
+        }
         let (secs, gpu) = time(dev, reps, || run_conv(kernel, &x, &w, &gy, d))?;
         print_profile(dev, &format!("{kernel} {name}"), reps + 1);
         let best = gpu.unwrap_or(secs);

@@ -473,7 +473,9 @@ impl Gpu {
     /// one compute pass, i.e. dispatches without copies).
     pub fn time<R>(&self, f: impl FnOnce() -> R) -> Result<(R, f64, Option<f64>)> {
         self.sync()?;
-        let ts = self.features.contains(wgpu::Features::TIMESTAMP_QUERY);
+        // The profiler submits every dispatch on its own: a pass timestamp would bracket only
+        // part of the work, so profiled runs report wall time.
+        let ts = self.features.contains(wgpu::Features::TIMESTAMP_QUERY) && !self.profiling();
         let qs = ts.then(|| {
             self.device.create_query_set(&wgpu::QuerySetDescriptor {
                 label: Some("viewcraft timing"),
@@ -486,7 +488,10 @@ impl Gpu {
         }
         let t0 = Instant::now();
         let r = f();
-        let gpu_s = if let Some(qs) = &qs {
+        let gpu_s = if let Some(qs) = qs
+            .as_ref()
+            .filter(|qs| self.rec().end_timing(&self.device, qs, 1))
+        {
             let resolve = self.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("viewcraft timestamps"),
                 size: 256,

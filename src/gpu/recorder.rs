@@ -174,7 +174,7 @@ impl Recorder {
                     .map(|(qs, first)| wgpu::ComputePassTimestampWrites {
                         query_set: qs,
                         beginning_of_pass_write_index: Some(*first),
-                        end_of_pass_write_index: Some(first + 1),
+                        end_of_pass_write_index: None,
                     }),
             });
             self.pass = Some(pass.forget_lifetime());
@@ -202,10 +202,32 @@ impl Recorder {
             .copy_buffer_to_buffer(src, src_off * 4, dst, dst_off * 4, len * 4);
     }
 
-    /// The next compute pass writes GPU timestamps at its start and end into `qs[first..first+2]`.
+    /// The next compute pass writes a GPU timestamp at its start into `qs[first]`.
     pub fn time_next_pass(&mut self, qs: wgpu::QuerySet, first: u32) {
         self.close_pass();
         self.timestamps = Some((qs, first));
+    }
+
+    /// Write a timestamp into `qs[index]` after everything recorded so far (an empty pass's
+    /// end-of-pass write: the work between may span several passes, copies and clears).
+    /// False when no pass took the start timestamp of `time_next_pass` (nothing to time).
+    pub fn end_timing(&mut self, device: &wgpu::Device, qs: &wgpu::QuerySet, index: u32) -> bool {
+        if self.timestamps.take().is_some() {
+            return false;
+        }
+        self.close_pass();
+        drop(
+            self.encoder(device)
+                .begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some("viewcraft timing end"),
+                    timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
+                        query_set: qs,
+                        beginning_of_pass_write_index: None,
+                        end_of_pass_write_index: Some(index),
+                    }),
+                }),
+        );
+        true
     }
 
     pub fn resolve_queries(
