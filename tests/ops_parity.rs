@@ -230,6 +230,8 @@ fn conv2d_forward_and_grads() {
         (8, 16, 32, 32, 8, 3, 1, 1, true, true),
         // Register tiles 8×4 through a stride-2 layer, 8×2 for 6-row outputs.
         (4, 8, 32, 32, 16, 3, 2, 1, true, true),
+        // Odd input rows (31 values: packed one value at a time).
+        (2, 8, 31, 31, 16, 3, 2, 1, true, false),
         (4, 8, 6, 16, 16, 3, 1, 1, true, true),
         // 12 output channels and rows: one block of 4 channels per invocation (8×4×1).
         (2, 8, 12, 16, 12, 3, 1, 1, true, true),
@@ -313,6 +315,36 @@ fn conv2d_forward_and_grads() {
             1e-4,
         );
         std::env::remove_var("VIEWCRAFT_WGRAD_PARTIAL_BYTES");
+        // Operand packing: by the storage kernels, and scattered through 256-value source
+        // windows (many windows per dispatch, several dispatches, a short last window).
+        for scatter_window in ["0", "256"] {
+            std::env::set_var("VIEWCRAFT_SCATTER_WINDOW", scatter_window);
+            let lbl = format!(
+                "conv2d x[{n},{c},{h},{w}] w[{o},{c},{k},{k}] s{s} p{p} scatter window {scatter_window} seed {seed}"
+            );
+            assert_close(
+                &format!("{lbl} y"),
+                &v(&conv2d::forward(&xg, &wg, cfg).unwrap()),
+                &y_cpu,
+                tol(c * k * k),
+                1e-4,
+            );
+            assert_close(
+                &format!("{lbl} grad_x"),
+                &v(&conv2d::backward_input(&gyg, &wg, &d).unwrap()),
+                &gx_cpu,
+                tol(o * k * k),
+                1e-4,
+            );
+            assert_close(
+                &format!("{lbl} grad_w"),
+                &v(&conv2d::backward_weight(&gyg, &xg, &d).unwrap()),
+                &gw_cpu,
+                tol(n * d.oh * d.ow),
+                1e-4,
+            );
+        }
+        std::env::remove_var("VIEWCRAFT_SCATTER_WINDOW");
     }
     for tile in viewcraft::ops::conv2d_window::TILES {
         assert!(

@@ -362,25 +362,28 @@ impl Gpu {
     }
 
     /// Record one dispatch of a generated shader (`key` names its source uniquely; `source`
-    /// is only called the first time). `buffers` bind every binding in order, by range.
+    /// is only called the first time). `buffers` bind every binding in order, by range; a
+    /// shader that declares a uniform `params` at binding 0 gets `params` there (every
+    /// dispatch of one key must pass params, or none).
     pub fn dispatch_generated(
         &self,
         key: &str,
         source: impl FnOnce() -> String,
         entry: &str,
         buffers: &[BufferRange],
+        params: &[u32],
         grid: [u32; 3],
     ) {
         let p = self
             .pipelines
             .lock()
             .expect("pipeline cache poisoned")
-            .get_generated(&self.device, key, source, entry);
+            .get_generated(&self.device, key, source, entry, !params.is_empty());
         // Generated keys are `<family>_n<sizes>...`: profile by family.
         let label = key.split("_n").next().unwrap_or(key);
         self.profiled(label, || {
             self.rec()
-                .dispatch_ranges(&self.device, &self.queue, &p, buffers, &[], grid)
+                .dispatch_ranges(&self.device, &self.queue, &p, buffers, params, grid)
         });
     }
 
@@ -416,6 +419,11 @@ impl Gpu {
             dst_off as u64,
             len as u64,
         );
+    }
+
+    /// Record zeroing `buf` (a fill, far cheaper than a kernel's stores on llvmpipe).
+    pub fn clear(&self, buf: &GpuBuffer) {
+        self.rec().clear(&self.device, buf.buffer());
     }
 
     /// Submit what has been recorded.

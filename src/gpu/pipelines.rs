@@ -114,6 +114,7 @@ impl PipelineCache {
         key: &str,
         source: impl FnOnce() -> String,
         entry: &str,
+        params: bool,
     ) -> std::sync::Arc<Pipeline> {
         if let Some(p) = self.generated.get(key) {
             return p.clone();
@@ -133,7 +134,7 @@ impl PipelineCache {
         let module = unsafe {
             device.create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked())
         };
-        let p = std::sync::Arc::new(build(device, key, &module, &m, &i, entry, &[], false));
+        let p = std::sync::Arc::new(build(device, key, &module, &m, &i, entry, &[], params));
         self.generated.insert(key.to_string(), p.clone());
         p
     }
@@ -147,8 +148,8 @@ impl PipelineCache {
 }
 
 /// Compile one entry point with a bind group layout reflected from its naga module: with
-/// `params`, binding 0 is the dynamic-offset params uniform; every other binding (storage, or
-/// uniform windows of generated shaders) is bound by `dispatch`, in binding order.
+/// `params`, a uniform at binding 0 is the dynamic-offset params uniform; every other binding
+/// (storage, or uniform windows of generated shaders) is bound by `dispatch`, in binding order.
 #[allow(clippy::too_many_arguments)]
 fn build(
     device: &wgpu::Device,
@@ -175,8 +176,7 @@ fn build(
             continue;
         }
         let ty = match var.space {
-            naga::AddressSpace::Uniform if params => {
-                assert_eq!(rb.binding, 0, "params uniform must be binding 0");
+            naga::AddressSpace::Uniform if params && rb.binding == 0 => {
                 uses_params = true;
                 wgpu::BindingType::Buffer {
                     ty: wgpu::BufferBindingType::Uniform,

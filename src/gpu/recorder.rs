@@ -202,6 +202,12 @@ impl Recorder {
             .copy_buffer_to_buffer(src, src_off * 4, dst, dst_off * 4, len * 4);
     }
 
+    /// Zero a whole buffer, in record order with the dispatches.
+    pub fn clear(&mut self, device: &wgpu::Device, buf: &wgpu::Buffer) {
+        self.close_pass();
+        self.encoder(device).clear_buffer(buf, 0, None);
+    }
+
     /// The next compute pass writes a GPU timestamp at its start into `qs[first]`.
     pub fn time_next_pass(&mut self, qs: wgpu::QuerySet, first: u32) {
         self.close_pass();

@@ -3,17 +3,20 @@
 //! Why: Mesa 22.3's llvmpipe executes every storage-buffer load as a loop over the SIMD lanes
 //! (~23 cycles per value), while uniform-buffer loads are vector gathers (~1.6 cycles), see
 //! benches/RESULTS.md. A uniform binding sees at most 64 KiB, so the operands are first packed
-//! (`pack_input` / `pack_weight` in conv2d.wgsl) into windows: the input, zero padded (and
-//! dilated for the transposed convolution of a strided one), as [image group][channel segment]
-//! windows of [images][channels][rows][cols]; the weights as [output-channel group][window] of
-//! [segment][4-channel block][channels][taps][4]. One dispatch computes one (image group,
-//! output-channel group) with every input channel: segment `s` reads input window `Xs` and
-//! weight window `W(s / segments-per-window)`, and the result is stored once (no partial sums).
+//! into windows (`pack_input` / `Problem::pack_weight`: a fill for the zero padding, then a
+//! generated `scatter` kernel that reads the source through uniform windows too): the input,
+//! zero padded (and dilated for the transposed convolution of a strided one), as [image
+//! group][channel segment] windows of [images][channels][rows][cols]; the weights as
+//! [output-channel group][window] of [segment][4-channel block][channels][taps][4]. One
+//! dispatch computes one (image group, output-channel group) with every input channel:
+//! segment `s` reads input window `Xs` and weight window `W(s / segments-per-window)`, and the
+//! result is stored once (no partial sums).
 //!
 //! The kernel is generated for each plan (sizes are constants, the tap loops are unrolled):
-//! each invocation computes a 2-row × 4-pixel × 4-channel register tile, loading each input
-//! row span once as aligned vec4s and one vec4 of weights per tap. Shapes that fit no plan
-//! (large images, channels not a multiple of 4, ...) use the storage-buffer kernels instead.
+//! each invocation computes a register tile of `TILES` (pixels × rows × blocks of 4 output
+//! channels), loading each input row span once as aligned vec4s and one vec4 of weights per
+//! tap and channel block. Shapes that fit no plan (large images, channels not a multiple of
+//! 4, ...) use the storage-buffer kernels instead.
 
 use super::conv2d::Dims;
 use crate::gpu::{grid_1d, BufferRange, Gpu, GpuBuffer, Kernel};
@@ -526,29 +529,7 @@ impl Problem {
                 win: p.wx,
             },
         );
-        let f = |x: usize| x as f64;
-        let wlen = ogroups * p.nww * p.ww;
-        let wp = g.alloc(wlen);
-        g.dispatch(
-            PACK_WEIGHT,
-            &[
-                ("pw_o", f(self.o)),
-                ("pw_c", f(self.c_src)),
-                ("pw_c0", f(self.c0)),
-                ("pw_kk", f(self.k * self.k)),
-                ("pw_og", f(p.og)),
-                ("pw_cs", f(p.cs)),
-                ("pw_spw", f(p.spw)),
-                ("pw_nww", f(p.nww)),
-                ("pw_segs", f(p.segs)),
-                ("pw_win", f(p.ww)),
-                ("pw_transpose", f(self.transpose as usize)),
-                ("pw_total", f(wlen)),
-            ],
-            &[w, &wp],
-            &[],
-            grid_1d(wlen, 256),
-        );
+        let wp = self.pack_weight(g, p, w);
         let ohw = self.oh * self.ow;
         let key = self.key(p);
         let total = self.invocations(p);
@@ -573,10 +554,86 @@ impl Problem {
                     || self.source(p),
                     "conv",
                     &b,
+                    &[],
                     grid_1d(total, workgroup(total) as u32),
                 );
             }
         }
+    }
+
+    /// The weights of this problem's channels packed as the plan says: [output-channel group]
+    /// [window] of [segment][4-channel block][channels][taps][4] (flipped and transposed for
+    /// the input gradient), through `scatter`.
+    fn pack_weight(&self, g: &Arc<Gpu>, p: &Plan, w: &GpuBuffer) -> GpuBuffer {
+        let (kk, cs, og) = (self.k * self.k, p.cs, p.og);
+        let wlen = (self.o / og) * p.nww * p.ww;
+        let total = self.o * self.c_src * kk;
+        let put = || {
+            let mut o = String::new();
+            let (a, b) = if self.transpose {
+                ("ch", "oc")
+            } else {
+                ("oc", "ch")
+            };
+            let b_len = if self.transpose { self.o } else { self.c_src };
+            let _ = writeln!(
+                o,
+                "  var tap = e % {kk}u; let q = e / {kk}u; let {b} = q % {b_len}u; let {a} = q / {b_len}u;"
+            );
+            if self.transpose {
+                let _ = writeln!(o, "  tap = {}u - tap;", kk - 1);
+            }
+            let _ = writeln!(
+                o,
+                "  if (ch < {c0}u || ch >= {}u) {{ return; }}",
+                self.c0 + self.c,
+                c0 = self.c0
+            );
+            let _ = writeln!(
+                o,
+                "  let cc = ch - {}u; let seg = cc / {cs}u; let cl = cc % {cs}u; let ol = oc % {og}u;",
+                self.c0
+            );
+            let _ = writeln!(
+                o,
+                "  out[((oc / {og}u) * {nww}u + seg / {spw}u) * {ww}u + (seg % {spw}u) * {wseg}u + (((ol / 4u) * {cs}u + cl) * {kk}u + tap) * 4u + ol % 4u] = v;",
+                nww = p.nww,
+                spw = p.spw,
+                ww = p.ww,
+                wseg = og * cs * kk
+            );
+            o
+        };
+        let key = format!(
+            "conv2d_packw_o{}c{}k{}t{}_c{}n{}cs{cs}og{og}spw{}nww{}ww{}",
+            self.o, self.c_src, self.k, self.transpose as u8, self.c0, self.c, p.spw, p.nww, p.ww
+        );
+        let out = g.alloc(wlen);
+        g.clear(&out);
+        if !scatter(g, w, total, &out, &key, 1, put) {
+            let f = |x: usize| x as f64;
+            g.dispatch(
+                PACK_WEIGHT,
+                &[
+                    ("pw_o", f(self.o)),
+                    ("pw_c", f(self.c_src)),
+                    ("pw_c0", f(self.c0)),
+                    ("pw_kk", f(kk)),
+                    ("pw_og", f(og)),
+                    ("pw_cs", f(cs)),
+                    ("pw_spw", f(p.spw)),
+                    ("pw_nww", f(p.nww)),
+                    ("pw_segs", f(p.segs)),
+                    ("pw_win", f(p.ww)),
+                    ("pw_transpose", f(self.transpose as usize)),
+                    ("pw_total", f(wlen)),
+                ],
+                &[w, &out],
+                &[],
+                grid_1d(wlen, 256),
+            );
+        }
+        out
     }
 
     /// The problem on channels `c0..c0 + c` of this one's source, accumulating or not.
@@ -633,7 +690,9 @@ struct Windows {
     win: usize,
 }
 
-/// Channels `c0..` of `src` [n, c, h, w] packed as `l` says.
+/// Channels `c0..c0 + cs·segs` of `src` [n, c, h, w] packed as `l` says (through `scatter`;
+/// a layout that is the source's own, one segment of every channel without padding, is the
+/// source itself).
 fn pack_input(
     g: &Arc<Gpu>,
     src: &GpuBuffer,
@@ -642,7 +701,190 @@ fn pack_input(
     l: Windows,
 ) -> GpuBuffer {
     let len = (n / l.ni) * l.segs * l.win;
+    let identity = c0 == 0
+        && l.segs == 1
+        && l.cs == c
+        && (l.hp, l.wp) == (h, w)
+        && l.pad + l.padx == 0
+        && l.dil == 1
+        && l.win == l.ni * c * h * w;
+    if identity {
+        return src.clone();
+    }
+    // Values `e..e + n4` of the source are (img, ch, y, x + j), one row (`n4` is 4 when rows
+    // are whole vec4s); their packed places follow `Windows`.
+    let n4 = if w.is_multiple_of(4) { 4 } else { 1 };
+    let put = || {
+        let mut o = String::new();
+        let _ = writeln!(
+            o,
+            "  let x = e % {w}u; var q = e / {w}u; let y = q % {h}u; q = q / {h}u; let ch = q % {c}u; let img = q / {c}u;"
+        );
+        let _ = writeln!(
+            o,
+            "  let yy = y * {}u + {}u; let xx = x * {}u + {}u;",
+            l.dil, l.pad, l.dil, l.padx
+        );
+        let _ = writeln!(
+            o,
+            "  if (ch < {c0}u || ch >= {}u || yy >= {}u) {{ return; }}",
+            c0 + l.cs * l.segs,
+            l.hp
+        );
+        let _ = writeln!(
+            o,
+            "  let cc = ch - {c0}u; let seg = cc / {cs}u; let cl = cc % {cs}u; let gi = img / {ni}u; let ii = img % {ni}u;",
+            cs = l.cs,
+            ni = l.ni
+        );
+        let _ = writeln!(
+            o,
+            "  let d = (gi * {}u + seg) * {}u + ((ii * {}u + cl) * {}u + yy) * {}u + xx;",
+            l.segs, l.win, l.cs, l.hp, l.wp
+        );
+        for j in 0..n4 {
+            let vj = if n4 == 4 {
+                format!("v[{j}]")
+            } else {
+                "v".into()
+            };
+            let _ = writeln!(
+                o,
+                "  if (xx + {}u < {}u) {{ out[d + {}u] = {vj}; }}",
+                j * l.dil,
+                l.wp,
+                j * l.dil
+            );
+        }
+        o
+    };
+    let key = format!(
+        "conv2d_pack_n{n}c{c}h{h}w{w}_c{c0}ni{}cs{}segs{}hp{}wp{}pad{}x{}dil{}win{}",
+        l.ni, l.cs, l.segs, l.hp, l.wp, l.pad, l.padx, l.dil, l.win
+    );
     let out = g.alloc(len);
+    g.clear(&out);
+    if !scatter(g, src, n * c * h * w, &out, &key, n4, put) {
+        pack_input_storage(g, src, [n, c, h, w], c0, l, &out, len);
+    }
+    out
+}
+
+/// Zeroes nothing itself: scatters values `0..total` of `src` into the (zeroed) `out`
+/// through a generated kernel whose `put(e, v)` body (`put`, WGSL) stores values `e..e + n4`
+/// of the source (`v`: f32 or vec4) at their packed places. False when the adapter has no
+/// usable uniform windows (the caller packs otherwise).
+///
+/// Why: a storage load costs llvmpipe ~23 cycles per value, a uniform one ~1.6, so the source
+/// is read through uniform windows (`params.w0` is the first of this dispatch's) and only the
+/// stores, which nothing avoids, stay expensive; the padding is a fill. 1.1× on a whole 64ch
+/// 32×32 forward convolution against a storage-to-storage packing kernel.
+fn scatter(
+    g: &Arc<Gpu>,
+    src: &GpuBuffer,
+    total: usize,
+    out: &GpuBuffer,
+    key: &str,
+    n4: usize,
+    put: impl Fn() -> String,
+) -> bool {
+    let limit = (g.limits.max_uniform_buffer_binding_size as usize / 4).min(16384) / 64 * 64;
+    // Tests: `VIEWCRAFT_SCATTER_WINDOW=0` packs with the storage kernels, a small window size
+    // (values, a multiple of 64) makes many windows and dispatches.
+    let win = match std::env::var("VIEWCRAFT_SCATTER_WINDOW").map(|v| v.parse::<usize>()) {
+        Ok(Ok(v)) => (v / 64 * 64).min(limit),
+        _ => limit,
+    };
+    // One uniform binding is the params block.
+    let per = (g.limits.max_uniform_buffers_per_shader_stage as usize).saturating_sub(1);
+    if win == 0 || per == 0 {
+        return false;
+    }
+    let cap = src.size() as usize / 4;
+    let windows = total.div_ceil(win);
+    for first in (0..windows).step_by(per) {
+        let count = per.min(windows - first);
+        // The source buffer's last window may be shorter than `win` (buffers are whole
+        // multiples of 64 values).
+        let last = win.min(cap - (first + count - 1) * win);
+        let inv = if count == 1 { last } else { win } / 4;
+        let mut b: Vec<BufferRange> = (0..count)
+            .map(|k| BufferRange {
+                buffer: src,
+                offset: ((first + k) * win * 4) as u64,
+                size: (if k + 1 == count { last } else { win } * 4) as u64,
+            })
+            .collect();
+        b.push(BufferRange::whole(out));
+        let source = || {
+            let ty = if n4 == 4 { "vec4<f32>" } else { "f32" };
+            let mut o = String::new();
+            let _ = writeln!(o, "// generated by src/ops/conv2d_window.rs (scatter)");
+            let _ = writeln!(o, "struct Params {{ w0: u32 }}");
+            let _ = writeln!(o, "@group(0) @binding(0) var<uniform> params: Params;");
+            let _ = writeln!(o, "struct Win {{ v: array<vec4<f32>, {}> }}", win / 4);
+            let _ = writeln!(o, "struct Last {{ v: array<vec4<f32>, {}> }}", last / 4);
+            for k in 0..count {
+                let ty = if k + 1 == count { "Last" } else { "Win" };
+                let _ = writeln!(o, "@group(0) @binding({}) var<uniform> X{k}: {ty};", k + 1);
+            }
+            let _ = writeln!(
+                o,
+                "@group(0) @binding({}) var<storage, read_write> out: array<f32>;",
+                count + 1
+            );
+            let _ = writeln!(o, "fn put(e: u32, v: {ty}) {{");
+            let _ = writeln!(o, "  if (e >= {total}u) {{ return; }}");
+            o.push_str(&put());
+            let _ = writeln!(o, "}}");
+            let _ = writeln!(o, "@compute @workgroup_size(64)");
+            let _ = writeln!(o, "fn scatter(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {{");
+            let _ = writeln!(o, "  let i = (wid.y * nwg.x + wid.x) * 64u + li;");
+            let _ = writeln!(o, "  if (i >= {inv}u) {{ return; }}");
+            for k in 0..count {
+                let guard = if k + 1 == count && last < win {
+                    format!("if (i < {}u) ", last / 4)
+                } else {
+                    String::new()
+                };
+                let _ = writeln!(o, "  {guard}{{");
+                let _ = writeln!(o, "    let v = X{k}.v[i];");
+                let _ = writeln!(o, "    let e = (params.w0 + {k}u) * {win}u + i * 4u;");
+                if n4 == 4 {
+                    let _ = writeln!(o, "    put(e, v);");
+                } else {
+                    for j in 0..4 {
+                        let _ = writeln!(o, "    put(e + {j}u, v[{j}]);");
+                    }
+                }
+                let _ = writeln!(o, "  }}");
+            }
+            let _ = writeln!(o, "}}");
+            o
+        };
+        g.dispatch_generated(
+            &format!("{key}_t{total}sw{win}b{count}l{last}"),
+            source,
+            "scatter",
+            &b,
+            &[first as u32],
+            grid_1d(inv, 64),
+        );
+    }
+    true
+}
+
+/// `pack_input` through the storage-buffer kernel, for adapters without usable uniform
+/// windows.
+fn pack_input_storage(
+    g: &Arc<Gpu>,
+    src: &GpuBuffer,
+    [n, c, h, w]: [usize; 4],
+    c0: usize,
+    l: Windows,
+    out: &GpuBuffer,
+    len: usize,
+) {
     let f = |x: usize| x as f64;
     g.dispatch(
         PACK_INPUT,
@@ -663,11 +905,10 @@ fn pack_input(
             ("pi_win", f(l.win)),
             ("pi_total", f(len)),
         ],
-        &[src, &out],
+        &[src, out],
         &[],
         grid_1d(len, 256),
     );
-    out
 }
 
 /// The `segs` windows of image group `gi` in a `pack_input` buffer, as bindings.
@@ -973,6 +1214,7 @@ pub fn backward_weight(g: &Arc<Gpu>, gy: &GpuBuffer, x: &GpuBuffer, d: &Dims) ->
                     || grad_source(d, &p),
                     "grad",
                     &b,
+                    &[],
                     grid_1d(total, p.wg as u32),
                 );
             }
