@@ -605,7 +605,7 @@ impl Problem {
             o
         };
         let key = format!(
-            "conv2d_packw_o{}c{}k{}t{}_c{}n{}cs{cs}og{og}spw{}nww{}ww{}",
+            "conv2d_pack_weight_n_o{}c{}k{}t{}_c{}n{}cs{cs}og{og}spw{}nww{}ww{}",
             self.o, self.c_src, self.k, self.transpose as u8, self.c0, self.c, p.spw, p.nww, p.ww
         );
         let out = g.alloc(wlen);
@@ -759,7 +759,7 @@ fn pack_input(
         o
     };
     let key = format!(
-        "conv2d_pack_n{n}c{c}h{h}w{w}_c{c0}ni{}cs{}segs{}hp{}wp{}pad{}x{}dil{}win{}",
+        "conv2d_pack_input_n{n}c{c}h{h}w{w}_c{c0}ni{}cs{}segs{}hp{}wp{}pad{}x{}dil{}win{}",
         l.ni, l.cs, l.segs, l.hp, l.wp, l.pad, l.padx, l.dil, l.win
     );
     let out = g.alloc(len);
