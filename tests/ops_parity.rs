@@ -257,6 +257,30 @@ fn conv2d_forward_and_grads() {
         let y_cpu = v(&conv2d::forward(&xc, &wc, cfg).unwrap());
         let gx_cpu = v(&conv2d::backward_input(&gyc, &wc, &d).unwrap());
         let gw_cpu = v(&conv2d::backward_weight(&gyc, &xc, &d).unwrap());
+        // y, grad_x and grad_w on the GPU against the CPU reference.
+        let check = |lbl: &str| {
+            assert_close(
+                &format!("{lbl} y"),
+                &v(&conv2d::forward(&xg, &wg, cfg).unwrap()),
+                &y_cpu,
+                tol(c * k * k),
+                1e-4,
+            );
+            assert_close(
+                &format!("{lbl} grad_x"),
+                &v(&conv2d::backward_input(&gyg, &wg, &d).unwrap()),
+                &gx_cpu,
+                tol(o * k * k),
+                1e-4,
+            );
+            assert_close(
+                &format!("{lbl} grad_w"),
+                &v(&conv2d::backward_weight(&gyg, &xg, &d).unwrap()),
+                &gw_cpu,
+                tol(n * d.oh * d.ow),
+                1e-4,
+            );
+        };
         // Both kernel families on this adapter: uniform windows (where a plan fits) and the
         // storage-buffer kernels.
         for windows in [true, false] {
@@ -281,27 +305,7 @@ fn conv2d_forward_and_grads() {
             let lbl = format!(
                 "conv2d x[{n},{c},{h},{w}] w[{o},{c},{k},{k}] s{s} p{p} windows {windows} seed {seed}"
             );
-            assert_close(
-                &format!("{lbl} y"),
-                &v(&conv2d::forward(&xg, &wg, cfg).unwrap()),
-                &y_cpu,
-                tol(c * k * k),
-                1e-4,
-            );
-            assert_close(
-                &format!("{lbl} grad_x"),
-                &v(&conv2d::backward_input(&gyg, &wg, &d).unwrap()),
-                &gx_cpu,
-                tol(o * k * k),
-                1e-4,
-            );
-            assert_close(
-                &format!("{lbl} grad_w"),
-                &v(&conv2d::backward_weight(&gyg, &xg, &d).unwrap()),
-                &gw_cpu,
-                tol(n * d.oh * d.ow),
-                1e-4,
-            );
+            check(&lbl);
         }
         // The window weight gradient sums its per-image-group partials in bounded chunks:
         // force one partial per chunk.
@@ -322,27 +326,7 @@ fn conv2d_forward_and_grads() {
             let lbl = format!(
                 "conv2d x[{n},{c},{h},{w}] w[{o},{c},{k},{k}] s{s} p{p} scatter window {scatter_window} seed {seed}"
             );
-            assert_close(
-                &format!("{lbl} y"),
-                &v(&conv2d::forward(&xg, &wg, cfg).unwrap()),
-                &y_cpu,
-                tol(c * k * k),
-                1e-4,
-            );
-            assert_close(
-                &format!("{lbl} grad_x"),
-                &v(&conv2d::backward_input(&gyg, &wg, &d).unwrap()),
-                &gx_cpu,
-                tol(o * k * k),
-                1e-4,
-            );
-            assert_close(
-                &format!("{lbl} grad_w"),
-                &v(&conv2d::backward_weight(&gyg, &xg, &d).unwrap()),
-                &gw_cpu,
-                tol(n * d.oh * d.ow),
-                1e-4,
-            );
+            check(&lbl);
         }
         std::env::remove_var("VIEWCRAFT_SCATTER_WINDOW");
     }
