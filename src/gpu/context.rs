@@ -477,12 +477,11 @@ impl Gpu {
     }
 
     /// Time what `f` records: wall seconds from first record to completion, and the GPU's own
-    /// seconds from timestamp queries when the adapter has them (only for work that stays in
-    /// one compute pass, i.e. dispatches without copies).
+    /// seconds from timestamp queries when the adapter has them (from the start of the first
+    /// compute pass to after everything recorded, copies and fills included).
     pub fn time<R>(&self, f: impl FnOnce() -> R) -> Result<(R, f64, Option<f64>)> {
         self.sync()?;
-        // The profiler submits every dispatch on its own: a pass timestamp would bracket only
-        // part of the work, so profiled runs report wall time.
+        // The profiler waits after every dispatch; its runs report wall time.
         let ts = self.features.contains(wgpu::Features::TIMESTAMP_QUERY) && !self.profiling();
         let qs = ts.then(|| {
             self.device.create_query_set(&wgpu::QuerySetDescriptor {
