@@ -770,7 +770,7 @@ fn pack_input(
     out
 }
 
-/// Zeroes nothing itself: scatters values `0..total` of `src` into the (zeroed) `out`
+/// Scatter values `0..total` of `src` into `out` (zeroed by the caller where nothing lands)
 /// through a generated kernel whose `put(e, v)` body (`put`, WGSL) stores values `e..e + n4`
 /// of the source (`v`: f32 or vec4) at their packed places. False when the adapter has no
 /// usable uniform windows (the caller packs otherwise).
