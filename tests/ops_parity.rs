@@ -120,12 +120,18 @@ fn reductions() {
 #[test]
 fn matmul_all_transposes() {
     let Some(g) = gpu() else { return };
+    let Device::Gpu(adapter) = &g else {
+        unreachable!("gpu() returns an adapter")
+    };
+    // Products planned through uniform windows (as 1×1 convolutions), by `ta`.
+    let mut windowed = [0, 0];
     for (m, n, k) in [
         (1, 1, 1),
         (5, 3, 7),
         (33, 65, 17),
         (128, 96, 200),
         (3, 130, 64),
+        (24, 512, 36),
     ] {
         for ta in [false, true] {
             for tb in [false, true] {
@@ -135,19 +141,34 @@ fn matmul_all_transposes() {
                 let (ac, ag) = both(&randn(&mut r, m * k), &ash, &g);
                 let (bc, bg) = both(&randn(&mut r, k * n), &bsh, &g);
                 let (biasc, biasg) = both(&randn(&mut r, n), &[n], &g);
-                let want = v(&linear::matmul_t(&ac, &bc, Some(&biasc), ta, tb).unwrap());
-                let got = v(&linear::matmul_t(&ag, &bg, Some(&biasg), ta, tb).unwrap());
                 let tol = 1e-5 * (k as f64).sqrt() * 2.0;
-                assert_close(
-                    &format!("matmul m{m} n{n} k{k} ta{ta} tb{tb} seed {seed}"),
-                    &got,
-                    &want,
-                    tol,
-                    1e-4,
-                );
+                if !tb && viewcraft::ops::conv2d_window::planned_matmul(adapter, [m, n, k], ta) {
+                    windowed[ta as usize] += 1;
+                }
+                // Both kernel families; with and without bias (the windows take no bias).
+                for windows in [true, false] {
+                    adapter.set_conv_windows(windows);
+                    for bias in [true, false] {
+                        let (bc_, bg_) = (bias.then_some(&biasc), bias.then_some(&biasg));
+                        assert_close(
+                            &format!(
+                                "matmul m{m} n{n} k{k} ta{ta} tb{tb} bias {bias} windows {windows} seed {seed}"
+                            ),
+                            &v(&linear::matmul_t(&ag, &bg, bg_, ta, tb).unwrap()),
+                            &v(&linear::matmul_t(&ac, &bc, bc_, ta, tb).unwrap()),
+                            tol,
+                            1e-4,
+                        );
+                    }
+                }
             }
         }
     }
+    adapter.set_conv_windows(true);
+    assert!(
+        windowed[0] >= 2 && windowed[1] >= 2,
+        "too few products ran through windows: {windowed:?} (untransposed A, transposed A)"
+    );
 }
 
 #[test]

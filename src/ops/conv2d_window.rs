@@ -932,6 +932,50 @@ pub fn backward_input(g: &Arc<Gpu>, gy: &GpuBuffer, w: &GpuBuffer, d: &Dims) -> 
     Problem::backward_input(d)?.solve(g, gy, w)
 }
 
+/// The window problem of C[m×n] = op(A)·B (B not transposed): a 1×1 convolution of B as one
+/// image of `k` channels and n = h·w pixels with A as the weights (`ta`: A is stored [k][m],
+/// which the weight packing transposes for free); C is the output, [m][h][w]. None when no
+/// factorization of n has a plan.
+fn matmul_problem(g: &Gpu, m: usize, n: usize, k: usize, ta: bool) -> Option<Problem> {
+    [64, 32, 16, 8, 4]
+        .into_iter()
+        .filter(|w| n.is_multiple_of(*w))
+        .map(|w| Problem {
+            n: 1,
+            c: k,
+            hs: n / w,
+            ws: w,
+            o: m,
+            oh: n / w,
+            ow: w,
+            k: 1,
+            stride: 1,
+            pad: 0,
+            dil: 1,
+            transpose: ta,
+            c0: 0,
+            c_src: k,
+            acc: false,
+        })
+        .find(|p| p.parts(g).is_some())
+}
+
+/// C = op(A)·B through windows (see `matmul_problem`), or None when no plan fits.
+pub fn matmul(
+    g: &Arc<Gpu>,
+    a: &GpuBuffer,
+    b: &GpuBuffer,
+    [m, n, k]: [usize; 3],
+    ta: bool,
+) -> Option<GpuBuffer> {
+    matmul_problem(g, m, n, k, ta)?.solve(g, b, a)
+}
+
+/// Whether `matmul` has a plan for this product (tests check the path is exercised).
+pub fn planned_matmul(g: &Gpu, [m, n, k]: [usize; 3], ta: bool) -> bool {
+    matmul_problem(g, m, n, k, ta).is_some()
+}
+
 /// The register tiles (pixels, rows, channel blocks, unpadded columns, unpadded rows) of the
 /// forward and input-gradient plans of `d` (tests check that every tile of `TILES` is exercised).
 pub fn planned_tiles(g: &Gpu, d: &Dims) -> Vec<(usize, usize, usize, bool, bool)> {

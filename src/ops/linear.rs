@@ -12,6 +12,7 @@ use super::{buf, cpu, u, Real, TResult};
 use crate::autograd::{Tape, Var};
 use crate::error::{Error, Result};
 use crate::gpu::{Kernel, KernelVariant};
+use crate::ops::conv2d_window;
 use crate::ops::reduce::col_sum;
 use crate::tensor::{same_device, Device, Tensor};
 use rayon::prelude::*;
@@ -112,13 +113,20 @@ pub fn matmul_t(a: &Tensor, b: &Tensor, bias: Option<&Tensor>, ta: bool, tb: boo
             &[m, n],
         )),
         Device::Gpu(g) => {
-            let out = g.alloc(m * n);
             if m * n == 0 {
-                return Ok(Tensor::from_gpu(&g, out, &[m, n]));
+                return Ok(Tensor::from_gpu(&g, g.alloc(0), &[m, n]));
             }
             if k == 0 {
                 return crate::ops::elementwise::fill(0.0, &[m, n], &Device::Gpu(g));
             }
+            // CPU adapters: untransposed B through uniform windows, as a 1×1 convolution
+            // (~20× the storage kernel on llvmpipe, see conv2d_window).
+            if g.conv_windows() && bias.is_none() && !tb {
+                if let Some(out) = conv2d_window::matmul(&g, buf(a), buf(b), [m, n, k], ta) {
+                    return Ok(Tensor::from_gpu(&g, out, &[m, n]));
+                }
+            }
+            let out = g.alloc(m * n);
             // A bias binding is always needed; without bias, any buffer will do (never read).
             let bias_buf = bias.map(buf).unwrap_or(buf(a));
             let params = [
