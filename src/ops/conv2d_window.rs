@@ -159,6 +159,11 @@ fn packed_geometry(
     (nv, hp, wp)
 }
 
+/// Values one uniform window may hold on this adapter (64 KiB at most).
+fn max_window(g: &Gpu) -> usize {
+    (g.limits.max_uniform_buffer_binding_size as usize / 4).min(16384)
+}
+
 fn round64(x: usize) -> usize {
     x.div_ceil(64) * 64
 }
@@ -238,7 +243,7 @@ impl Problem {
         {
             return None;
         }
-        let maxwin = (g.limits.max_uniform_buffer_binding_size as usize / 4).min(16384);
+        let maxwin = max_window(g);
         let max_ubo = g.limits.max_uniform_buffers_per_shader_stage as usize;
         let ualign = g.limits.min_uniform_buffer_offset_alignment as usize;
         let salign = g.limits.min_storage_buffer_offset_alignment as usize;
@@ -609,7 +614,6 @@ impl Problem {
             self.o, self.c_src, self.k, self.transpose as u8, self.c0, self.c, p.spw, p.nww, p.ww
         );
         let out = g.alloc(wlen);
-        g.clear(&out);
         if !scatter(g, w, total, &out, &key, 1, put) {
             let f = |x: usize| x as f64;
             g.dispatch(
@@ -763,17 +767,17 @@ fn pack_input(
         l.ni, l.cs, l.segs, l.hp, l.wp, l.pad, l.padx, l.dil, l.win
     );
     let out = g.alloc(len);
-    g.clear(&out);
     if !scatter(g, src, n * c * h * w, &out, &key, n4, put) {
         pack_input_storage(g, src, [n, c, h, w], c0, l, &out, len);
     }
     out
 }
 
-/// Scatter values `0..total` of `src` into `out` (zeroed by the caller where nothing lands)
-/// through a generated kernel whose `put(e, v)` body (`put`, WGSL) stores values `e..e + n4`
-/// of the source (`v`: f32 or vec4) at their packed places. False when the adapter has no
-/// usable uniform windows (the caller packs otherwise).
+/// Zero `out` (a fill) and scatter values `0..total` of `src` into it through a generated
+/// kernel whose `put(e, v)` body (`put`, WGSL) stores values `e..e + n4` of the source (`v`:
+/// f32 or vec4) at their packed places. False, with nothing recorded, when the adapter has
+/// no usable uniform windows (the caller packs with a storage kernel that writes every value,
+/// padding included).
 ///
 /// Why: a storage load costs llvmpipe ~23 cycles per value, a uniform one ~1.6, so the source
 /// is read through uniform windows (`params.w0` is the first of this dispatch's) and only the
@@ -788,7 +792,7 @@ fn scatter(
     n4: usize,
     put: impl Fn() -> String,
 ) -> bool {
-    let limit = (g.limits.max_uniform_buffer_binding_size as usize / 4).min(16384) / 64 * 64;
+    let limit = max_window(g) / 64 * 64;
     // Tests: `VIEWCRAFT_SCATTER_WINDOW=0` packs with the storage kernels, a small window size
     // (values, a multiple of 64) makes many windows and dispatches.
     let win = match std::env::var("VIEWCRAFT_SCATTER_WINDOW").map(|v| v.parse::<usize>()) {
@@ -800,6 +804,7 @@ fn scatter(
     if win == 0 || per == 0 {
         return false;
     }
+    g.clear(out);
     let cap = src.size() as usize / 4;
     let windows = total.div_ceil(win);
     for first in (0..windows).step_by(per) {
@@ -1024,7 +1029,7 @@ fn grad_plan(g: &Gpu, d: &Dims) -> Option<GradPlan> {
     if d.kh != d.kw || !d.o.is_multiple_of(KB) || !d.ow.is_multiple_of(P) || d.n == 0 || d.c == 0 {
         return None;
     }
-    let maxwin = (g.limits.max_uniform_buffer_binding_size as usize / 4).min(16384);
+    let maxwin = max_window(g);
     let max_ubo = g.limits.max_uniform_buffers_per_shader_stage as usize;
     let salign = g.limits.min_storage_buffer_offset_alignment as usize;
     let (s, k) = (d.stride, d.kh);
