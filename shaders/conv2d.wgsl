@@ -241,6 +241,7 @@ fn pack_input(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgr
 override pw_o: u32; override pw_c: u32; override pw_kk: u32; override pw_og: u32;
 override pw_cs: u32; override pw_spw: u32; override pw_nww: u32; override pw_segs: u32;
 override pw_c0: u32; override pw_win: u32; override pw_transpose: u32; override pw_total: u32;
+override pw_m: u32;
 
 // w [O, C, K, K] → windows [o-group][window] each holding [segment][o-block][cs][K·K][4]
 // (4 output channels contiguous). With `transpose`, the kernel's (o, c) is the source's (c, o)
@@ -259,9 +260,10 @@ fn pack_weight(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workg
     let seg = wwin * pw_spw + segl;
     let j = rr % 4u;
     let tap = (rr / 4u) % pw_kk;
-    let cl = (rr / (4u * pw_kk)) % pw_cs;
-    let ob = rr / (4u * pw_kk * pw_cs);
-    let o = ogi * pw_og + ob * 4u + j;
+    let b = (rr / (4u * pw_kk)) % pw_m;
+    let cl = (rr / (4u * pw_kk * pw_m)) % pw_cs;
+    let ob = rr / (4u * pw_kk * pw_m * pw_cs);
+    let o = ogi * pw_og + (ob * pw_m + b) * 4u + j;
     let c = pw_c0 + seg * pw_cs + cl;
     let ok = segl < pw_spw && seg < pw_segs;
     var si = (o * pw_c + c) * pw_kk + tap;

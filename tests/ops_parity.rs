@@ -340,16 +340,19 @@ fn conv2d_forward_and_grads() {
             1e-4,
         );
         std::env::remove_var("VIEWCRAFT_WGRAD_PARTIAL_BYTES");
-        // Operand packing: by the storage kernels, and scattered through 256-value source
-        // windows (many windows per dispatch, several dispatches, a short last window).
-        for scatter_window in ["0", "256"] {
+        // Operand packing: by the storage kernels (with every lane loading its own weights
+        // instead of a subgroup sharing them), and scattered through 256-value source windows
+        // (many windows per dispatch, several dispatches, a short last window).
+        for (scatter_window, shared) in [("0", "0"), ("256", "1")] {
             std::env::set_var("VIEWCRAFT_SCATTER_WINDOW", scatter_window);
+            std::env::set_var("VIEWCRAFT_SUBGROUP_WEIGHTS", shared);
             let lbl = format!(
-                "conv2d x[{n},{c},{h},{w}] w[{o},{c},{k},{k}] s{s} p{p} scatter window {scatter_window} seed {seed}"
+                "conv2d x[{n},{c},{h},{w}] w[{o},{c},{k},{k}] s{s} p{p} scatter window {scatter_window} shared weights {shared} seed {seed}"
             );
             check(&lbl);
         }
         std::env::remove_var("VIEWCRAFT_SCATTER_WINDOW");
+        std::env::remove_var("VIEWCRAFT_SUBGROUP_WEIGHTS");
     }
     for tile in viewcraft::ops::conv2d_window::TILES {
         assert!(
@@ -358,6 +361,12 @@ fn conv2d_forward_and_grads() {
         );
     }
     assert!(most_parts >= 2, "no case split its channels into parts");
+    if viewcraft::ops::conv2d_window::subgroup_size(adapter).is_some() {
+        assert!(
+            tiles.iter().any(|t| t.5 > 0),
+            "no case shared its weights across a subgroup (ran {tiles:?})"
+        );
+    }
     for unpadded in [(true, false), (true, true)] {
         assert!(
             tiles.iter().any(|t| (t.3, t.4) == unpadded),

@@ -39,10 +39,14 @@ pub fn full_source(name: &str) -> Option<String> {
 pub fn validate(name: &str, src: &str) -> Result<(naga::Module, naga::valid::ModuleInfo), String> {
     let module = naga::front::wgsl::parse_str(src)
         .map_err(|e| format!("{name}.wgsl: {}", e.emit_to_string(src)))?;
+    // Subgroup operations are allowed here; wgpu checks them against the device's features
+    // (only generated kernels use them, on devices that have them).
     let info = naga::valid::Validator::new(
         naga::valid::ValidationFlags::all(),
-        naga::valid::Capabilities::default(),
+        naga::valid::Capabilities::default() | naga::valid::Capabilities::SUBGROUP,
     )
+    .subgroup_stages(naga::valid::ShaderStages::COMPUTE)
+    .subgroup_operations(naga::valid::SubgroupOperationSet::all())
     .validate(&module)
     .map_err(|e| format!("{name}.wgsl: {}", e.emit_to_string(src)))?;
     Ok((module, info))

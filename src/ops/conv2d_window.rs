@@ -7,7 +7,8 @@
 //! generated `scatter` kernel that reads the source through uniform windows too): the input,
 //! zero padded (and dilated for the transposed convolution of a strided one), as [image
 //! group][channel segment] windows of [images][channels][rows][cols]; the weights as
-//! [output-channel group][window] of [segment][4-channel block][channels][taps][4]. One
+//! [output-channel group][window] of [segment][invocation's channel blocks][channels]
+//! [block][taps][4] (one channel's weights for an invocation are contiguous). One
 //! dispatch computes one (image group, output-channel group) with every input channel:
 //! segment `s` reads input window `Xs` and weight window `W(s / segments-per-window)`, and the
 //! result is stored once (no partial sums).
@@ -15,8 +16,12 @@
 //! The kernel is generated for each plan (sizes are constants, the tap loops are unrolled):
 //! each invocation computes a register tile of `TILES` (pixels × rows × blocks of 4 output
 //! channels), loading each input row span once as aligned vec4s and one vec4 of weights per
-//! tap and channel block. Shapes that fit no plan (large images, channels not a multiple of
-//! 4, ...) use the storage-buffer kernels instead.
+//! tap and channel block. Where a subgroup's invocations share their output channels (llvmpipe:
+//! 8 consecutive invocations), each lane loads a different weight vec4 and
+//! `subgroupBroadcast` hands them round: uniform-buffer loads with an index that is not
+//! provably uniform are per-lane gathers on llvmpipe, and the weights were half of them
+//! (1.16× at 64ch 32×32, 1.3× at 512ch 4×4). Shapes that fit no plan (large images, channels
+//! not a multiple of 4, ...) use the storage-buffer kernels instead.
 
 use super::conv2d::Dims;
 use crate::gpu::{grid_1d, BufferRange, Gpu, GpuBuffer, Kernel};
@@ -123,6 +128,9 @@ struct Plan {
     r: usize,
     /// Blocks of `KB` output channels per invocation.
     m: usize,
+    /// Subgroup size when every subgroup shares its weights (one output-channel group per
+    /// subgroup, see `subgroup_size`), else 0.
+    sg: usize,
     /// The tile spans every output column / row: that dimension is packed unpadded.
     full_w: bool,
     full_h: bool,
@@ -162,6 +170,18 @@ fn packed_geometry(
 /// Values one uniform window may hold on this adapter (64 KiB at most).
 fn max_window(g: &Gpu) -> usize {
     (g.limits.max_uniform_buffer_binding_size as usize / 4).min(16384)
+}
+
+/// The subgroup size the window kernels may share weights across: llvmpipe's fixed SIMD
+/// width (its subgroups are runs of consecutive invocations), unless
+/// `VIEWCRAFT_SUBGROUP_WEIGHTS=0`.
+pub fn subgroup_size(g: &Gpu) -> Option<usize> {
+    let (lo, hi) = (g.info.subgroup_min_size, g.info.subgroup_max_size);
+    (g.features.contains(wgpu::Features::SUBGROUP)
+        && lo == hi
+        && g.info.driver.contains("llvmpipe")
+        && std::env::var("VIEWCRAFT_SUBGROUP_WEIGHTS").map_or(true, |v| v != "0"))
+    .then_some(lo as usize)
 }
 
 fn round64(x: usize) -> usize {
@@ -287,10 +307,17 @@ impl Problem {
                     {
                         continue;
                     }
+                    let tiles = ni * (self.oh / r) * (self.ow / px);
+                    let total = tiles * (og / (KB * m));
                     let plan = Plan {
                         px,
                         r,
                         m,
+                        sg: subgroup_size(g)
+                            .filter(|&z| {
+                                tiles.is_multiple_of(z) && workgroup(total).is_multiple_of(z)
+                            })
+                            .unwrap_or(0),
                         full_w,
                         full_h,
                         cs,
@@ -323,7 +350,7 @@ impl Problem {
     fn key(&self, p: &Plan) -> String {
         let s = self;
         format!(
-            "conv2d_window_n{}c{}o{}oh{}ow{}k{}s{}p{}a{}_p{}r{}m{}f{}{}cs{}g{}ni{}og{}hp{}wp{}wx{}spw{}nww{}ww{}",
+            "conv2d_window_n{}c{}o{}oh{}ow{}k{}s{}p{}a{}_p{}r{}m{}sg{}f{}{}cs{}g{}ni{}og{}hp{}wp{}wx{}spw{}nww{}ww{}",
             s.n,
             s.c,
             s.o,
@@ -336,6 +363,7 @@ impl Problem {
             p.px,
             p.r,
             p.m,
+            p.sg,
             p.full_w as u8,
             p.full_h as u8,
             p.cs,
@@ -374,7 +402,7 @@ impl Problem {
     /// The generated kernel (see the module comment).
     fn source(&self, p: &Plan) -> String {
         let (s, k, kk) = (self.stride, self.k, self.k * self.k);
-        let (w4, nob, m) = (p.wp / 4, p.og / (KB * p.m), p.m);
+        let (w4, m) = (p.wp / 4, p.m);
         let rows = (p.r - 1) * s + k;
         let mut o = String::new();
         let _ = writeln!(
@@ -403,16 +431,33 @@ impl Problem {
         let total = self.invocations(p);
         let wg = workgroup(total);
         let _ = writeln!(o, "@compute @workgroup_size({wg})");
-        let _ = writeln!(o, "fn conv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {{");
-        let _ = writeln!(o, "  let t = (wid.y * nwg.x + wid.x) * {wg}u + li;");
-        let _ = writeln!(o, "  if (t >= {total}u) {{ return; }}");
+        let sid = if p.sg > 0 {
+            ", @builtin(subgroup_invocation_id) sid: u32"
+        } else {
+            ""
+        };
+        let _ = writeln!(o, "fn conv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32{sid}) {{");
+        let _ = writeln!(o, "  let t0 = (wid.y * nwg.x + wid.x) * {wg}u + li;");
+        if p.sg > 0 {
+            // Every lane stays active for the broadcasts; only live ones store.
+            let _ = writeln!(
+                o,
+                "  let live = t0 < {total}u; let t = min(t0, {}u);",
+                total - 1
+            );
+        } else {
+            let _ = writeln!(o, "  if (t0 >= {total}u) {{ return; }} let t = t0;");
+        }
+        // Tiles, then images, then channel blocks: a subgroup shares its channel block
+        // (and so its weights) when an image group's tiles fill whole subgroups.
         let _ = writeln!(
             o,
-            "  let xb = t % {}u; var r = t / {}u; let yb = r % {}u; r = r / {}u; let ob = r % {nob}u; let img = r / {nob}u;",
+            "  let xb = t % {}u; var r = t / {}u; let yb = r % {}u; r = r / {}u; let img = r % {ni}u; let ob = r / {ni}u;",
             self.ow / px,
             self.ow / px,
             self.oh / p.r,
-            self.oh / p.r
+            self.oh / p.r,
+            ni = p.ni
         );
         let _ = writeln!(o, "  let x0 = xb * {px}u; let y0 = yb * {}u;", p.r);
         for rr in 0..p.r {
@@ -430,13 +475,25 @@ impl Problem {
                 "    let xv = ((img * {}u + c) * {}u + y0 * {s}u) * {w4}u + x0 * {s}u / 4u;",
                 p.cs, p.hp
             );
-            for b in 0..m {
-                let _ = writeln!(
-                    o,
-                    "    let wv{b} = {}u + ((ob * {m}u + {b}u) * {}u + c) * {kk}u;",
-                    segl * p.og * p.cs * kk / 4,
-                    p.cs
-                );
+            // This channel's weights: m·kk vec4s from `wv`, [block][tap].
+            let _ = writeln!(
+                o,
+                "    let wv = {}u + (ob * {}u + c) * {}u;",
+                segl * p.og * p.cs * kk / 4,
+                p.cs,
+                m * kk
+            );
+            // With shared weights each lane loads a different vec4 and the subgroup
+            // broadcasts them: one gather per subgroup-size vec4s instead of one each.
+            if p.sg > 0 {
+                for q in 0..(m * kk).div_ceil(p.sg) {
+                    let _ = writeln!(
+                        o,
+                        "    let ws{q} = W{wi}.v[min(wv + {}u + sid, {}u)];",
+                        q * p.sg,
+                        p.ww / 4 - 1
+                    );
+                }
             }
             for ir in 0..(if p.full_h { self.hs } else { rows }) {
                 for v in 0..p.nv {
@@ -446,11 +503,16 @@ impl Problem {
             for ky in 0..k {
                 for kx in 0..k {
                     for b in 0..m {
-                        let _ = writeln!(
-                            o,
-                            "    let w{ky}_{kx}_{b} = W{wi}.v[wv{b} + {}u];",
-                            ky * k + kx
-                        );
+                        let j = b * kk + ky * k + kx;
+                        if let Some(q) = j.checked_div(p.sg) {
+                            let _ = writeln!(
+                                o,
+                                "    let w{ky}_{kx}_{b} = subgroupBroadcast(ws{q}, {}u);",
+                                j % p.sg
+                            );
+                        } else {
+                            let _ = writeln!(o, "    let w{ky}_{kx}_{b} = W{wi}.v[wv + {j}u];");
+                        }
                     }
                 }
             }
@@ -459,6 +521,7 @@ impl Problem {
             // tap-major order reloaded and stored each accumulator per tap (1.2× slower).
             for rr in 0..p.r {
                 for (q, b) in (0..px).flat_map(|q| (0..m).map(move |b| (q, b))) {
+                    let mut terms = Vec::new();
                     for ky in 0..k {
                         let Some(ir) = self.packed_row(p, rr, ky) else {
                             continue;
@@ -467,19 +530,20 @@ impl Problem {
                             let Some(j) = self.packed_col(p, q, kx) else {
                                 continue;
                             };
-                            let _ = writeln!(
-                                o,
-                                "    a{rr}_{q}_{b} += v{ir}_{}[{}] * w{ky}_{kx}_{b};",
-                                j / 4,
-                                j % 4
-                            );
+                            terms.push(format!("v{ir}_{}[{}] * w{ky}_{kx}_{b}", j / 4, j % 4));
                         }
+                    }
+                    if !terms.is_empty() {
+                        let _ = writeln!(o, "    a{rr}_{q}_{b} += {};", tree_sum(&terms));
                     }
                 }
             }
             let _ = writeln!(o, "  }}");
         }
         // One vec4 store per (row, channel, 4 pixels): the pixels are contiguous in y.
+        if p.sg > 0 {
+            let _ = writeln!(o, "  if (!live) {{ return; }}");
+        }
         for rr in 0..p.r {
             for (b, j) in (0..m).flat_map(|b| (0..KB).map(move |j| (b, j))) {
                 for q in (0..px).step_by(4) {
@@ -567,7 +631,7 @@ impl Problem {
     }
 
     /// The weights of this problem's channels packed as the plan says: [output-channel group]
-    /// [window] of [segment][4-channel block][channels][taps][4] (flipped and transposed for
+    /// [window] of [segment][m-block group][channels][block][taps][4] (flipped and transposed for
     /// the input gradient), through `scatter`.
     fn pack_weight(&self, g: &Arc<Gpu>, p: &Plan, w: &GpuBuffer) -> GpuBuffer {
         let (kk, cs, og) = (self.k * self.k, p.cs, p.og);
@@ -601,7 +665,8 @@ impl Problem {
             );
             let _ = writeln!(
                 o,
-                "  out[((oc / {og}u) * {nww}u + seg / {spw}u) * {ww}u + (seg % {spw}u) * {wseg}u + (((ol / 4u) * {cs}u + cl) * {kk}u + tap) * 4u + ol % 4u] = v;",
+                "  out[((oc / {og}u) * {nww}u + seg / {spw}u) * {ww}u + (seg % {spw}u) * {wseg}u + ((((ol / 4u) / {m}u * {cs}u + cl) * {m}u + (ol / 4u) % {m}u) * {kk}u + tap) * 4u + ol % 4u] = v;",
+                m = p.m,
                 nww = p.nww,
                 spw = p.spw,
                 ww = p.ww,
@@ -610,8 +675,17 @@ impl Problem {
             o
         };
         let key = format!(
-            "conv2d_pack_weight_n_o{}c{}k{}t{}_c{}n{}cs{cs}og{og}spw{}nww{}ww{}",
-            self.o, self.c_src, self.k, self.transpose as u8, self.c0, self.c, p.spw, p.nww, p.ww
+            "conv2d_pack_weight_n_o{}c{}k{}t{}_c{}n{}cs{cs}og{og}m{}spw{}nww{}ww{}",
+            self.o,
+            self.c_src,
+            self.k,
+            self.transpose as u8,
+            self.c0,
+            self.c,
+            p.m,
+            p.spw,
+            p.nww,
+            p.ww
         );
         let out = g.alloc(wlen);
         if !scatter(g, w, total, &out, &key, 1, put) {
@@ -625,6 +699,7 @@ impl Problem {
                     ("pw_kk", f(kk)),
                     ("pw_og", f(og)),
                     ("pw_cs", f(cs)),
+                    ("pw_m", f(p.m)),
                     ("pw_spw", f(p.spw)),
                     ("pw_nww", f(p.nww)),
                     ("pw_segs", f(p.segs)),
@@ -672,6 +747,18 @@ impl Problem {
             pb.run_into(g, plan, src, w, &out);
         }
         Some(out)
+    }
+}
+
+/// `terms` summed as a balanced tree: llvmpipe does not fuse multiply-adds, so a chain of
+/// adds into one accumulator is bound by the add latency.
+fn tree_sum(terms: &[String]) -> String {
+    match terms {
+        [t] => t.clone(),
+        _ => {
+            let (l, r) = terms.split_at(terms.len().div_ceil(2));
+            format!("({} + {})", tree_sum(l), tree_sum(r))
+        }
     }
 }
 
@@ -981,15 +1068,15 @@ pub fn planned_matmul(g: &Gpu, [m, n, k]: [usize; 3], ta: bool) -> bool {
     matmul_problem(g, m, n, k, ta).is_some()
 }
 
-/// The register tiles (pixels, rows, channel blocks, unpadded columns, unpadded rows) of the
-/// forward and input-gradient plans of `d` (tests check that every tile of `TILES` is exercised).
-pub fn planned_tiles(g: &Gpu, d: &Dims) -> Vec<(usize, usize, usize, bool, bool)> {
+/// The register tiles (pixels, rows, channel blocks, unpadded columns, unpadded rows, shared-weight subgroup size) of
+/// the forward and input-gradient plans of `d` (tests check that every tile of `TILES` is exercised).
+pub fn planned_tiles(g: &Gpu, d: &Dims) -> Vec<(usize, usize, usize, bool, bool, usize)> {
     [Problem::forward(d), Problem::backward_input(d)]
         .into_iter()
         .flatten()
         .filter_map(|p| p.parts(g))
         .flatten()
-        .map(|(_, p)| (p.px, p.r, p.m, p.full_w, p.full_h))
+        .map(|(_, p)| (p.px, p.r, p.m, p.full_w, p.full_h, p.sg))
         .collect()
 }
 
