@@ -267,6 +267,7 @@ fn conv2d_forward_and_grads() {
     ];
     let mut tiles = std::collections::BTreeSet::new();
     let mut most_parts = 0;
+    let mut wgrad_shared = false;
     for (n, c, h, w, o, k, s, p, win_f, win_b) in cases {
         let (mut r, seed) = rng();
         let cfg = conv2d::Conv2d::new(s, p);
@@ -308,6 +309,8 @@ fn conv2d_forward_and_grads() {
             adapter.set_conv_windows(windows);
             if windows {
                 tiles.extend(viewcraft::ops::conv2d_window::planned_tiles(adapter, &d));
+                wgrad_shared |=
+                    viewcraft::ops::conv2d_window::weight_grad_subgroup(adapter, &d) > 0;
                 let planned = viewcraft::ops::conv2d_window::planned(adapter, &d);
                 most_parts = most_parts.max(planned.0).max(planned.1);
                 assert_eq!(
@@ -365,6 +368,10 @@ fn conv2d_forward_and_grads() {
         assert!(
             tiles.iter().any(|t| t.5 > 0),
             "no case shared its weights across a subgroup (ran {tiles:?})"
+        );
+        assert!(
+            wgrad_shared,
+            "no weight-gradient case shared gy across a subgroup"
         );
     }
     for unpadded in [(true, false), (true, true)] {
