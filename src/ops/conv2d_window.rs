@@ -431,23 +431,7 @@ impl Problem {
         let total = self.invocations(p);
         let wg = workgroup(total);
         let _ = writeln!(o, "@compute @workgroup_size({wg})");
-        let sid = if p.sg > 0 {
-            ", @builtin(subgroup_invocation_id) sid: u32"
-        } else {
-            ""
-        };
-        let _ = writeln!(o, "fn conv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32{sid}) {{");
-        let _ = writeln!(o, "  let t0 = (wid.y * nwg.x + wid.x) * {wg}u + li;");
-        if p.sg > 0 {
-            // Every lane stays active for the broadcasts; only live ones store.
-            let _ = writeln!(
-                o,
-                "  let live = t0 < {total}u; let t = min(t0, {}u);",
-                total - 1
-            );
-        } else {
-            let _ = writeln!(o, "  if (t0 >= {total}u) {{ return; }} let t = t0;");
-        }
+        entry_head(&mut o, "conv", wg, total, p.sg);
         // Tiles, then images, then channel blocks: a subgroup shares its channel block
         // (and so its weights) when an image group's tiles fill whole subgroups.
         let _ = writeln!(
@@ -759,6 +743,28 @@ fn tree_sum(terms: &[String]) -> String {
             let (l, r) = terms.split_at(terms.len().div_ceil(2));
             format!("({} + {})", tree_sum(l), tree_sum(r))
         }
+    }
+}
+
+/// A generated kernel's entry point up to its flat invocation index `t` (< `total`). With
+/// subgroup sharing (`sg` > 0) every lane stays active for the broadcasts (`t` clamped, `live`
+/// says whether it may store); otherwise lanes past the end return.
+fn entry_head(o: &mut String, name: &str, wg: usize, total: usize, sg: usize) {
+    let sid = if sg > 0 {
+        ", @builtin(subgroup_invocation_id) sid: u32"
+    } else {
+        ""
+    };
+    let _ = writeln!(o, "fn {name}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32{sid}) {{");
+    let _ = writeln!(o, "  let t0 = (wid.y * nwg.x + wid.x) * {wg}u + li;");
+    if sg > 0 {
+        let _ = writeln!(
+            o,
+            "  let live = t0 < {total}u; let t = min(t0, {}u);",
+            total - 1
+        );
+    } else {
+        let _ = writeln!(o, "  if (t0 >= {total}u) {{ return; }} let t = t0;");
     }
 }
 
@@ -1225,23 +1231,7 @@ fn grad_source(d: &Dims, p: &GradPlan) -> String {
         p.segs + 1
     );
     let _ = writeln!(o, "@compute @workgroup_size({})", p.wg);
-    let sid = if p.sg > 0 {
-        ", @builtin(subgroup_invocation_id) sid: u32"
-    } else {
-        ""
-    };
-    let _ = writeln!(o, "fn grad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32{sid}) {{");
-    let _ = writeln!(o, "  let t0 = (wid.y * nwg.x + wid.x) * {}u + li;", p.wg);
-    if p.sg > 0 {
-        // Every lane stays active for the broadcasts; only live ones store.
-        let _ = writeln!(
-            o,
-            "  let live = t0 < {total}u; let t = min(t0, {}u);",
-            total - 1
-        );
-    } else {
-        let _ = writeln!(o, "  if (t0 >= {total}u) {{ return; }} let t = t0;");
-    }
+    entry_head(&mut o, "grad", p.wg, total, p.sg);
     // Channel fastest: a SIMD group shares its segment (cs is a multiple of 8 or the
     // segments are short anyway).
     let _ = writeln!(o, "  let c = t % {}u; let ob = t / {}u;", d.c, d.c);
