@@ -243,8 +243,9 @@ override pw_cs: u32; override pw_spw: u32; override pw_nww: u32; override pw_seg
 override pw_c0: u32; override pw_win: u32; override pw_transpose: u32; override pw_total: u32;
 override pw_m: u32;
 
-// w [O, C, K, K] → windows [o-group][window] each holding [segment][o-block][cs][K·K][4]
-// (4 output channels contiguous). With `transpose`, the kernel's (o, c) is the source's (c, o)
+// w [O, C, K, K] → windows [o-group][window] each holding
+// [segment][group of pw_m o-blocks][cs][o-block in group][K·K][4] (4 output channels
+// contiguous; one invocation's pw_m blocks of one input channel contiguous). With `transpose`, the kernel's (o, c) is the source's (c, o)
 // and taps are flipped: the weights of the input-gradient convolution.
 @compute @workgroup_size(256)
 fn pack_weight(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {

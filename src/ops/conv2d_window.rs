@@ -1074,8 +1074,9 @@ pub fn planned_matmul(g: &Gpu, [m, n, k]: [usize; 3], ta: bool) -> bool {
     matmul_problem(g, m, n, k, ta).is_some()
 }
 
-/// The register tiles (pixels, rows, channel blocks, unpadded columns, unpadded rows, shared-weight subgroup size) of
-/// the forward and input-gradient plans of `d` (tests check that every tile of `TILES` is exercised).
+/// The register tiles (pixels, rows, channel blocks, unpadded columns, unpadded rows,
+/// shared-weight subgroup size) of the forward and input-gradient plans of `d` (tests check
+/// that every tile of `TILES` is exercised).
 pub fn planned_tiles(g: &Gpu, d: &Dims) -> Vec<(usize, usize, usize, bool, bool, usize)> {
     [Problem::forward(d), Problem::backward_input(d)]
         .into_iter()
@@ -1169,7 +1170,7 @@ fn grad_plan(g: &Gpu, d: &Dims) -> Option<GradPlan> {
                     wx,
                     wg,
                     sg: subgroup_size(g)
-                        .filter(|&z| cs.is_multiple_of(z) && z >= KB && wg % z == 0)
+                        .filter(|&z| cs.is_multiple_of(z) && z >= KB && wg.is_multiple_of(z))
                         .unwrap_or(0),
                 };
                 // Fewest dispatches; then fewer partial sums.
