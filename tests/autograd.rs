@@ -144,9 +144,8 @@ fn composite_network_gpu_equals_cpu() {
 
 #[test]
 fn one_submit_per_step() {
-    let Some(shared) = gpu() else { return };
     // A device of its own: other tests of this binary submit concurrently on the shared one.
-    let g = Device::open(&shared.gpu().unwrap().info.name).unwrap();
+    let Some(g) = own_gpu(None) else { return };
     let gpu = g.gpu().unwrap().clone();
     let (mut r, _) = rng();
     let data: Vec<Vec<f32>> = [900, 189, 7, 7, 315, 20, 4]

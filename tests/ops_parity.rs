@@ -226,7 +226,9 @@ fn linear_forward_and_grads() {
 
 #[test]
 fn conv2d_forward_and_grads() {
-    let Some(g) = gpu() else { return };
+    // A device of its own: this test switches kernel families and tuning, which must not
+    // change under it (matmul_all_transposes switches families on the shared device).
+    let Some(g) = own_gpu(None) else { return };
     let Device::Gpu(adapter) = &g else {
         unreachable!("gpu() returns an adapter")
     };
@@ -334,7 +336,7 @@ fn conv2d_forward_and_grads() {
         // The window weight gradient sums its per-image-group partials in bounded chunks:
         // force one partial per chunk.
         adapter.set_conv_windows(true);
-        std::env::set_var("VIEWCRAFT_WGRAD_PARTIAL_BYTES", "4");
+        adapter.set_wgrad_partial_bytes(4);
         assert_close(
             &format!("conv2d x[{n},{c},{h},{w}] s{s} p{p} chunked grad_w seed {seed}"),
             &v(&conv2d::backward_weight(&gyg, &xg, &d).unwrap()),
@@ -342,20 +344,29 @@ fn conv2d_forward_and_grads() {
             tol(n * d.oh * d.ow),
             1e-4,
         );
-        std::env::remove_var("VIEWCRAFT_WGRAD_PARTIAL_BYTES");
+        adapter.set_wgrad_partial_bytes(64 << 20);
         // Operand packing: by the storage kernels (with every lane loading its own weights
         // instead of a subgroup sharing them), and scattered through 256-value source windows
         // (many windows per dispatch, several dispatches, a short last window).
-        for (scatter_window, shared) in [("0", "0"), ("256", "1")] {
-            std::env::set_var("VIEWCRAFT_SCATTER_WINDOW", scatter_window);
-            std::env::set_var("VIEWCRAFT_SUBGROUP_WEIGHTS", shared);
+        for (scatter_window, shared) in [(0, false), (256, true)] {
+            adapter.set_scatter_window(Some(scatter_window));
+            adapter.set_subgroup_weights(shared);
+            if !shared {
+                assert!(
+                    viewcraft::ops::conv2d_window::planned_tiles(adapter, &d)
+                        .iter()
+                        .all(|t| t.5 == 0)
+                        && viewcraft::ops::conv2d_window::weight_grad_subgroup(adapter, &d) == 0,
+                    "subgroup sharing still planned after set_subgroup_weights(false)"
+                );
+            }
             let lbl = format!(
                 "conv2d x[{n},{c},{h},{w}] w[{o},{c},{k},{k}] s{s} p{p} scatter window {scatter_window} shared weights {shared} seed {seed}"
             );
             check(&lbl);
         }
-        std::env::remove_var("VIEWCRAFT_SCATTER_WINDOW");
-        std::env::remove_var("VIEWCRAFT_SUBGROUP_WEIGHTS");
+        adapter.set_scatter_window(None);
+        adapter.set_subgroup_weights(true);
     }
     for tile in viewcraft::ops::conv2d_window::TILES {
         assert!(
@@ -710,13 +721,13 @@ fn shape_errors_name_op_and_shapes() {
 fn both_kernel_families_agree_with_cpu() {
     // The family not chosen for this adapter is forced on it, so both are validated wherever
     // the tests run (lavapipe picks RegisterTiled, real GPUs WorkgroupTiled).
-    let Some(shared) = gpu() else { return };
-    let name = shared.gpu().unwrap().info.name.clone();
     for variant in [
         viewcraft::gpu::KernelVariant::RegisterTiled,
         viewcraft::gpu::KernelVariant::WorkgroupTiled,
     ] {
-        let g = Device::Gpu(viewcraft::gpu::Gpu::open_with_variant(&name, Some(variant)).unwrap());
+        let Some(g) = own_gpu(Some(variant)) else {
+            return;
+        };
         for (m, n, k, ta, tb) in [
             (5, 3, 7, false, true),
             (70, 130, 33, true, false),

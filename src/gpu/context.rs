@@ -4,6 +4,7 @@
 //! every optional feature we can use that the adapter offers (timestamp queries, subgroups,
 //! shader-f16), recorded so kernels and benchmarks can choose.
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -134,7 +135,14 @@ pub struct Gpu {
     /// Whether shaders keep wgpu's injected bounds checks and loop bounds
     /// (`VIEWCRAFT_SHADER_CHECKS=1`).
     pub shader_checks: bool,
-    conv_windows: std::sync::atomic::AtomicBool,
+    conv_windows: AtomicBool,
+    /// Convolution tuning switches: read from the environment once, when the device opens,
+    /// and changed afterwards only through the setters below. (Changing the process
+    /// environment while another thread is inside the Vulkan driver is a data race: C code
+    /// there reads it with `getenv`.)
+    subgroup_weights: AtomicBool,
+    scatter_window: AtomicUsize,
+    wgrad_partial_bytes: AtomicUsize,
     pool: BufferPool,
     pipelines: Mutex<PipelineCache>,
     rec: Mutex<Recorder>,
@@ -237,6 +245,7 @@ impl Gpu {
             Some("0") => false,
             _ => variant == KernelVariant::RegisterTiled,
         };
+        let env_usize = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<usize>().ok());
         Ok(Arc::new(Gpu {
             pool: BufferPool::new(device.clone()),
             device,
@@ -247,6 +256,15 @@ impl Gpu {
             variant,
             shader_checks,
             conv_windows: conv_windows.into(),
+            subgroup_weights: std::env::var("VIEWCRAFT_SUBGROUP_WEIGHTS")
+                .map_or(true, |v| v != "0")
+                .into(),
+            scatter_window: env_usize("VIEWCRAFT_SCATTER_WINDOW")
+                .unwrap_or(usize::MAX)
+                .into(),
+            wgrad_partial_bytes: env_usize("VIEWCRAFT_WGRAD_PARTIAL_BYTES")
+                .unwrap_or(64 << 20)
+                .into(),
             pipelines: Mutex::new(PipelineCache::default()),
             rec: Mutex::new(rec),
             profile: Mutex::new(
@@ -390,13 +408,44 @@ impl Gpu {
     /// Whether convolutions use the uniform-window kernels where their shape allows
     /// (`VIEWCRAFT_CONV_WINDOWS=0|1` overrides the per-adapter default).
     pub fn conv_windows(&self) -> bool {
-        self.conv_windows.load(std::sync::atomic::Ordering::Relaxed)
+        self.conv_windows.load(Relaxed)
     }
 
     /// Force the convolution kernel family (tests run both on one adapter).
     pub fn set_conv_windows(&self, on: bool) {
-        self.conv_windows
-            .store(on, std::sync::atomic::Ordering::Relaxed)
+        self.conv_windows.store(on, Relaxed)
+    }
+
+    /// Whether the window kernels may share weight loads across a subgroup where the adapter
+    /// allows it (`VIEWCRAFT_SUBGROUP_WEIGHTS=0` turns it off).
+    pub fn subgroup_weights(&self) -> bool {
+        self.subgroup_weights.load(Relaxed)
+    }
+
+    pub fn set_subgroup_weights(&self, on: bool) {
+        self.subgroup_weights.store(on, Relaxed)
+    }
+
+    /// Values per uniform window when scattering convolution operands: `None` for the
+    /// adapter's limit, `Some(0)` to pack with the storage kernels instead, a small size to
+    /// make many windows and dispatches (`VIEWCRAFT_SCATTER_WINDOW`).
+    pub fn scatter_window(&self) -> Option<usize> {
+        Some(self.scatter_window.load(Relaxed)).filter(|&v| v != usize::MAX)
+    }
+
+    pub fn set_scatter_window(&self, values: Option<usize>) {
+        self.scatter_window
+            .store(values.unwrap_or(usize::MAX), Relaxed)
+    }
+
+    /// Bound on the buffer of per-image-group weight-gradient partials, in bytes (default
+    /// 64 MiB; `VIEWCRAFT_WGRAD_PARTIAL_BYTES`, tests lower it to exercise the chunking).
+    pub fn wgrad_partial_bytes(&self) -> usize {
+        self.wgrad_partial_bytes.load(Relaxed)
+    }
+
+    pub fn set_wgrad_partial_bytes(&self, bytes: usize) {
+        self.wgrad_partial_bytes.store(bytes, Relaxed)
     }
 
     /// Record a copy of `len` values from `src[src_off..]` to `dst[dst_off..]`.

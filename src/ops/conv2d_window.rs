@@ -174,13 +174,13 @@ fn max_window(g: &Gpu) -> usize {
 
 /// The subgroup size the window kernels may share weights across: llvmpipe's fixed SIMD
 /// width (its subgroups are runs of consecutive invocations), unless
-/// `VIEWCRAFT_SUBGROUP_WEIGHTS=0`.
+/// `VIEWCRAFT_SUBGROUP_WEIGHTS=0` or `Gpu::set_subgroup_weights(false)`.
 pub fn subgroup_size(g: &Gpu) -> Option<usize> {
     let (lo, hi) = (g.info.subgroup_min_size, g.info.subgroup_max_size);
     (g.features.contains(wgpu::Features::SUBGROUP)
         && lo == hi
         && g.info.driver.contains("llvmpipe")
-        && std::env::var("VIEWCRAFT_SUBGROUP_WEIGHTS").map_or(true, |v| v != "0"))
+        && g.subgroup_weights())
     .then_some(lo as usize)
 }
 
@@ -886,12 +886,11 @@ fn scatter(
     put: impl Fn() -> String,
 ) -> bool {
     let limit = max_window(g) / 64 * 64;
-    // Tests: `VIEWCRAFT_SCATTER_WINDOW=0` packs with the storage kernels, a small window size
-    // (values, a multiple of 64) makes many windows and dispatches.
-    let win = match std::env::var("VIEWCRAFT_SCATTER_WINDOW").map(|v| v.parse::<usize>()) {
-        Ok(Ok(v)) => (v / 64 * 64).min(limit),
-        _ => limit,
-    };
+    // Tests: a scatter window of 0 packs with the storage kernels, a small one (values, a
+    // multiple of 64) makes many windows and dispatches.
+    let win = g
+        .scatter_window()
+        .map_or(limit, |v| (v / 64 * 64).min(limit));
     // One uniform binding is the params block.
     let per = (g.limits.max_uniform_buffers_per_shader_stage as usize).saturating_sub(1);
     if win == 0 || per == 0 {
@@ -1365,11 +1364,8 @@ pub fn backward_weight(g: &Arc<Gpu>, gy: &GpuBuffer, x: &GpuBuffer, d: &Dims) ->
     let key = grad_key(d, &p);
     let total = (p.og / KB) * d.c;
     // Partial sums per image group, summed in chunks so the partial buffer stays bounded.
-    // VIEWCRAFT_WGRAD_PARTIAL_BYTES lowers the bound (tests use it to exercise the chunks).
-    let bytes = std::env::var("VIEWCRAFT_WGRAD_PARTIAL_BYTES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(64usize << 20);
+    // Tests lower the bound to exercise the chunks.
+    let bytes = g.wgrad_partial_bytes();
     let cap = (g.limits.max_storage_buffer_binding_size as usize).min(bytes) / 4;
     let chunk = (cap / wlen).clamp(1, groups);
     let mut sum: Option<Tensor> = None;

@@ -29,6 +29,28 @@ pub fn gpu() -> Option<Device> {
     }
 }
 
+/// A second device on the shared device's adapter (kernel family forced when `variant` is
+/// given), for tests whose settings or counters must not mix with the tests running
+/// concurrently on the shared one. Opened once per variant and never dropped: tearing a
+/// lavapipe device down while other threads compile pipelines is not safe.
+pub fn own_gpu(variant: Option<viewcraft::gpu::KernelVariant>) -> Option<Device> {
+    use std::sync::Mutex;
+    static OWN: Mutex<Vec<(Option<viewcraft::gpu::KernelVariant>, Device)>> =
+        Mutex::new(Vec::new());
+    let shared = gpu()?;
+    let mut own = OWN.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, d)) = own.iter().find(|(v, _)| *v == variant) {
+        return Some(d.clone());
+    }
+    let name = shared.gpu()?.info.name.clone();
+    let d = Device::Gpu(
+        viewcraft::gpu::Gpu::open_with_variant(&name, variant)
+            .unwrap_or_else(|e| panic!("second device on {name}: {e}")),
+    );
+    own.push((variant, d.clone()));
+    Some(d)
+}
+
 /// A fresh seed per call (printed in every failure message); `VIEWCRAFT_TEST_SEED` replays one.
 pub fn rng() -> (StdRng, u64) {
     let seed: u64 = std::env::var("VIEWCRAFT_TEST_SEED")
