@@ -142,7 +142,6 @@ pub struct Gpu {
     /// there reads it with `getenv`.)
     subgroup_weights: AtomicBool,
     scatter_window: AtomicUsize,
-    wgrad_partial_bytes: AtomicUsize,
     pool: BufferPool,
     pipelines: Mutex<PipelineCache>,
     rec: Mutex<Recorder>,
@@ -245,7 +244,6 @@ impl Gpu {
             Some("0") => false,
             _ => variant == KernelVariant::RegisterTiled,
         };
-        let env_usize = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<usize>().ok());
         Ok(Arc::new(Gpu {
             pool: BufferPool::new(device.clone()),
             device,
@@ -259,11 +257,10 @@ impl Gpu {
             subgroup_weights: std::env::var("VIEWCRAFT_SUBGROUP_WEIGHTS")
                 .map_or(true, |v| v != "0")
                 .into(),
-            scatter_window: env_usize("VIEWCRAFT_SCATTER_WINDOW")
+            scatter_window: std::env::var("VIEWCRAFT_SCATTER_WINDOW")
+                .ok()
+                .and_then(|v| v.parse().ok())
                 .unwrap_or(usize::MAX)
-                .into(),
-            wgrad_partial_bytes: env_usize("VIEWCRAFT_WGRAD_PARTIAL_BYTES")
-                .unwrap_or(64 << 20)
                 .into(),
             pipelines: Mutex::new(PipelineCache::default()),
             rec: Mutex::new(rec),
@@ -436,16 +433,6 @@ impl Gpu {
     pub fn set_scatter_window(&self, values: Option<usize>) {
         self.scatter_window
             .store(values.unwrap_or(usize::MAX), Relaxed)
-    }
-
-    /// Bound on the buffer of per-image-group weight-gradient partials, in bytes (default
-    /// 64 MiB; `VIEWCRAFT_WGRAD_PARTIAL_BYTES`, tests lower it to exercise the chunking).
-    pub fn wgrad_partial_bytes(&self) -> usize {
-        self.wgrad_partial_bytes.load(Relaxed)
-    }
-
-    pub fn set_wgrad_partial_bytes(&self, bytes: usize) {
-        self.wgrad_partial_bytes.store(bytes, Relaxed)
     }
 
     /// Record a copy of `len` values from `src[src_off..]` to `dst[dst_off..]`.

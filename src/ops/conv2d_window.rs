@@ -1103,8 +1103,8 @@ pub fn planned(g: &Gpu, d: &Dims) -> (usize, usize) {
 /// (K·K vec4 accumulators) and walks the group's pixels 4 at a time. An invocation's input
 /// channel selects its window: every segment's loop runs zero times for lanes of other
 /// segments (llvmpipe leaves a loop as soon as no lane is active, so a SIMD group of one
-/// segment pays only the empty loop checks of the others). Image groups give partial sums,
-/// added by `reduce::col_sum`. Where a subgroup's lanes share their output channels and
+/// segment pays only the empty loop checks of the others). Each image group's dispatch adds
+/// its sums into gw (the dispatches run in order). Where a subgroup's lanes share their output channels and
 /// segment, lane j loads gy channel j and `subgroupBroadcast` hands it round (one gather
 /// instead of four per pixel step: 1.1–1.25× on llvmpipe).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -1172,7 +1172,7 @@ fn grad_plan(g: &Gpu, d: &Dims) -> Option<GradPlan> {
                         .filter(|&z| cs.is_multiple_of(z) && z >= KB && wg.is_multiple_of(z))
                         .unwrap_or(0),
                 };
-                // Fewest dispatches; then fewer partial sums.
+                // Fewest dispatches; then fewest image groups (read-modify-writes of gw).
                 let score = ((d.n / ni) * (d.o / og), d.n / ni);
                 if best.as_ref().is_none_or(|b| score < b.0) {
                     best = Some((score, plan));
@@ -1309,7 +1309,7 @@ fn grad_source(d: &Dims, p: &GradPlan) -> String {
         for j in 0..KB {
             let _ = writeln!(
                 o,
-                "  gw[((ob * {KB}u + {j}u) * {}u + c) * {kk}u + {tap}u] = a{tap}[{j}];",
+                "  gw[((ob * {KB}u + {j}u) * {}u + c) * {kk}u + {tap}u] += a{tap}[{j}];",
                 d.c
             );
         }
@@ -1363,55 +1363,45 @@ pub fn backward_weight(g: &Arc<Gpu>, gy: &GpuBuffer, x: &GpuBuffer, d: &Dims) ->
     let wlen = d.o * d.c * kk;
     let key = grad_key(d, &p);
     let total = (p.og / KB) * d.c;
-    // Partial sums per image group, summed in chunks so the partial buffer stays bounded.
-    // Tests lower the bound to exercise the chunks.
-    let bytes = g.wgrad_partial_bytes();
-    let cap = (g.limits.max_storage_buffer_binding_size as usize).min(bytes) / 4;
-    let chunk = (cap / wlen).clamp(1, groups);
-    let mut sum: Option<Tensor> = None;
-    for g0 in (0..groups).step_by(chunk) {
-        let gn = chunk.min(groups - g0);
-        let out = g.alloc(gn * wlen);
-        for gi in g0..g0 + gn {
-            for oi in 0..ogroups {
-                let mut b = input_windows(&xp, gi, p.segs, p.wx);
-                b.push(BufferRange {
-                    buffer: &gp,
-                    offset: ((gi * ogroups + oi) * gwin * 4) as u64,
-                    size: (gwin * 4) as u64,
-                });
-                b.push(BufferRange {
-                    buffer: &out,
-                    offset: (((gi - g0) * wlen + oi * p.og * d.c * kk) * 4) as u64,
-                    size: (p.og * d.c * kk * 4) as u64,
-                });
-                g.dispatch_generated(
-                    &key,
-                    || grad_source(d, &p),
-                    "grad",
-                    &b,
-                    &[],
-                    grid_1d(total, p.wg as u32),
-                );
-            }
+    // Every image group adds into gw (zeroed first): the dispatches run in order, so no
+    // per-group partials and no reduction pass.
+    let out = g.alloc(wlen);
+    g.clear(&out);
+    for gi in 0..groups {
+        for oi in 0..ogroups {
+            let mut b = input_windows(&xp, gi, p.segs, p.wx);
+            b.push(BufferRange {
+                buffer: &gp,
+                offset: ((gi * ogroups + oi) * gwin * 4) as u64,
+                size: (gwin * 4) as u64,
+            });
+            b.push(BufferRange {
+                buffer: &out,
+                offset: ((oi * p.og * d.c * kk) * 4) as u64,
+                size: (p.og * d.c * kk * 4) as u64,
+            });
+            g.dispatch_generated(
+                &key,
+                || grad_source(d, &p),
+                "grad",
+                &b,
+                &[],
+                grid_1d(total, p.wg as u32),
+            );
         }
-        let part = Tensor::from_gpu(g, out, &[gn, wlen]);
-        let part = if gn == 1 {
-            part.reshape(&[wlen]).ok()?
-        } else {
-            crate::ops::reduce::col_sum(&part, 1.0).ok()?
-        };
-        sum = Some(match sum {
-            None => part,
-            Some(acc) => crate::ops::elementwise::add(&acc, &part).ok()?,
-        });
     }
-    sum
+    Some(Tensor::from_gpu(g, out, &[wlen]))
 }
 
 /// Whether a window plan exists for the weight gradient of `d`.
 pub fn planned_weight_grad(g: &Gpu, d: &Dims) -> bool {
     grad_plan(g, d).is_some()
+}
+
+/// (image groups, output-channel groups) of the weight-gradient window plan of `d`, one
+/// dispatch each ((0, 0): no plan; tests check that several image groups added up).
+pub fn weight_grad_groups(g: &Gpu, d: &Dims) -> (usize, usize) {
+    grad_plan(g, d).map_or((0, 0), |p| (d.n / p.ni, d.o / p.og))
 }
 
 /// The subgroup size the weight-gradient window kernel of `d` shares gy loads across (0: none
