@@ -1104,9 +1104,9 @@ pub fn planned(g: &Gpu, d: &Dims) -> (usize, usize) {
 /// channel selects its window: every segment's loop runs zero times for lanes of other
 /// segments (llvmpipe leaves a loop as soon as no lane is active, so a SIMD group of one
 /// segment pays only the empty loop checks of the others). Each image group's dispatch adds
-/// its sums into gw (the dispatches run in order). Where a subgroup's lanes share their output channels and
-/// segment, lane j loads gy channel j and `subgroupBroadcast` hands it round (one gather
-/// instead of four per pixel step: 1.1–1.25× on llvmpipe).
+/// its sums into gw (the dispatches run in order). Where a subgroup's lanes share their
+/// output channels and segment, lane j loads gy channel j and `subgroupBroadcast` hands it
+/// round (one gather instead of four per pixel step: 1.1–1.25× on llvmpipe).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct GradPlan {
     cs: usize,
