@@ -145,7 +145,9 @@ fn composite_network_gpu_equals_cpu() {
 #[test]
 fn one_submit_per_step() {
     // A device of its own: other tests of this binary submit concurrently on the shared one.
-    let Some(g) = own_gpu(None) else { return };
+    let Some(g) = own_gpu("submit counter", None) else {
+        return;
+    };
     let gpu = g.gpu().unwrap().clone();
     let (mut r, _) = rng();
     let data: Vec<Vec<f32>> = [900, 189, 7, 7, 315, 20, 4]
@@ -168,4 +170,84 @@ fn one_submit_per_step() {
     let _ = grads.get(w).unwrap().to_vec().unwrap();
     let (_, s2) = gpu.counters();
     assert_eq!(s2, s0 + 1, "one submit for the whole step and its readback");
+}
+
+/// Backward tells each op which of its inputs need a gradient, and no work is done for the
+/// others: a two-input op sees exactly its inputs' flags, and the gradient of a constant
+/// operand (MoCo's keys and queue, the images at the stem) is never computed.
+#[test]
+fn backward_skips_gradients_no_input_needs() {
+    let d = Device::Cpu;
+    let mut tape = Tape::new();
+    let a = tape.param(t(&[1.0, 2.0], &[2], &d));
+    let c = tape.input(t(&[3.0, 4.0], &[2], &d));
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let y = {
+        let seen = seen.clone();
+        let v = viewcraft::ops::elementwise::mul(tape.value(a), tape.value(c)).unwrap();
+        tape.record("probe", v, &[a, c], move |gy, needs| {
+            seen.lock().unwrap().push(needs.to_vec());
+            Ok(vec![Some(gy.clone()), None])
+        })
+    };
+    let l = tape.sum(y).unwrap();
+    let g = tape.backward(l).unwrap();
+    assert_eq!(*seen.lock().unwrap(), vec![vec![true, false]]);
+    assert!(g.get(a).is_some() && g.get(c).is_none());
+    // Every multi-input op on the adapter: fewer dispatches when an operand is constant.
+    let Some(dev) = own_gpu("dispatch counter", None) else {
+        return;
+    };
+    let gpu = dev.gpu().unwrap().clone();
+    let (mut r, _) = rng();
+    let (x, w) = (randn(&mut r, 2 * 3 * 8 * 8), randn(&mut r, 4 * 3 * 9));
+    let (q, k) = (randn(&mut r, 6 * 16), randn(&mut r, 40 * 16));
+    let dispatches = |constant: bool, op: &str| {
+        let mut tape = Tape::new();
+        let leaf = |tape: &mut Tape, v: &[f32], s: &[usize], c: bool| {
+            let v = t(v, s, &dev);
+            if c {
+                tape.input(v)
+            } else {
+                tape.param(v)
+            }
+        };
+        let y = match op {
+            "matmul" => {
+                let qv = leaf(&mut tape, &q, &[6, 16], false);
+                let kv = leaf(&mut tape, &k, &[40, 16], constant);
+                tape.matmul_t(qv, kv, false, true).unwrap()
+            }
+            "linear" => {
+                let qv = leaf(&mut tape, &q, &[6, 16], constant);
+                let kv = leaf(&mut tape, &k, &[40, 16], false);
+                tape.linear(qv, kv, None).unwrap()
+            }
+            "mul" => {
+                let qv = leaf(&mut tape, &q, &[6, 16], false);
+                let kv = leaf(&mut tape, &k[..96], &[6, 16], constant);
+                tape.mul(qv, kv).unwrap()
+            }
+            _ => {
+                let xv = leaf(&mut tape, &x, &[2, 3, 8, 8], constant);
+                let wv = leaf(&mut tape, &w, &[4, 3, 3, 3], false);
+                tape.conv2d(xv, wv, Conv2d::new(1, 1)).unwrap()
+            }
+        };
+        let y = tape.relu(y).unwrap();
+        let l = tape.sum(y).unwrap();
+        gpu.sync().unwrap();
+        let (d0, _) = gpu.counters();
+        let g = tape.backward(l).unwrap();
+        let (d1, _) = gpu.counters();
+        drop(g);
+        d1 - d0
+    };
+    for op in ["matmul", "linear", "mul", "conv2d"] {
+        let (both, one) = (dispatches(false, op), dispatches(true, op));
+        assert!(
+            one < both,
+            "{op}: {one} dispatches in backward with a constant operand, {both} without"
+        );
+    }
 }

@@ -27,9 +27,9 @@ fn snapshot(m: &dyn Method) -> Vec<(String, Vec<f32>)> {
         .collect()
 }
 
-fn resume_equals_uninterrupted(tag: &str, make: &dyn Fn(u64) -> Box<dyn Method>) {
+fn resume_equals_uninterrupted(tag: &str, dev: &Device, make: &dyn Fn(u64) -> Box<dyn Method>) {
     let data = cifar_train(64);
-    let dev = Device::Cpu;
+    let dev = dev.clone();
     let (a, c) = (dir(&format!("{tag}-a")), dir(&format!("{tag}-c")));
     let cfg = PretrainConfig {
         ccrop: true,
@@ -70,22 +70,34 @@ fn resume_equals_uninterrupted(tag: &str, make: &dyn Fn(u64) -> Box<dyn Method>)
 
 #[test]
 fn simclr_ccrop_resume_is_exact() {
-    resume_equals_uninterrupted("simclr", &|seed| {
-        Box::new(
-            SimClr::new(
-                resnet18(4),
-                SimClrConfig::default(),
-                &mut rand::rngs::StdRng::seed_from_u64(seed),
-                &Device::Cpu,
-            )
-            .unwrap(),
-        )
+    resume_equals_uninterrupted("simclr", &Device::Cpu, &|seed| {
+        simclr_on(seed, &Device::Cpu)
     });
+}
+
+fn simclr_on(seed: u64, dev: &Device) -> Box<dyn Method> {
+    Box::new(
+        SimClr::new(
+            resnet18(4),
+            SimClrConfig::default(),
+            &mut rand::rngs::StdRng::seed_from_u64(seed),
+            dev,
+        )
+        .unwrap(),
+    )
+}
+
+/// The same on the adapter: its kernels are deterministic, so a resumed run repeats the
+/// uninterrupted one bit for bit there too.
+#[test]
+fn simclr_ccrop_resume_is_exact_on_the_adapter() {
+    let Some(g) = gpu() else { return };
+    resume_equals_uninterrupted("simclr-gpu", &g, &|seed| simclr_on(seed, &g));
 }
 
 #[test]
 fn moco_resume_is_exact() {
-    resume_equals_uninterrupted("moco", &|seed| {
+    resume_equals_uninterrupted("moco", &Device::Cpu, &|seed| {
         let cfg = MocoConfig {
             k: 48,
             bn_group: 8,
@@ -147,6 +159,7 @@ fn bad_checkpoints_are_named() {
             step: 4,
             batch: 0,
         },
+        16,
         "test",
     )
     .unwrap();
@@ -231,5 +244,92 @@ fn export_has_torchvision_names_and_round_trips() {
         want,
         "re-imported backbone gives the same features"
     );
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+/// The library's resume refuses a checkpoint written with another batch size (its position
+/// counts batches of that size) or another configuration, naming the file and the field.
+#[test]
+fn resume_with_another_batch_size_or_config_is_refused() {
+    let data = cifar_train(32);
+    let dev = Device::Cpu;
+    let d = dir("guard");
+    let text = |sets: &[&str]| {
+        let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+        viewcraft::config::Config::load(None, &sets)
+            .unwrap()
+            .to_toml()
+    };
+    let cfg = PretrainConfig {
+        checkpoint_dir: Some(d.clone()),
+        config_text: text(&["train.batch_size=16"]),
+        ..pretrain_config(1, 16, 0.1, 2)
+    };
+    let mut m = simclr(4, 0, &dev);
+    pretrain(&mut m, data.clone(), &cfg, &dev, |_| {}).unwrap();
+    let ckpt = d.join("last.safetensors");
+    let resume = |batch: usize, config_text: String| {
+        let mut m = simclr(4, 0, &dev);
+        let c = PretrainConfig {
+            resume: Some(ckpt.clone()),
+            checkpoint_dir: None,
+            batch_size: batch,
+            config_text,
+            epochs: 2,
+            ..cfg.clone()
+        };
+        pretrain(&mut m, data.clone(), &c, &dev, |_| {}).map(|_| ())
+    };
+    let e = resume(8, String::new()).unwrap_err().to_string();
+    assert!(
+        e.contains("last.safetensors") && e.contains("batch_size = 16"),
+        "{e}"
+    );
+    let e = resume(16, text(&["train.batch_size=16", "crop.alpha=0.5"]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("last.safetensors") && e.contains("[crop]"),
+        "{e}"
+    );
+    // The device and the loader's threads may change.
+    resume(
+        16,
+        text(&["train.batch_size=16", "train.device=cpu", "data.workers=1"]),
+    )
+    .unwrap();
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+/// Atomic writes sync the file and its directory (the rename must survive a power loss, or
+/// an "atomic" checkpoint can come back empty), leave no temporary file, and replace the
+/// old content whole.
+#[test]
+fn atomic_writes_sync_the_file_and_its_directory() {
+    use viewcraft::train::atomic::{copy_atomic, syncs_on_this_thread, write_atomic};
+    let d = dir("atomic");
+    std::fs::create_dir_all(&d).unwrap();
+    let p = d.join("a.json");
+    let before = syncs_on_this_thread();
+    write_atomic(&p, b"first").unwrap();
+    write_atomic(&p, b"second, longer").unwrap();
+    let q = d.join("b.json");
+    copy_atomic(&p, &q).unwrap();
+    let syncs = syncs_on_this_thread() - before;
+    if cfg!(unix) {
+        assert_eq!(syncs, 6, "file + directory sync for each of three writes");
+    }
+    assert_eq!(std::fs::read(&p).unwrap(), b"second, longer");
+    assert_eq!(std::fs::read(&q).unwrap(), b"second, longer");
+    let names: Vec<String> = std::fs::read_dir(&d)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names.len(), 2, "no temporary files left: {names:?}");
+    // A destination in a missing directory is an error naming it, not a panic.
+    let e = write_atomic(&d.join("missing/c.json"), b"x")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("missing/c.json"), "{e}");
     let _ = std::fs::remove_dir_all(&d);
 }

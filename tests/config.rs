@@ -65,7 +65,11 @@ fn paper_configs_hold_the_reference_values() {
     let MethodCfg::Simclr(m) = &c.method else {
         panic!("not simclr")
     };
-    assert!((m.loss_scale - 0.5 / 0.07).abs() < 1e-5);
+    assert_eq!(
+        m.loss_scale,
+        Some(0.5 / 0.07),
+        "resolved: the value in effect"
+    );
     let r = Config::load(Some(&configs().join("cifar10/simclr_rcrop.toml")), &[]).unwrap();
     assert_eq!(r.crop.kind, "rcrop");
     let s = Config::load(Some(&configs().join("cifar10/simsiam_ccrop.toml")), &[]).unwrap();
@@ -194,4 +198,82 @@ fn resolved_config_round_trips() {
     let q = Config::load(None, &[]).unwrap();
     assert_eq!(q.model.width, 16);
     assert_eq!(q.method.name(), "simclr");
+}
+
+/// SimCLR's loss factor follows the temperature (τ / 0.07) unless set, and the resolved config
+/// (a run's `config.toml`, a checkpoint's metadata) records the value in effect.
+#[test]
+fn simclr_loss_scale_follows_the_temperature() {
+    let scale = |sets: &[&str]| {
+        let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+        let c = Config::load(Some(&configs().join("cifar10/simclr_ccrop.toml")), &sets).unwrap();
+        let MethodCfg::Simclr(m) = &c.method else {
+            panic!("not simclr")
+        };
+        let text = c.to_toml();
+        let written = Config::from_toml(&text, "resolved").unwrap();
+        assert_eq!(written, c, "resolved config round-trips");
+        assert!(
+            text.contains("loss_scale"),
+            "value in effect recorded:\n{text}"
+        );
+        m.loss_scale.unwrap()
+    };
+    assert!((scale(&[]) - 0.5 / 0.07).abs() < 1e-6);
+    assert!((scale(&["method.temperature=0.2"]) - 0.2 / 0.07).abs() < 1e-6);
+    assert_eq!(
+        scale(&["method.temperature=0.2", "method.loss_scale=1.0"]),
+        1.0,
+        "an explicit value wins"
+    );
+    // No shipped config pins the factor: each follows its own temperature.
+    let mut files = Vec::new();
+    toml_files(&configs(), &mut files);
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap();
+        assert!(
+            !text
+                .lines()
+                .any(|l| l.trim_start().starts_with("loss_scale")),
+            "{} sets loss_scale explicitly",
+            f.display()
+        );
+    }
+}
+
+/// `linear.feature_norm`: an unknown value is rejected naming the field and the allowed
+/// values (pretrain and linear-eval configs); the paper's linear-eval configs keep the raw
+/// features (SPEC A.6), the quickstart and the default standardise.
+#[test]
+fn linear_feature_norm_is_validated_and_set_per_protocol() {
+    let e = err("", &["linear.feature_norm=whiten"]);
+    assert!(
+        e.contains("linear.feature_norm")
+            && e.contains("whiten")
+            && e.contains("none, standardize"),
+        "{e}"
+    );
+    let e = LinearEvalConfig::load(None, &["linear.feature_norm=bn".into()], None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("linear.feature_norm") && e.contains("none, standardize"),
+        "{e}"
+    );
+    for name in ["cifar10", "cifar10-subset", "cifar100", "stl10"] {
+        let f = configs().join(format!("linear/{name}.toml"));
+        let c = LinearEvalConfig::load(Some(&f), &[], None).unwrap();
+        assert_eq!(c.linear.feature_norm, "none", "{name}");
+        let text = std::fs::read_to_string(&f).unwrap();
+        assert!(
+            text.contains("feature_norm = \"none\""),
+            "{name}: not explicit"
+        );
+    }
+    assert_eq!(
+        Config::load(None, &[]).unwrap().linear.feature_norm,
+        "standardize"
+    );
+    let d = LinearEvalConfig::load(None, &[], None).unwrap();
+    assert_eq!(d.linear.feature_norm, "standardize");
 }

@@ -140,3 +140,52 @@ fn fallback_and_errors() {
     .validate()
     .is_err());
 }
+
+/// ContrastiveCrop's ranges and crops for fixed cases worked out by hand from SPEC A.3:
+/// ch0 = clamp(int(H·h0) − h//2, 0, H − h), ch1 = clamp(int(H·h1) − h//2, 0, H − h),
+/// i = ch0 + int((ch1 − ch0)·u).
+#[test]
+fn ranges_and_crops_match_hand_computed_cases() {
+    // The − h//2 shift: H = 100, h = 20, box rows 0.3..0.6: (30 − 10, 60 − 10).
+    assert_eq!(ContrastiveCrop::range(100, 20, 0.3, 0.6), (20, 50));
+    // Both ends clamped into [0, H − h] (the reference's issue #16 fix). Near the bottom:
+    // int(28.8) − 10 = 18 and int(31.04) − 10 = 21, both clamped to 12 (the one-sided
+    // pre-#16 clamp gave (18, 12), an empty range).
+    assert_eq!(ContrastiveCrop::range(32, 20, 0.9, 0.97), (12, 12));
+    // Near the top: −10 and int(3.2) − 10 = −7, both clamped to 0 (pre-#16: (0, −7)).
+    assert_eq!(ContrastiveCrop::range(32, 20, 0.0, 0.1), (0, 0));
+    // A box on the whole image: [0, H − h].
+    assert_eq!(ContrastiveCrop::range(32, 12, 0.0, 31.0 / 32.0), (0, 20));
+    // int(H·h0) in double precision: 96 · f32(5/24) = 19.9999995 → 19, so 19 − 5 = 14
+    // (f32 arithmetic rounds the product up to 20 and gives 15).
+    assert_eq!(ContrastiveCrop::range(96, 10, 5.0f32 / 24.0, 0.5), (14, 43));
+    // 224 · f32(9/224) = 8.9999999 → 8, so 8 − 2 = 6 (f32: 7).
+    assert_eq!(
+        ContrastiveCrop::range(224, 4, 9.0f32 / 224.0, 9.0f32 / 224.0),
+        (6, 6)
+    );
+    // Whole crops: a 20×30 crop of a 100×60 image, box (0.3, 0.2, 0.6, 0.9).
+    // Rows: (20, 50), u = 0.5 → 20 + int(15.0) = 35. Columns: int(12.0000002) − 15 → 0 and
+    // int(53.99999) − 15 = 38 → 30, v = 0.999 → 0 + int(29.97) = 29.
+    let c = ContrastiveCrop::place(100, 60, 20, 30, [0.3, 0.2, 0.6, 0.9], 0.5, 0.999);
+    assert_eq!(
+        (c.top, c.left, c.height, c.width),
+        (35, 29, 20, 30),
+        "{c:?}"
+    );
+    // u = 0 and u → 1 reach the ends of the range; the truncation never reaches ch1 itself.
+    let lo = ContrastiveCrop::place(100, 60, 20, 30, [0.3, 0.2, 0.6, 0.9], 0.0, 0.0);
+    let hi = ContrastiveCrop::place(100, 60, 20, 30, [0.3, 0.2, 0.6, 0.9], 0.9999, 1.0);
+    assert_eq!((lo.top, lo.left, hi.top, hi.left), (20, 0, 49, 30));
+    // A box hugging the bottom-right corner with a large crop: clamped to the last position.
+    let c = ContrastiveCrop::place(
+        32,
+        32,
+        24,
+        24,
+        [0.9, 0.9, 31.0 / 32.0, 31.0 / 32.0],
+        0.3,
+        0.7,
+    );
+    assert_eq!((c.top, c.left), (8, 8));
+}

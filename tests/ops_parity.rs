@@ -119,9 +119,12 @@ fn reductions() {
 
 #[test]
 fn matmul_all_transposes() {
-    let Some(g) = gpu() else { return };
+    // Switches conv windows: a device of its own.
+    let Some(g) = own_gpu("matmul windows", None) else {
+        return;
+    };
     let Device::Gpu(adapter) = &g else {
-        unreachable!("gpu() returns an adapter")
+        unreachable!("an adapter device")
     };
     // Products planned through uniform windows (as 1×1 convolutions), by `ta`.
     let mut windowed = [0, 0];
@@ -228,9 +231,11 @@ fn linear_forward_and_grads() {
 fn conv2d_forward_and_grads() {
     // A device of its own: this test switches kernel families and tuning, which must not
     // change under it (matmul_all_transposes switches families on the shared device).
-    let Some(g) = own_gpu(None) else { return };
+    let Some(g) = own_gpu("conv packing", None) else {
+        return;
+    };
     let Device::Gpu(adapter) = &g else {
-        unreachable!("gpu() returns an adapter")
+        unreachable!("an adapter device")
     };
     // (n, c, h, w, o, k, stride, pad, window plan expected for forward / input grad)
     let cases = [
@@ -720,7 +725,7 @@ fn both_kernel_families_agree_with_cpu() {
         viewcraft::gpu::KernelVariant::RegisterTiled,
         viewcraft::gpu::KernelVariant::WorkgroupTiled,
     ] {
-        let Some(g) = own_gpu(Some(variant)) else {
+        let Some(g) = own_gpu("kernel family", Some(variant)) else {
             return;
         };
         for (m, n, k, ta, tb) in [
@@ -811,9 +816,13 @@ fn info_nce_fused() {
 /// to its kernel and stops when switched off.
 #[test]
 fn profiler_times_each_kernel() {
-    let Some(g) = gpu() else { return };
+    // Profiling switches every dispatch on the device to its own submit: a device of its own,
+    // so that no other test's dispatches land in (or leave) this profile.
+    let Some(g) = own_gpu("profiler", None) else {
+        return;
+    };
     let Device::Gpu(adapter) = &g else {
-        unreachable!("gpu() returns an adapter")
+        unreachable!("an adapter device")
     };
     let (mut r, _) = rng();
     let x = t(&randn(&mut r, 2 * 8 * 8 * 8), &[2, 8, 8, 8], &g);

@@ -8,9 +8,8 @@ use common::*;
 use rand::SeedableRng;
 use viewcraft::ssl::simclr::{SimClr, SimClrConfig};
 use viewcraft::ssl::Method;
-use viewcraft::tensor::{Device, Tensor};
+use viewcraft::tensor::Device;
 use viewcraft::train::{pretrain, Event, PretrainConfig};
-use viewcraft::Tape;
 
 #[test]
 fn simclr_ccrop_schedule_learns_without_collapse() {
@@ -83,34 +82,11 @@ fn simclr_ccrop_schedule_learns_without_collapse() {
         tail < head - 0.05,
         "loss should decrease: first steps {head:.3}, last steps {tail:.3} ({losses:?})"
     );
-    // No collapse: L2-normalised projections of different images still differ.
-    let x: Vec<f32> = (0..2)
-        .flat_map(|i| {
-            data.image(i)
-                .iter()
-                .map(|&p| p as f32 / 255.0 - 0.5)
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    let mut tape = Tape::new();
-    let bound = m.store().bind(&mut tape, false);
-    let v = tape.input(Tensor::from_vec(x, &[2, 3, 32, 32], &dev).unwrap());
-    let z = m.project(&mut tape, &bound, v, v).unwrap();
-    let zn = tape.l2_normalize(z).unwrap();
-    let zv = tape.value(zn).to_vec().unwrap();
-    let d = zv.len() / 4;
-    let std: f32 = {
-        let mean: Vec<f32> = (0..d)
-            .map(|j| (0..4).map(|i| zv[i * d + j]).sum::<f32>() / 4.0)
-            .collect();
-        ((0..4)
-            .flat_map(|i| (0..d).map(move |j| (i, j)))
-            .map(|(i, j)| (zv[i * d + j] - mean[j]).powi(2))
-            .sum::<f32>()
-            / (4 * d) as f32)
-            .sqrt()
-    };
-    assert!(std > 0.01, "projections collapsed: std {std}");
+    // No collapse: the eval-mode (running-statistics) features of 8 distinct images still
+    // point in different directions.
+    let spread = eval_feature_spread(&mut m, &data, 8, &dev);
+    eprintln!("eval-mode feature spread {spread:.4}");
+    assert!(spread > 0.05, "features collapsed: spread {spread}");
 }
 
 #[test]
@@ -118,6 +94,7 @@ fn one_step_on_the_adapter_equals_cpu() {
     let Some(g) = gpu() else { return };
     let data = cifar_train(16);
     let cfg = pretrain_config(1, 16, 0.3, 3);
+    let checks = step_checks("fc.0", "fc.2");
     let run = |dev: &Device| {
         let mut m = SimClr::new(
             resnet18(4),
@@ -126,6 +103,13 @@ fn one_step_on_the_adapter_equals_cpu() {
             dev,
         )
         .unwrap();
+        let weights = |m: &SimClr| -> Vec<Vec<f32>> {
+            checks
+                .iter()
+                .map(|c| m.store().get(&c.name).unwrap().value.to_vec().unwrap())
+                .collect()
+        };
+        let w0 = weights(&m);
         let mut loss = 0.0;
         pretrain(&mut m, data.clone(), &cfg, dev, |e| {
             if let Event::Step { loss: l, .. } = e {
@@ -133,32 +117,19 @@ fn one_step_on_the_adapter_equals_cpu() {
             }
         })
         .unwrap();
-        let w = m
-            .store()
-            .get("layer1.0.conv1.weight")
-            .unwrap()
-            .value
-            .to_vec()
-            .unwrap();
-        let fc = m
-            .store()
-            .get("fc.2.weight")
-            .unwrap()
-            .value
-            .to_vec()
-            .unwrap();
-        (loss, w, fc)
+        (loss, w0, weights(&m))
     };
     let (c, gg) = (run(&Device::Cpu), run(&g));
     assert_close("loss", &[gg.0], &[c.0], 1e-4, 1e-4);
-    assert_close("conv weight after one SGD step", &gg.1, &c.1, 1e-5, 1e-4);
-    assert_close(
-        "projector weight after one SGD step",
-        &gg.2,
-        &c.2,
-        1e-5,
-        1e-4,
-    );
+    for (k, check) in checks.iter().enumerate() {
+        assert_update_close(
+            &format!("simclr {}: one step's update", check.name),
+            check,
+            &c.1[k],
+            &gg.2[k],
+            &c.2[k],
+        );
+    }
 }
 
 #[test]
@@ -232,4 +203,100 @@ fn bn_and_bias_weight_decay_exclusion_touches_only_1d_parameters() {
         }
     }
     assert!(same > 10 && differ > 10, "{same} {differ}");
+}
+
+/// The kNN monitor extracts the features of its labelled split itself, not of the
+/// pre-training set: here the two hold different images, and the monitor's number must be
+/// the kNN accuracy of the trained model on the labelled split.
+#[test]
+fn knn_monitor_scores_the_labelled_split() {
+    use viewcraft::data::cifar::{embedded_root, load, Split, Variant};
+    use viewcraft::data::ImageSet;
+    use viewcraft::eval::knn::{features, knn_accuracy};
+    use viewcraft::train::KnnMonitor;
+    let all = cifar_train(96);
+    let part = |from: usize, to: usize| ImageSet {
+        pixels: all.pixels[from * 3072..to * 3072].to_vec(),
+        labels: all.labels[from..to].to_vec(),
+        ..(*all).clone()
+    };
+    // Pre-train on images 32..96; the monitor's labelled split is images 0..48.
+    let (pre, labelled) = (
+        std::sync::Arc::new(part(32, 96)),
+        std::sync::Arc::new(part(0, 48)),
+    );
+    let test = std::sync::Arc::new(
+        load(&embedded_root(), Variant::Cifar10, Split::Test)
+            .unwrap()
+            .truncate(64),
+    );
+    let dev = Device::Cpu;
+    let mut m = simclr(4, 0, &dev);
+    let cfg = PretrainConfig {
+        knn: Some(KnnMonitor {
+            interval: 1,
+            k: 5,
+            temperature: 0.1,
+            train: labelled.clone(),
+            test: test.clone(),
+        }),
+        ..pretrain_config(1, 32, 0.1, 3)
+    };
+    let mut reported = None;
+    pretrain(&mut m, pre, &cfg, &dev, |e| {
+        if let Event::Knn { knn_top1, .. } = e {
+            reported = Some(*knn_top1)
+        }
+    })
+    .unwrap();
+    let (mean, std) = viewcraft::data::augment::mean_std("cifar10").unwrap();
+    let (ftr, d) = features(&mut m, &labelled, mean, std, 64, &dev).unwrap();
+    let (fte, _) = features(&mut m, &test, mean, std, 64, &dev).unwrap();
+    let want = knn_accuracy(ftr, &labelled.labels, fte, &test.labels, d, 10, 5, 0.1);
+    assert_eq!(reported, Some(want), "monitor vs kNN of the labelled split");
+}
+
+/// The heatmap kernel's size limit is checked before the first step, not at the first box
+/// update after the warm-up: 160×160 images through the CIFAR stem give a 20×20 map.
+#[test]
+fn heatmap_size_limit_is_checked_before_training() {
+    use viewcraft::data::ImageSet;
+    let n = 8;
+    let big = std::sync::Arc::new(ImageSet {
+        pixels: (0..n * 3 * 160 * 160)
+            .map(|i| (i * 31 % 251) as u8)
+            .collect(),
+        labels: vec![0; n],
+        height: 160,
+        width: 160,
+        classes: vec!["a".into()],
+    });
+    let dev = Device::Cpu;
+    let mut m = simclr(4, 0, &dev);
+    let mut steps = 0;
+    let cfg = PretrainConfig {
+        ccrop: true,
+        warmup_epochs: 1,
+        loc_interval: 1,
+        ..pretrain_config(2, 4, 0.1, 1)
+    };
+    let e = pretrain(&mut m, big.clone(), &cfg, &dev, |e| {
+        if matches!(e, Event::Step { .. }) {
+            steps += 1
+        }
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("crop.kind") && e.contains("20×20"), "{e}");
+    assert_eq!(steps, 0, "no step before the error");
+    // STL-10's 96×96 gives 12×12 = 144 cells, CIFAR's 32×32 4×4, ImageNet's 224² 7×7.
+    let cifar = resnet18(4);
+    assert_eq!(cifar.feature_hw(96, 96), (12, 12));
+    assert_eq!(cifar.feature_hw(32, 32), (4, 4));
+    let imagenet = viewcraft::nn::resnet::ResNetConfig {
+        stem: viewcraft::nn::resnet::Stem::Imagenet,
+        ..resnet18(4)
+    };
+    assert_eq!(imagenet.feature_hw(224, 224), (7, 7));
+    assert_eq!(imagenet.feature_hw(160, 160), (5, 5));
 }

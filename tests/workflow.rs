@@ -513,3 +513,111 @@ fn ctrl_c_saves_a_checkpoint_and_exits_130() {
         viewcraft::train::checkpoint::metadata(&out.join("checkpoints/last.safetensors")).unwrap();
     assert!(meta["step"].parse::<usize>().unwrap() >= 1);
 }
+
+/// A copy of `src` with tensor `name` given `shape` (same bytes), written to `dst`.
+fn reshaped_copy(src: &Path, dst: &Path, name: &str, shape: &[usize]) {
+    use safetensors::tensor::TensorView;
+    let raw = std::fs::read(src).unwrap();
+    let (_, meta) = SafeTensors::read_metadata(&raw).unwrap();
+    let st = SafeTensors::deserialize(&raw).unwrap();
+    let views: Vec<(String, TensorView)> = st
+        .tensors()
+        .into_iter()
+        .map(|(n, t)| {
+            let s = if n == name {
+                shape.to_vec()
+            } else {
+                t.shape().to_vec()
+            };
+            (n, TensorView::new(t.dtype(), s, t.data()).unwrap())
+        })
+        .collect();
+    let bytes = safetensors::serialize(views, meta.metadata().clone()).unwrap();
+    std::fs::write(dst, bytes).unwrap();
+}
+
+/// Every command that reads a checkpoint rejects one whose tensors do not fit the
+/// architecture it describes: exit 2, one line naming the file and the tensor, no panic.
+#[test]
+fn checkpoints_with_misshapen_tensors_are_rejected_by_every_command() {
+    let run = reference_run();
+    let good = run.join("checkpoints/last.safetensors");
+    let d = tmp().join("misshapen");
+    std::fs::create_dir_all(&d).unwrap();
+    // Width 8: conv1 is [8, 3, 3, 3], layer1.0.conv1 [8, 8, 3, 3].
+    let cases = [
+        ("stem.safetensors", "param/conv1.weight", vec![216]),
+        (
+            "block.safetensors",
+            "param/layer1.0.conv1.weight",
+            vec![64, 9],
+        ),
+    ];
+    for (file, tensor, shape) in &cases {
+        let bad = d.join(file);
+        reshaped_copy(&good, &bad, tensor, shape);
+        let b = bad.to_str().unwrap();
+        let o = d.join("out");
+        let o = o.to_str().unwrap();
+        let words = [*file, *tensor];
+        user_error(
+            &[
+                "--device",
+                "cpu",
+                "export",
+                "--checkpoint",
+                b,
+                "--out",
+                &format!("{o}.safetensors"),
+            ],
+            &words,
+        );
+        user_error(
+            &[
+                "--device",
+                "cpu",
+                "embed",
+                "--checkpoint",
+                b,
+                "--out",
+                &format!("{o}.safetensors"),
+            ],
+            &words,
+        );
+        user_error(&["--device", "cpu", "knn", "--checkpoint", b], &words);
+        user_error(
+            &[
+                "--device",
+                "cpu",
+                "linear-eval",
+                "--checkpoint",
+                b,
+                "--out",
+                &format!("{o}.json"),
+            ],
+            &words,
+        );
+        user_error(
+            &["--device", "cpu", "viz", "--checkpoint", b, "--out", o],
+            &words,
+        );
+    }
+    // Resume: an interrupted run directory whose last checkpoint is misshapen.
+    let r = d.join("resume-run");
+    let _ = std::fs::remove_dir_all(&r);
+    std::fs::create_dir_all(r.join("checkpoints")).unwrap();
+    std::fs::copy(run.join("config.toml"), r.join("config.toml")).unwrap();
+    let last = r.join("checkpoints/last.safetensors");
+    reshaped_copy(&good, &last, "param/layer1.0.conv1.weight", &[64, 9]);
+    let cfg = tiny_config();
+    user_error(
+        &[
+            "pretrain",
+            cfg.to_str().unwrap(),
+            "--out",
+            r.to_str().unwrap(),
+            "--resume",
+        ],
+        &["last.safetensors", "param/layer1.0.conv1.weight"],
+    );
+}

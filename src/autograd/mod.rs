@@ -19,8 +19,10 @@ impl Var {
 }
 
 /// Maps the gradient of an op's output to the gradients of its inputs (`None`: no gradient
-/// flows to that input).
-pub type BackwardFn = Box<dyn FnOnce(&Tensor) -> Result<Vec<Option<Tensor>>> + Send>;
+/// flows to that input). The second argument says which inputs need a gradient: an op skips
+/// the work for the others (the images' gradient at the stem, MoCo's constant keys and
+/// queue in the similarity matmul).
+pub type BackwardFn = Box<dyn FnOnce(&Tensor, &[bool]) -> Result<Vec<Option<Tensor>>> + Send>;
 
 struct Node {
     value: Tensor,
@@ -108,7 +110,7 @@ impl Tape {
         op: &'static str,
         value: Tensor,
         inputs: &[Var],
-        backward: impl FnOnce(&Tensor) -> Result<Vec<Option<Tensor>>> + Send + 'static,
+        backward: impl FnOnce(&Tensor, &[bool]) -> Result<Vec<Option<Tensor>>> + Send + 'static,
     ) -> Var {
         let requires_grad =
             self.grad_enabled && inputs.iter().any(|v| self.nodes[v.0].requires_grad);
@@ -175,7 +177,11 @@ impl Tape {
             };
             let inputs = node.inputs.clone();
             let op = node.op;
-            let in_grads = bw(&g)?;
+            let needs: Vec<bool> = inputs
+                .iter()
+                .map(|v| self.nodes[v.0].requires_grad)
+                .collect();
+            let in_grads = bw(&g, &needs)?;
             if in_grads.len() != inputs.len() {
                 return Err(Error::Autograd(format!(
                     "{op}: backward returned {} gradients for {} inputs",
@@ -185,9 +191,9 @@ impl Tape {
             }
             // Intermediate gradient no longer needed.
             grads[i] = None;
-            for (inp, ig) in inputs.into_iter().zip(in_grads) {
+            for ((inp, ig), need) in inputs.into_iter().zip(in_grads).zip(needs) {
                 let Some(ig) = ig else { continue };
-                if !self.nodes[inp.0].requires_grad {
+                if !need {
                     continue;
                 }
                 if ig.shape() != self.nodes[inp.0].value.shape() {

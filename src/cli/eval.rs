@@ -8,6 +8,7 @@ use crate::config::{Config, DataCfg, LinearEvalConfig};
 use crate::data::{normalization, Split};
 use crate::error::{Error, Result};
 use crate::eval::knn::{backbone_features, knn_accuracy};
+use crate::eval::linear::Standardizer;
 use crate::tensor::Device;
 use crate::train::checkpoint::{load_backbone, metadata, write_features};
 
@@ -31,12 +32,17 @@ pub fn checkpoint_data(ckpt: &Path, data: Option<&Path>, dataset: Option<&str>) 
     Ok(d)
 }
 
+/// `viewcraft embed`: eval-mode pooled features of one split. `standardize` = `Some(subset)`
+/// maps them as the probe's `feature_norm = "standardize"` does, with the statistics of the
+/// first `subset` training images (`None`: the run's `data.subset`; 0 = all), and writes
+/// those statistics too.
 pub fn embed(
     ckpt: &Path,
     data: Option<&Path>,
     dataset: Option<&str>,
     split: &str,
     out: &Path,
+    standardize: Option<Option<usize>>,
     device: &Device,
 ) -> Result<()> {
     let d = checkpoint_data(ckpt, data, dataset)?;
@@ -48,11 +54,44 @@ pub fn embed(
     let set = crate::data::open(&d.dataset, &d.root_path(), split, 0, d.image_size)?;
     let (mean, std) = normalization(&d.dataset);
     let (net, mut store) = load_backbone(ckpt, device)?;
-    let (feats, dim) = backbone_features(&net, &mut store, &set, mean, std, device)?;
-    write_features(out, &feats, dim, &set.labels)?;
+    let (mut feats, dim) = backbone_features(&net, &mut store, &set, mean, std, device)?;
+    let Some(subset) = standardize else {
+        write_features(out, &feats, dim, &set.labels, &[])?;
+        println!(
+            "wrote features [{}, {dim}] and labels to {}",
+            set.len(),
+            out.display()
+        );
+        return Ok(());
+    };
+    let subset = subset.unwrap_or(d.subset);
+    let stats_set = crate::data::open(
+        &d.dataset,
+        &d.root_path(),
+        Split::Train,
+        subset,
+        d.image_size,
+    )?;
+    let stats = if split == Split::Train && stats_set.len() == set.len() {
+        Standardizer::fit(&feats, dim)
+    } else {
+        Standardizer::fit(
+            &backbone_features(&net, &mut store, &stats_set, mean, std, device)?.0,
+            dim,
+        )
+    };
+    stats.apply(&mut feats);
+    write_features(
+        out,
+        &feats,
+        dim,
+        &set.labels,
+        &[("feature_mean", &stats.mean), ("feature_std", &stats.std)],
+    )?;
     println!(
-        "wrote features [{}, {dim}] and labels to {}",
+        "wrote standardised features [{}, {dim}] (statistics of {} training images), labels, feature_mean and feature_std to {}",
         set.len(),
+        stats_set.len(),
         out.display()
     );
     Ok(())
@@ -110,7 +149,7 @@ pub fn knn(
     });
     println!("{v}");
     if let Some(out) = out {
-        crate::train::run_dir::write_atomic(out, format!("{v:#}\n").as_bytes())?;
+        crate::train::atomic::write_atomic(out, format!("{v:#}\n").as_bytes())?;
     }
     Ok(())
 }
@@ -155,7 +194,7 @@ pub fn linear_eval(
     let (mean, std) = normalization(&cfg.data.dataset);
     let (net, mut store) = load_backbone(ckpt, &device)?;
     eprintln!(
-        "linear probe of {}: {} {} train / {} test images, {} epochs, lr {}, milestones {:?}, on {}",
+        "linear probe of {}: {} {} train / {} test images, {} epochs, lr {}, milestones {:?}, feature_norm {}, on {}",
         ckpt.display(),
         train.len(),
         cfg.data.dataset,
@@ -163,6 +202,7 @@ pub fn linear_eval(
         cfg.linear.epochs,
         cfg.linear.lr,
         cfg.linear.milestones,
+        cfg.linear.feature_norm,
         device.name()
     );
     let r = crate::eval::linear::linear_probe(
@@ -191,6 +231,10 @@ pub fn linear_eval(
         "best_top1": r.best_top1,
         "best_epoch": r.best_epoch,
         "last_top1": r.last_top1,
+        "train_loss": r.train_loss,
+        "train_top1": r.train_top1,
+        "diverging": r.diverging,
+        "feature_norm": r.feature_norm,
         "epochs": r.epochs,
         "train_images": r.train_images,
         "test_images": r.test_images,
@@ -202,7 +246,7 @@ pub fn linear_eval(
     let path = out
         .map(Path::to_path_buf)
         .unwrap_or_else(|| default_result_path(ckpt, "linear_eval.json"));
-    crate::train::run_dir::write_atomic(&path, format!("{v:#}\n").as_bytes())?;
+    crate::train::atomic::write_atomic(&path, format!("{v:#}\n").as_bytes())?;
     let mut short = v.clone();
     if let Some(o) = short.as_object_mut() {
         o.remove("history");

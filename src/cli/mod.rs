@@ -23,8 +23,9 @@ use crate::tensor::Device;
 )]
 pub struct Cli {
     /// Device: `auto` (best hardware adapter, else the CPU path), `gpu` (any adapter,
-    /// software ones such as llvmpipe included), `cpu` (the reference path) or a substring of
-    /// an adapter name. Overrides VIEWCRAFT_DEVICE.
+    /// software ones such as llvmpipe included), `cpu` (the CPU path's fast kernels),
+    /// `reference` (the CPU path with the plain reference kernels, end to end) or a substring
+    /// of an adapter name. Overrides VIEWCRAFT_DEVICE.
     #[arg(long, global = true)]
     pub device: Option<String>,
     #[command(subcommand)]
@@ -49,7 +50,9 @@ pub enum Command {
         out: PathBuf,
     },
     /// Pooled backbone features of a dataset split (eval mode, normalisation only, dataset
-    /// order) to a safetensors file with `features` [N, D] and `labels` [N].
+    /// order) to a safetensors file with `features` [N, D] and `labels` [N]; with
+    /// --standardize, the features the probe trains on and their `feature_mean` /
+    /// `feature_std` [D].
     Embed {
         #[arg(long)]
         checkpoint: PathBuf,
@@ -63,6 +66,15 @@ pub enum Command {
         split: String,
         #[arg(long)]
         out: PathBuf,
+        /// Standardise each dimension as `feature_norm = "standardize"` does: with the mean
+        /// and std of the training split's eval-mode features (also written).
+        #[arg(long)]
+        standardize: bool,
+        /// With --standardize: the statistics come from the first N training images
+        /// (default: the checkpoint run's `data.subset`, the images its own probe trained
+        /// on; 0 = the whole split, as `linear-eval` by default).
+        #[arg(long, value_name = "N", requires = "standardize")]
+        subset: Option<usize>,
     },
     /// Weighted kNN top-1 (k, temperature) of a checkpoint's backbone: train features vote
     /// for the test images; prints one JSON object (and writes it with --out).
@@ -82,8 +94,9 @@ pub enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
-    /// Linear probe of a checkpoint's frozen backbone (SPEC A.6 protocol: 100 epochs, lr 10,
-    /// milestones 60/80, RRC + flip); prints one JSON object with best and last top-1 and
+    /// Linear probe of a checkpoint's frozen backbone (defaults: standardised features, lr
+    /// 0.03, 100 epochs, milestones 60/80, RRC + flip; the SPEC A.6 protocol is
+    /// configs/linear/*.toml); prints one JSON object with best and last top-1 and
     /// writes the full result (per-epoch history) to --out (default: the run directory's
     /// linear_eval.json).
     LinearEval {
@@ -207,6 +220,8 @@ pub fn run(cli: Cli) -> Result<()> {
             dataset,
             split,
             out,
+            standardize,
+            subset,
         } => {
             let dev = select_device(cli.device.as_deref())?;
             eval::embed(
@@ -215,6 +230,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 dataset.as_deref(),
                 &split,
                 &out,
+                standardize.then_some(subset),
                 &dev,
             )
         }

@@ -97,20 +97,15 @@ fn resolve_run_dir(
             "holds a finished run (summary.json); choose another --out or delete it",
         )),
         RunState::Interrupted(ckpt) => {
-            if let Some(old) = dir.saved_config()? {
-                let comparable = |c: &Config| {
-                    let mut c = c.clone();
-                    c.train.device.clear();
-                    c.data.workers = 0;
-                    c
-                };
-                if comparable(&old) != comparable(cfg) {
-                    return Err(Error::file(
+            // The library checks again when it resumes; checking here keeps the run
+            // directory's config.toml from being overwritten first.
+            crate::train::checkpoint::check_resumable(&ckpt, &cfg.to_toml(), cfg.train.batch_size)
+                .map_err(|e| {
+                    Error::file(
                         &dir.root,
-                        "holds an interrupted run with a different configuration (see its config.toml); resume with the same config or choose another --out",
-                    ));
-                }
-            }
+                        format!("holds an interrupted run that cannot continue with this configuration (see its config.toml; choose another --out to start anew): {e}"),
+                    )
+                })?;
             Ok((dir, Some(ckpt)))
         }
         _ if resume => Err(Error::file(
@@ -323,7 +318,7 @@ pub fn run(
     }
     let linear = if cfg.linear.epochs > 0 {
         println!(
-            "linear probe: {} epochs, lr {}, milestones {:?}, {}",
+            "linear probe: {} epochs, lr {}, milestones {:?}, {}, feature_norm {}",
             cfg.linear.epochs,
             cfg.linear.lr,
             cfg.linear.milestones,
@@ -331,7 +326,8 @@ pub fn run(
                 "RandomResizedCrop + flip"
             } else {
                 "fixed features"
-            }
+            },
+            cfg.linear.feature_norm
         );
         let net = method.backbone().clone();
         let r = linear_probe(
@@ -349,7 +345,16 @@ pub fn run(
         )?;
         metrics.write(
             "linear",
-            &serde_json::json!({ "best_top1": r.best_top1, "best_epoch": r.best_epoch, "last_top1": r.last_top1, "epochs": r.epochs }),
+            &serde_json::json!({
+                "best_top1": r.best_top1,
+                "best_epoch": r.best_epoch,
+                "last_top1": r.last_top1,
+                "train_loss": r.train_loss,
+                "train_top1": r.train_top1,
+                "diverging": r.diverging,
+                "feature_norm": r.feature_norm,
+                "epochs": r.epochs,
+            }),
         )?;
         Some(r)
     } else {
@@ -381,10 +386,10 @@ pub fn run(
 pub fn print_table(s: &RunSummary) {
     let pct = |x: Option<f64>| x.map_or("-".into(), |a| format!("{:.1}%", 100.0 * a));
     println!();
-    println!("| method | crop | epochs | train images | loss first → last | kNN top-1 | linear top-1 best / last | time |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("| method | crop | epochs | train images | loss first → last | kNN top-1 | linear top-1 best / last | probe train loss / top-1 | time |");
+    println!("|---|---|---|---|---|---|---|---|---|");
     println!(
-        "| {} | {} | {} | {} | {} → {} | {} | {} | {:.0} s |",
+        "| {} | {} | {} | {} | {} → {} | {} | {} | {} | {:.0} s |",
         s.method,
         s.crop,
         s.epochs,
@@ -397,6 +402,12 @@ pub fn print_table(s: &RunSummary) {
             100.0 * l.best_top1,
             l.best_epoch,
             100.0 * l.last_top1
+        )),
+        s.linear.as_ref().map_or("-".into(), |l| format!(
+            "{:.3} / {:.1}%{}",
+            l.train_loss,
+            100.0 * l.train_top1,
+            if l.diverging { " (diverging)" } else { "" }
         )),
         s.seconds
     );

@@ -85,7 +85,7 @@ pub fn run(
         "convention": "[top, left, bottom, right] as fractions; bottom/right = last covered pixel / size",
         "boxes": bxs,
     });
-    crate::train::run_dir::write_atomic(&out.join("boxes.json"), format!("{json}\n").as_bytes())?;
+    crate::train::atomic::write_atomic(&out.join("boxes.json"), format!("{json}\n").as_bytes())?;
     viz::heatmaps_png(&set, &heat, &bxs, &out.join("heatmaps.png"))?;
     viz::boxes_png(&set, &bxs, &out.join("boxes.png"))?;
     let rows = set.len().min(8);

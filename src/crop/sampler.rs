@@ -135,11 +135,28 @@ impl ContrastiveCrop {
     }
 
     /// The range of the top (or left) coordinate for a crop of `size` along an axis of
-    /// `len` pixels and box edges `lo`, `hi` (fractions).
+    /// `len` pixels and box edges `lo`, `hi` (fractions). `int(len·edge)` is taken in double
+    /// precision as the reference's Python does (in f32, 96·f32(5/24) rounds up to 20 where
+    /// the reference gets 19).
     pub fn range(len: usize, size: usize, lo: f32, hi: f32) -> (usize, usize) {
         let max = (len - size) as i64;
-        let c = |f: f32| ((len as f32 * f) as i64 - (size / 2) as i64).clamp(0, max) as usize;
+        let c =
+            |f: f32| ((len as f64 * f as f64) as i64 - (size / 2) as i64).clamp(0, max) as usize;
         (c(lo), c(hi))
+    }
+
+    /// The crop of size `h`×`w` in an image of `hgt`×`wid` for box `bx` and the Beta draws
+    /// `u` (top) and `v` (left): i = ch0 + int((ch1 − ch0)·u), likewise j.
+    #[allow(clippy::too_many_arguments)]
+    pub fn place(hgt: usize, wid: usize, h: usize, w: usize, bx: BoxF, u: f64, v: f64) -> Crop {
+        let (ch0, ch1) = Self::range(hgt, h, bx[0], bx[2]);
+        let (cw0, cw1) = Self::range(wid, w, bx[1], bx[3]);
+        Crop {
+            top: ch0 + ((ch1 - ch0) as f64 * u) as usize,
+            left: cw0 + ((cw1 - cw0) as f64 * v) as usize,
+            height: h,
+            width: w,
+        }
     }
 
     pub fn sample(&self, rng: &mut impl Rng, hgt: usize, wid: usize, bx: BoxF) -> Crop {
@@ -151,15 +168,8 @@ impl ContrastiveCrop {
     /// fallback, which ignores the box).
     pub fn try_sample(&self, rng: &mut impl Rng, hgt: usize, wid: usize, bx: BoxF) -> Option<Crop> {
         let (h, w) = self.rrc.sample_size(rng, hgt, wid)?;
-        let (ch0, ch1) = Self::range(hgt, h, bx[0], bx[2]);
-        let (cw0, cw1) = Self::range(wid, w, bx[1], bx[3]);
         let u: f64 = self.beta.sample(rng);
         let v: f64 = self.beta.sample(rng);
-        Some(Crop {
-            top: ch0 + ((ch1 - ch0) as f64 * u) as usize,
-            left: cw0 + ((cw1 - cw0) as f64 * v) as usize,
-            height: h,
-            width: w,
-        })
+        Some(Self::place(hgt, wid, h, w, bx, u, v))
     }
 }

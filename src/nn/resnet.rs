@@ -286,11 +286,25 @@ impl ResNetConfig {
         out
     }
 
+    /// The last stage's feature map size (h, w) for an input of h×w (the heatmaps' grid).
+    pub fn feature_hw(&self, h: usize, w: usize) -> (usize, usize) {
+        let (mut h, mut w) = match self.stem {
+            Stem::Cifar => (h, w),
+            Stem::Imagenet => (conv_out(h, 7, 2).div_ceil(2), conv_out(w, 7, 2).div_ceil(2)),
+        };
+        for spec in self.blocks() {
+            for (k, _, _, st) in spec.convs {
+                (h, w) = (conv_out(h, k, st), conv_out(w, k, st));
+            }
+        }
+        (h, w)
+    }
+
     /// Multiply-adds of one image's forward pass through the convolutions (the FLOPs that
     /// matter; BN, ReLU, pooling and heads are ignored) at input size h×w.
     pub fn forward_macs(&self, h: usize, w: usize) -> usize {
         let conv = |cin: usize, cout: usize, k: usize, s: usize, h: usize, w: usize| {
-            let (oh, ow) = ((h + 2 * (k / 2) - k) / s + 1, (w + 2 * (k / 2) - k) / s + 1);
+            let (oh, ow) = (conv_out(h, k, s), conv_out(w, k, s));
             (cin * cout * k * k * oh * ow, oh, ow)
         };
         let wd = self.width;
@@ -314,4 +328,9 @@ impl ResNetConfig {
         }
         total
     }
+}
+
+/// Output length of a k×k convolution with stride `s` and padding k/2 along an axis of `len`.
+fn conv_out(len: usize, k: usize, s: usize) -> usize {
+    (len + 2 * (k / 2) - k) / s + 1
 }

@@ -381,7 +381,8 @@ impl Tape {
         inputs.extend(beta);
         let (has_g, has_b) = (gamma.is_some(), beta.is_some());
         let saved = fw.saved;
-        Ok(self.record("batch_norm", fw.y, &inputs, move |gy| {
+        // The input's gradient needs the parameters' sums anyway: one backward for all.
+        Ok(self.record("batch_norm", fw.y, &inputs, move |gy, _| {
             let (gx, gg, gb) = backward(&xv, gy, &saved, gv.as_ref(), train)?;
             let mut out = vec![Some(gx)];
             if has_g {

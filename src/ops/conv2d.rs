@@ -384,15 +384,12 @@ impl Tape {
         let (xv, wv) = (self.value(x).clone(), self.value(w).clone());
         let d = cfg.dims(xv.shape(), wv.shape())?;
         let y = forward(&xv, &wv, cfg)?;
-        let need_gx = self.requires_grad(x);
-        Ok(self.record("conv2d", y, &[x, w], move |gy| {
+        Ok(self.record("conv2d", y, &[x, w], move |gy, needs| {
             // The stem's input gradient (the images) is never needed.
-            let gx = if need_gx {
-                Some(backward_input(gy, &wv, &d)?)
-            } else {
-                None
-            };
-            Ok(vec![gx, Some(backward_weight(gy, &xv, &d)?)])
+            Ok(vec![
+                needs[0].then(|| backward_input(gy, &wv, &d)).transpose()?,
+                needs[1].then(|| backward_weight(gy, &xv, &d)).transpose()?,
+            ])
         }))
     }
 }

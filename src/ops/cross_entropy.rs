@@ -137,7 +137,7 @@ impl Tape {
     pub fn cross_entropy_rows(&mut self, logits: Var, labels: &Tensor) -> Result<Var> {
         let (lv, lab) = (self.value(logits).clone(), labels.clone());
         let y = cross_entropy_rows(&lv, &lab)?;
-        Ok(self.record("cross_entropy", y, &[logits], move |g| {
+        Ok(self.record("cross_entropy", y, &[logits], move |g, _| {
             Ok(vec![Some(cross_entropy_rows_backward(&lv, &lab, g)?)])
         }))
     }
@@ -311,7 +311,7 @@ impl Tape {
     pub fn info_nce(&mut self, sim: Var, mode: NceMode, scale: f32) -> Result<Var> {
         let sv = self.value(sim).clone();
         let y = info_nce(&sv, mode, scale)?;
-        Ok(self.record("info_nce", y, &[sim], move |g| {
+        Ok(self.record("info_nce", y, &[sim], move |g, _| {
             Ok(vec![Some(info_nce_backward(&sv, g, mode, scale)?)])
         }))
     }

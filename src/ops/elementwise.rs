@@ -162,30 +162,33 @@ impl Tape {
     pub fn relu(&mut self, x: Var) -> Result<Var> {
         let xv = self.value(x).clone();
         let y = relu(&xv)?;
-        Ok(self.record("relu", y, &[x], move |gy| {
+        Ok(self.record("relu", y, &[x], move |gy, _| {
             Ok(vec![Some(relu_backward(&xv, gy)?)])
         }))
     }
 
     pub fn add(&mut self, a: Var, b: Var) -> Result<Var> {
         let y = add(self.value(a), self.value(b))?;
-        Ok(self.record("add", y, &[a, b], |gy| {
-            Ok(vec![Some(gy.clone()), Some(gy.clone())])
+        Ok(self.record("add", y, &[a, b], |gy, needs| {
+            Ok(needs.iter().map(|&n| n.then(|| gy.clone())).collect())
         }))
     }
 
     pub fn mul(&mut self, a: Var, b: Var) -> Result<Var> {
         let (av, bv) = (self.value(a).clone(), self.value(b).clone());
         let y = mul(&av, &bv)?;
-        Ok(self.record("mul", y, &[a, b], move |gy| {
-            Ok(vec![Some(mul(gy, &bv)?), Some(mul(gy, &av)?)])
+        Ok(self.record("mul", y, &[a, b], move |gy, needs| {
+            Ok(vec![
+                needs[0].then(|| mul(gy, &bv)).transpose()?,
+                needs[1].then(|| mul(gy, &av)).transpose()?,
+            ])
         }))
     }
 
     /// x * s + t for host scalars (scale, shift, negate).
     pub fn affine(&mut self, x: Var, s: f32, t: f32) -> Result<Var> {
         let y = affine(self.value(x), s, t)?;
-        Ok(self.record("affine", y, &[x], move |gy| {
+        Ok(self.record("affine", y, &[x], move |gy, _| {
             Ok(vec![Some(affine(gy, s, 0.0)?)])
         }))
     }

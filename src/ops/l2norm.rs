@@ -111,7 +111,7 @@ impl Tape {
     pub fn l2_normalize(&mut self, x: Var) -> Result<Var> {
         let xv = self.value(x).clone();
         let y = l2_normalize(&xv)?;
-        Ok(self.record("l2_normalize", y, &[x], move |gy| {
+        Ok(self.record("l2_normalize", y, &[x], move |gy, _| {
             Ok(vec![Some(l2_normalize_backward(&xv, gy)?)])
         }))
     }

@@ -202,16 +202,29 @@ pub fn matmul_grad_plan(ta: bool, tb: bool) -> [(Operand, Operand, bool, bool); 
     [ga, gb]
 }
 
-fn grads(a: &Tensor, b: &Tensor, gc: &Tensor, ta: bool, tb: bool) -> Result<[Tensor; 2]> {
+/// The gradients of op(A)·op(B) for the operands in `needs` (each a product of two).
+fn grads(
+    a: &Tensor,
+    b: &Tensor,
+    gc: &Tensor,
+    ta: bool,
+    tb: bool,
+    needs: &[bool],
+) -> Result<[Option<Tensor>; 2]> {
     let pick = |o: Operand| match o {
         Operand::A => a,
         Operand::B => b,
         Operand::G => gc,
     };
     let [p, q] = matmul_grad_plan(ta, tb);
+    let need = |i: usize| needs.get(i).copied().unwrap_or(true);
     Ok([
-        matmul_t(pick(p.0), pick(p.1), None, p.2, p.3)?,
-        matmul_t(pick(q.0), pick(q.1), None, q.2, q.3)?,
+        need(0)
+            .then(|| matmul_t(pick(p.0), pick(p.1), None, p.2, p.3))
+            .transpose()?,
+        need(1)
+            .then(|| matmul_t(pick(q.0), pick(q.1), None, q.2, q.3))
+            .transpose()?,
     ])
 }
 
@@ -220,9 +233,8 @@ impl Tape {
     pub fn matmul_t(&mut self, a: Var, b: Var, ta: bool, tb: bool) -> Result<Var> {
         let (av, bv) = (self.value(a).clone(), self.value(b).clone());
         let y = matmul_t(&av, &bv, None, ta, tb)?;
-        Ok(self.record("matmul", y, &[a, b], move |gc| {
-            let [ga, gb] = grads(&av, &bv, gc, ta, tb)?;
-            Ok(vec![Some(ga), Some(gb)])
+        Ok(self.record("matmul", y, &[a, b], move |gc, needs| {
+            Ok(grads(&av, &bv, gc, ta, tb, needs)?.into())
         }))
     }
 
@@ -238,12 +250,11 @@ impl Tape {
         let mut inputs = vec![x, w];
         inputs.extend(b);
         let has_bias = b.is_some();
-        Ok(self.record("linear", y, &inputs, move |gy| {
+        Ok(self.record("linear", y, &inputs, move |gy, needs| {
             // y = x·Wᵀ is the product with tb = true.
-            let [gx, gw] = grads(&xv, &wv, gy, false, true)?;
-            let mut out = vec![Some(gx), Some(gw)];
+            let mut out: Vec<Option<Tensor>> = grads(&xv, &wv, gy, false, true, needs)?.into();
             if has_bias {
-                out.push(Some(col_sum(gy, 1.0)?));
+                out.push(needs[2].then(|| col_sum(gy, 1.0)).transpose()?);
             }
             Ok(out)
         }))

@@ -249,7 +249,7 @@ impl Tape {
     pub fn max_pool2d(&mut self, x: Var, cfg: MaxPool) -> Result<Var> {
         let xshape = self.value(x).shape().to_vec();
         let (y, idx) = max_pool(self.value(x), cfg)?;
-        Ok(self.record("max_pool2d", y, &[x], move |gy| {
+        Ok(self.record("max_pool2d", y, &[x], move |gy, _| {
             Ok(vec![Some(max_pool_backward(gy, &idx, &xshape, cfg)?)])
         }))
     }
@@ -257,7 +257,7 @@ impl Tape {
     pub fn global_avg_pool(&mut self, x: Var) -> Result<Var> {
         let xshape = self.value(x).shape().to_vec();
         let y = global_avg_pool(self.value(x))?;
-        Ok(self.record("global_avg_pool", y, &[x], move |gy| {
+        Ok(self.record("global_avg_pool", y, &[x], move |gy, _| {
             Ok(vec![Some(global_avg_pool_backward(gy, &xshape)?)])
         }))
     }

@@ -150,7 +150,7 @@ impl Tape {
     pub fn sum(&mut self, x: Var) -> Result<Var> {
         let shape = self.value(x).shape().to_vec();
         let y = sum(self.value(x))?;
-        Ok(self.record("sum", y, &[x], move |gy| {
+        Ok(self.record("sum", y, &[x], move |gy, _| {
             Ok(vec![Some(broadcast_scalar(gy, 1.0, &shape)?)])
         }))
     }
@@ -159,7 +159,7 @@ impl Tape {
         let shape = self.value(x).shape().to_vec();
         let n = self.value(x).numel() as f32;
         let y = mean(self.value(x))?;
-        Ok(self.record("mean", y, &[x], move |gy| {
+        Ok(self.record("mean", y, &[x], move |gy, _| {
             Ok(vec![Some(broadcast_scalar(gy, 1.0 / n, &shape)?)])
         }))
     }
@@ -168,7 +168,7 @@ impl Tape {
     pub fn row_sum(&mut self, x: Var) -> Result<Var> {
         let n = matrix("row_sum", self.value(x))?.1;
         let y = row_sum(self.value(x))?;
-        Ok(self.record("row_sum", y, &[x], move |gy| {
+        Ok(self.record("row_sum", y, &[x], move |gy, _| {
             Ok(vec![Some(row_broadcast(gy, n, 1.0)?)])
         }))
     }

@@ -106,7 +106,7 @@ impl Tape {
     pub fn reshape(&mut self, x: Var, shape: &[usize]) -> Result<Var> {
         let old = self.value(x).shape().to_vec();
         let y = self.value(x).reshape(shape)?;
-        Ok(self.record("reshape", y, &[x], move |gy| {
+        Ok(self.record("reshape", y, &[x], move |gy, _| {
             Ok(vec![Some(gy.reshape(&old)?)])
         }))
     }
@@ -125,11 +125,11 @@ impl Tape {
         let vals: Vec<Tensor> = xs.iter().map(|&v| self.value(v).clone()).collect();
         let y = concat(&vals.iter().collect::<Vec<_>>())?;
         let sizes: Vec<usize> = vals.iter().map(|v| v.shape()[0]).collect();
-        Ok(self.record("concat", y, xs, move |gy| {
+        Ok(self.record("concat", y, xs, move |gy, needs| {
             let mut start = 0;
             let mut out = Vec::new();
-            for n in &sizes {
-                out.push(Some(slice_batch(gy, start, *n)?));
+            for (n, &need) in sizes.iter().zip(needs) {
+                out.push(need.then(|| slice_batch(gy, start, *n)).transpose()?);
                 start += n;
             }
             Ok(out)
@@ -139,7 +139,7 @@ impl Tape {
     pub fn slice_batch(&mut self, x: Var, start: usize, len: usize) -> Result<Var> {
         let shape = self.value(x).shape().to_vec();
         let y = slice_batch(self.value(x), start, len)?;
-        Ok(self.record("slice_batch", y, &[x], move |gy| {
+        Ok(self.record("slice_batch", y, &[x], move |gy, _| {
             Ok(vec![Some(pad_batch(gy, start, &shape)?)])
         }))
     }
@@ -248,7 +248,7 @@ impl Tape {
     pub fn permute_rows(&mut self, x: Var, perm: &[usize]) -> Result<Var> {
         let y = permute_rows(self.value(x), perm)?;
         let inv = inverse_permutation(perm);
-        Ok(self.record("permute_rows", y, &[x], move |gy| {
+        Ok(self.record("permute_rows", y, &[x], move |gy, _| {
             Ok(vec![Some(permute_rows(gy, &inv)?)])
         }))
     }

@@ -117,7 +117,7 @@ pub fn build(
             simclr::SimClrConfig {
                 dim: m.dim,
                 temperature: m.temperature,
-                loss_scale: m.loss_scale,
+                loss_scale: m.loss_scale(),
             },
             rng,
             device,

@@ -1,7 +1,7 @@
 //! SimCLR (SPEC A.5): ResNet backbone, projector Linear(D, D) → ReLU → Linear(D, dim) with
 //! biases and no BN (named `fc.0`, `fc.2` as the reference's nn.Sequential), NT-Xent over
 //! both views forwarded as one batch of 2B (shared BN statistics, as the reference), with
-//! temperature τ and the `loss_scale` factor (τ/0.07 in the reference configs).
+//! temperature τ and the `loss_scale` factor (τ/base_τ with base_τ = 0.07, as the reference).
 
 use rand::Rng;
 
@@ -13,6 +13,9 @@ use crate::nn::resnet::{ResNet, ResNetConfig};
 use crate::nn::{Bound, Linear, ParamStore};
 use crate::tensor::Device;
 
+/// The reference's base temperature: the loss is multiplied by τ / `BASE_TEMPERATURE`.
+pub const BASE_TEMPERATURE: f32 = 0.07;
+
 #[derive(Clone, Debug)]
 pub struct SimClrConfig {
     pub dim: usize,
@@ -20,12 +23,19 @@ pub struct SimClrConfig {
     pub loss_scale: f32,
 }
 
+impl SimClrConfig {
+    /// The reference's loss factor for temperature `tau`: τ / 0.07.
+    pub fn reference_loss_scale(tau: f32) -> f32 {
+        tau / BASE_TEMPERATURE
+    }
+}
+
 impl Default for SimClrConfig {
     fn default() -> Self {
         Self {
             dim: 128,
             temperature: 0.5,
-            loss_scale: 0.5 / 0.07,
+            loss_scale: Self::reference_loss_scale(0.5),
         }
     }
 }
@@ -67,12 +77,12 @@ impl SimClr {
         })
     }
 
-    /// Projections [2B, dim] of both views (for collapse checks).
-    pub fn project(&mut self, tape: &mut Tape, bound: &Bound, v1: Var, v2: Var) -> Result<Var> {
-        let x = tape.concat(&[v1, v2])?;
+    /// Projections [N, dim] of images [N, 3, H, W]; `train` selects batch statistics (the
+    /// loss) or the running ones (collapse checks, which batch statistics would hide).
+    pub fn project(&mut self, tape: &mut Tape, bound: &Bound, x: Var, train: bool) -> Result<Var> {
         let f = self
             .backbone
-            .forward(tape, &mut self.store, bound, x, true)?;
+            .forward(tape, &mut self.store, bound, x, train)?;
         let h = self.fc1.forward(tape, bound, f)?;
         let h = tape.relu(h)?;
         self.fc2.forward(tape, bound, h)
@@ -83,7 +93,9 @@ impl Method for SimClr {
     method_accessors!("simclr");
     fn loss(&mut self, tape: &mut Tape, bound: &Bound, v1: Var, v2: Var) -> Result<Var> {
         let b = tape.value(v1).shape()[0];
-        let z = self.project(tape, bound, v1, v2)?;
+        // Both views as one batch of 2B: shared BN statistics, as the reference.
+        let x = tape.concat(&[v1, v2])?;
+        let z = self.project(tape, bound, x, true)?;
         let parts = tape.split(z, &[b, b])?;
         nt_xent(
             tape,

@@ -1,6 +1,7 @@
-//! SimSiam (SPEC A.5): backbone with zero_init_residual; projector Linear(D, 512, no bias) →
-//! BN → ReLU → Linear(512, 512, no bias) → BN → ReLU → Linear(512, dim) whose bias is
-//! frozen → BN1d(dim, affine = False); predictor Linear(dim, 128, no bias) → BN → ReLU →
+//! SimSiam (SPEC A.5): backbone with zero_init_residual; projector Linear(D, D, no bias) →
+//! BN → ReLU → Linear(D, D, no bias) → BN → ReLU → Linear(D, dim) whose bias is frozen →
+//! BN1d(dim, affine = False), with D the backbone's feature width (`prev_dim` in the
+//! reference: 512 for ResNet-18 at width 64, 2048 for ResNet-50); predictor Linear(dim, 128, no bias) → BN → ReLU →
 //! Linear(128, dim); loss −0.5·(mean cos(p1, z2) + mean cos(p2, z1)) with z detached; the
 //! predictor keeps its initial learning rate (`fix_pred_lr`). Views are forwarded separately.
 
@@ -57,7 +58,8 @@ impl SimSiam {
             rng,
             device,
         )?;
-        let (d, h, p) = (backbone.out_dim, 512, cfg.pred_dim);
+        // The reference's projector is as wide as the backbone's features (`prev_dim`).
+        let (d, h, p) = (backbone.out_dim, backbone.out_dim, cfg.pred_dim);
         let proj = [
             Layer::Linear {
                 fin: d,

@@ -6,7 +6,7 @@
 //! atomically: a temporary file in the same directory, synced, then renamed.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
@@ -82,22 +82,71 @@ pub fn position(meta: &HashMap<String, String>, path: &Path) -> Result<Position>
     })
 }
 
+/// Refuse to continue a run from checkpoint `path` with another configuration: its
+/// position counts batches of its own batch size, so another batch size would misread it,
+/// and any other change would not continue the same run. `config_text` is the continuing
+/// run's resolved configuration; the device and the loader's threads may differ. A
+/// checkpoint without a readable configuration is checked on its recorded batch size.
+pub fn check_resumable(path: &Path, config_text: &str, batch_size: usize) -> Result<()> {
+    use crate::config::Config;
+    let meta = metadata(path)?;
+    let saved = meta
+        .get("config")
+        .and_then(|t| Config::from_toml(t, &path.display().to_string()).ok());
+    let recorded = match meta.get("batch_size") {
+        Some(b) => Some(
+            b.parse::<usize>()
+                .map_err(|e| Error::file(path, format!("metadata `batch_size`: {e}")))?,
+        ),
+        None => saved.as_ref().map(|c| c.train.batch_size),
+    };
+    match recorded {
+        None => {
+            return Err(Error::file(
+                path,
+                "records no batch size, so its position cannot be read: resume from a checkpoint viewcraft wrote",
+            ))
+        }
+        Some(b) if b != batch_size => {
+            return Err(Error::file(
+                path,
+                format!("was written with train.batch_size = {b}, not {batch_size}: resume with the run's own configuration"),
+            ))
+        }
+        Some(_) => {}
+    }
+    let comparable = |c: &Config| {
+        let mut c = c.clone();
+        c.train.device.clear();
+        c.data.workers = 0;
+        c
+    };
+    if let (Some(old), Ok(new)) = (saved, Config::from_toml(config_text, "the run")) {
+        let (old, new) = (comparable(&old), comparable(&new));
+        let differs = [
+            ("model", old.model != new.model),
+            ("method", old.method != new.method),
+            ("data", old.data != new.data),
+            ("crop", old.crop != new.crop),
+            ("train", old.train != new.train),
+            ("knn", old.knn != new.knn),
+            ("linear", old.linear != new.linear),
+        ];
+        if let Some((section, _)) = differs.iter().find(|(_, d)| *d) {
+            return Err(Error::file(
+                path,
+                format!("was written by a run with a different configuration ([{section}] differs); resume with the same config or start a new run"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Little-endian f32 values of a tensor's bytes.
 fn f32s(data: &[u8]) -> Vec<f32> {
     data.chunks_exact(4)
         .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
         .collect()
-}
-
-/// Copy `src` to `dst` atomically (temporary file in `dst`'s directory, then rename).
-pub fn copy_atomic(src: &Path, dst: &Path) -> Result<()> {
-    let tmp = dst.with_extension("safetensors.tmp");
-    std::fs::copy(src, &tmp)
-        .and_then(|_| std::fs::rename(&tmp, dst))
-        .map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            Error::file(dst, format!("cannot write checkpoint: {e}"))
-        })
 }
 
 fn bytes(v: &[f32]) -> Vec<u8> {
@@ -111,6 +160,7 @@ pub fn save(
     momentum: &[Option<Tensor>],
     boxes: &[BoxF],
     pos: Position,
+    batch_size: usize,
     config: &str,
 ) -> Result<()> {
     let mut named: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
@@ -141,34 +191,18 @@ pub fn save(
         ("epoch".to_string(), pos.epoch.to_string()),
         ("step".to_string(), pos.step.to_string()),
         ("batch".to_string(), pos.batch.to_string()),
+        ("batch_size".to_string(), batch_size.to_string()),
         ("extra".to_string(), method.extra_state().to_string()),
         ("config".to_string(), config.to_string()),
     ]);
     let data = safetensors::serialize(views, Some(meta))
         .map_err(|e| Error::file(path, format!("cannot encode checkpoint: {e}")))?;
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)
-        .map_err(|e| Error::file(dir, format!("cannot create the checkpoint directory: {e}")))?;
-    let tmp: PathBuf = dir.join(format!(
-        ".{}.tmp",
-        path.file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("checkpoint")
-    ));
-    let write = || -> std::io::Result<()> {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&data)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    };
-    write().map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        Error::file(path, format!("cannot write checkpoint: {e}"))
-    })
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            Error::file(dir, format!("cannot create the checkpoint directory: {e}"))
+        })?;
+    }
+    crate::train::atomic::write_atomic(path, &data)
 }
 
 /// Restore `method` and `momentum` from `path` onto `device`.
@@ -244,17 +278,6 @@ pub fn load(
     })
 }
 
-/// Prefixes of store entries that are not part of the online backbone (heads, target / key
-/// encoders, queues).
-const NOT_BACKBONE: [&str; 6] = [
-    "fc.",
-    "projector.",
-    "predictor.",
-    "target.",
-    "key.",
-    "queue",
-];
-
 /// Write the online backbone of checkpoint `ckpt` to `out` as a plain safetensors state dict
 /// with bare torchvision names and layouts (`conv1.weight` [O, I, kH, kW], `bn1.running_mean`,
 /// `layer2.0.downsample.0.weight`...), loadable with `load_state_dict(strict=True)` into a
@@ -265,21 +288,16 @@ pub fn export_backbone(ckpt: &Path, out: &Path) -> Result<usize> {
         .map_err(|e| Error::file(ckpt, format!("cannot read checkpoint: {e}")))?;
     let st = SafeTensors::deserialize(&raw)
         .map_err(|e| Error::file(ckpt, format!("not a safetensors checkpoint: {e}")))?;
+    // Exactly the tensors of the architecture the checkpoint describes, each checked
+    // against its expected shape (a file that does not fit is an error, not an export).
+    let (_, store) = backbone_from(&st, ckpt, &Device::Cpu)?;
     let mut views = Vec::new();
-    for (name, view) in st.tensors() {
-        let Some(bare) = name.strip_prefix("param/") else {
-            continue;
-        };
-        if NOT_BACKBONE.iter().any(|p| bare.starts_with(p)) {
-            continue;
-        }
-        views.push((bare.to_string(), view));
-    }
-    if views.is_empty() {
-        return Err(Error::file(
-            ckpt,
-            "no backbone tensors (`param/...`) in this checkpoint",
-        ));
+    for p in &store.params {
+        let name = format!("param/{}", p.name);
+        let view = st
+            .tensor(&name)
+            .map_err(|_| Error::file(ckpt, format!("tensor `{name}` missing")))?;
+        views.push((p.name.clone(), view));
     }
     // torchvision's BN state also has `num_batches_tracked` (int64 scalar): write it, with the
     // number of training steps, so that strict loading finds every key.
@@ -309,29 +327,46 @@ pub fn export_backbone(ckpt: &Path, out: &Path) -> Result<usize> {
     let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
     let data = safetensors::serialize(views, Some(meta))
         .map_err(|e| Error::file(out, format!("cannot encode: {e}")))?;
-    let tmp = out.with_extension("safetensors.tmp");
-    std::fs::write(&tmp, &data)
-        .and_then(|_| std::fs::rename(&tmp, out))
-        .map_err(|e| Error::file(out, format!("cannot write: {e}")))?;
+    crate::train::atomic::write_atomic(out, &data)?;
     Ok(n)
 }
 
 /// The online backbone of a checkpoint, rebuilt from its tensor names and shapes (arch from
 /// the blocks present, stem from `conv1`'s kernel, width from `conv1`'s output channels),
-/// on `device`, in a store of its own.
+/// on `device`, in a store of its own. Every tensor is checked against the architecture.
 pub fn load_backbone(
     ckpt: &Path,
     device: &Device,
 ) -> Result<(crate::nn::resnet::ResNet, crate::nn::ParamStore)> {
-    use crate::nn::resnet::{Arch, ResNet, ResNetConfig, Stem};
     let raw = std::fs::read(ckpt)
         .map_err(|e| Error::file(ckpt, format!("cannot read checkpoint: {e}")))?;
     let st = SafeTensors::deserialize(&raw)
         .map_err(|e| Error::file(ckpt, format!("not a safetensors checkpoint: {e}")))?;
+    backbone_from(&st, ckpt, device)
+}
+
+/// [`load_backbone`] on a parsed file.
+fn backbone_from(
+    st: &SafeTensors,
+    ckpt: &Path,
+    device: &Device,
+) -> Result<(crate::nn::resnet::ResNet, crate::nn::ParamStore)> {
+    use crate::nn::resnet::{Arch, ResNet, ResNetConfig, Stem};
     let conv1 = st
         .tensor("param/conv1.weight")
         .map_err(|_| Error::file(ckpt, "no `param/conv1.weight`: not a viewcraft checkpoint"))?;
-    let (width, k) = (conv1.shape()[0], conv1.shape()[2]);
+    // The shape decides the architecture, so it is checked before anything is built on it.
+    let (width, k) = match *conv1.shape() {
+        [w, 3, k, k2] if k == k2 && (k == 3 || k == 7) && w > 0 && w % 4 == 0 => (w, k),
+        ref other => {
+            return Err(Error::file(
+                ckpt,
+                format!(
+                    "tensor `param/conv1.weight` has shape {other:?}, not a ResNet stem [width, 3, 3 or 7, 3 or 7] with a width that is a positive multiple of 4"
+                ),
+            ))
+        }
+    };
     let has = |n: &str| st.tensor(n).is_ok();
     let arch = if has("param/layer1.0.conv3.weight") {
         Arch::Resnet50
@@ -360,11 +395,12 @@ pub fn load_backbone(
         let t = st
             .tensor(&name)
             .map_err(|_| Error::file(ckpt, format!("tensor `{name}` missing")))?;
-        if t.shape() != p.value.shape() {
+        if t.shape() != p.value.shape() || t.dtype() != Dtype::F32 {
             return Err(Error::file(
                 ckpt,
                 format!(
-                    "tensor `{name}` has shape {:?}, expected {:?}",
+                    "tensor `{name}` is {:?} {:?}, expected F32 {:?} for the {arch:?} (width {width}) it describes",
+                    t.dtype(),
                     t.shape(),
                     p.value.shape()
                 ),
@@ -376,15 +412,27 @@ pub fn load_backbone(
     Ok((net, store))
 }
 
-/// Write `features` [N, D] (f32) and `labels` [N] (int64) to a safetensors file.
-pub fn write_features(out: &Path, features: &[f32], dim: usize, labels: &[u32]) -> Result<()> {
+/// Write `features` [N, D] (f32) and `labels` [N] (int64) to a safetensors file, and each
+/// `extra` (name, values) as a 1-D f32 tensor (e.g. `embed --standardize`'s `feature_mean`
+/// and `feature_std` [D]; none by default).
+pub fn write_features(
+    out: &Path,
+    features: &[f32],
+    dim: usize,
+    labels: &[u32],
+    extra: &[(&str, &[f32])],
+) -> Result<()> {
     let n = labels.len();
     let fb = bytes(features);
     let lb: Vec<u8> = labels
         .iter()
         .flat_map(|&l| (l as i64).to_le_bytes())
         .collect();
-    let views = vec![
+    let eb: Vec<(String, Vec<u8>, usize)> = extra
+        .iter()
+        .map(|(name, v)| (name.to_string(), bytes(v), v.len()))
+        .collect();
+    let mut views = vec![
         (
             "features".to_string(),
             TensorView::new(Dtype::F32, vec![n, dim], &fb).map_err(|e| Error::file(out, e))?,
@@ -394,6 +442,12 @@ pub fn write_features(out: &Path, features: &[f32], dim: usize, labels: &[u32]) 
             TensorView::new(Dtype::I64, vec![n], &lb).map_err(|e| Error::file(out, e))?,
         ),
     ];
+    for (name, b, len) in &eb {
+        views.push((
+            name.clone(),
+            TensorView::new(Dtype::F32, vec![*len], b).map_err(|e| Error::file(out, e))?,
+        ));
+    }
     let data = safetensors::serialize(views, None).map_err(|e| Error::file(out, e))?;
     std::fs::write(out, data).map_err(|e| Error::file(out, format!("cannot write: {e}")))
 }

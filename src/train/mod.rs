@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+pub mod atomic;
 pub mod checkpoint;
 pub mod run_dir;
 
@@ -159,6 +160,23 @@ pub fn pretrain(
     mut on: impl FnMut(&Event),
 ) -> Result<Vec<BoxF>> {
     cfg.validate(data.len())?;
+    if cfg.ccrop {
+        // The heatmap kernel's limit, checked before any training rather than at the first
+        // box update after the warm-up.
+        let (fh, fw) = method.backbone().cfg.feature_hw(data.height, data.width);
+        if fh * fw > crate::crop::heatmap::MAX_CELLS {
+            return Err(Error::Config {
+                field: "crop.kind".into(),
+                msg: format!(
+                    "ContrastiveCrop's heatmaps take feature maps of at most {} cells; {}×{} images give {fh}×{fw} = {} with this stem: use model.stem = \"imagenet\", a smaller data.image_size, or crop.kind = \"rcrop\"",
+                    crate::crop::heatmap::MAX_CELLS,
+                    data.height,
+                    data.width,
+                    fh * fw,
+                ),
+            });
+        }
+    }
     let sched = Schedule {
         epochs: cfg.epochs,
         warmup_epochs: if cfg.ccrop {
@@ -202,6 +220,7 @@ pub fn pretrain(
     let (s, b) = (data.height, cfg.batch_size);
     let mut pos = Position::default();
     if let Some(path) = &cfg.resume {
+        checkpoint::check_resumable(path, &cfg.config_text, cfg.batch_size)?;
         let r = checkpoint::load(path, method, &mut bufs, device)?;
         if r.boxes.len() != data.len() {
             return Err(Error::file(
@@ -228,10 +247,18 @@ pub fn pretrain(
             return Ok(None);
         };
         let file = dir.join(name);
-        checkpoint::save(&file, method, bufs, boxes, pos, &cfg.config_text)?;
+        checkpoint::save(
+            &file,
+            method,
+            bufs,
+            boxes,
+            pos,
+            cfg.batch_size,
+            &cfg.config_text,
+        )?;
         if name != "last.safetensors" {
             // The same bytes again: copy the file rather than read the GPU back twice.
-            checkpoint::copy_atomic(&file, &dir.join("last.safetensors"))?;
+            atomic::copy_atomic(&file, &dir.join("last.safetensors"))?;
         }
         Ok(Some(dir.join("last.safetensors")))
     };
@@ -371,8 +398,10 @@ pub fn pretrain(
         if let Some(m) = &cfg.knn {
             if m.interval > 0 && (ep == cfg.epochs || ep.is_multiple_of(m.interval)) {
                 let eval_batch = b.clamp(64, 256);
+                // The labelled split's own images: the pre-training set may hold others
+                // (STL-10's unlabeled images) or another order.
                 let (ftr, d) = crate::eval::knn::features(
-                    method, &data, cfg.mean, cfg.std, eval_batch, device,
+                    method, &m.train, cfg.mean, cfg.std, eval_batch, device,
                 )?;
                 let (fte, _) = crate::eval::knn::features(
                     method, &m.test, cfg.mean, cfg.std, eval_batch, device,

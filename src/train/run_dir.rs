@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::train::atomic::write_atomic;
 use crate::train::checkpoint::Position;
 
 pub struct RunDir {
@@ -74,15 +75,6 @@ impl RunDir {
             Error::file(&self.root, format!("cannot create the run directory: {e}"))
         })?;
         write_atomic(&self.root.join("config.toml"), cfg.to_toml().as_bytes())
-    }
-
-    /// The configuration a previous run in this directory used.
-    pub fn saved_config(&self) -> Result<Option<Config>> {
-        let p = self.root.join("config.toml");
-        match std::fs::read_to_string(&p) {
-            Ok(text) => Config::from_toml(&text, &p.display().to_string()).map(Some),
-            Err(_) => Ok(None),
-        }
     }
 
     /// Keep only the metrics lines of the steps and epochs a checkpoint at `pos` covers
@@ -188,17 +180,6 @@ impl Metrics {
             .and_then(|_| self.file.flush())
             .map_err(|e| Error::file(&self.path, format!("cannot write metrics: {e}")))
     }
-}
-
-/// Write `path` through a temporary file and a rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes)
-        .and_then(|_| std::fs::rename(&tmp, path))
-        .map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            Error::file(path, format!("cannot write: {e}"))
-        })
 }
 
 fn line_plot(path: &Path, title: &str, xlabel: &str, pts: &[(f64, f64)]) -> Result<()> {

@@ -29,17 +29,19 @@ pub fn gpu() -> Option<Device> {
     }
 }
 
-/// A second device on the shared device's adapter (kernel family forced when `variant` is
-/// given), for tests whose settings or counters must not mix with the tests running
-/// concurrently on the shared one. Opened once per variant and never dropped: tearing a
-/// lavapipe device down while other threads compile pipelines is not safe.
-pub fn own_gpu(variant: Option<viewcraft::gpu::KernelVariant>) -> Option<Device> {
+/// A device of its own on the shared device's adapter (kernel family forced when `variant` is
+/// given), for a test that flips device-wide switches (conv windows, profiling, packing) or
+/// reads device counters: those must not mix with the tests running concurrently on the
+/// shared one, nor with each other, so each `purpose` gets its own device. Opened once per
+/// (purpose, variant) and never dropped: tearing a lavapipe device down while other threads
+/// compile pipelines is not safe.
+pub fn own_gpu(purpose: &str, variant: Option<viewcraft::gpu::KernelVariant>) -> Option<Device> {
     use std::sync::Mutex;
-    static OWN: Mutex<Vec<(Option<viewcraft::gpu::KernelVariant>, Device)>> =
-        Mutex::new(Vec::new());
+    type Own = Vec<(String, Option<viewcraft::gpu::KernelVariant>, Device)>;
+    static OWN: Mutex<Own> = Mutex::new(Vec::new());
     let shared = gpu()?;
     let mut own = OWN.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some((_, d)) = own.iter().find(|(v, _)| *v == variant) {
+    if let Some((_, _, d)) = own.iter().find(|(p, v, _)| p == purpose && *v == variant) {
         return Some(d.clone());
     }
     let name = shared.gpu()?.info.name.clone();
@@ -47,7 +49,7 @@ pub fn own_gpu(variant: Option<viewcraft::gpu::KernelVariant>) -> Option<Device>
         viewcraft::gpu::Gpu::open_with_variant(&name, variant)
             .unwrap_or_else(|e| panic!("second device on {name}: {e}")),
     );
-    own.push((variant, d.clone()));
+    own.push((purpose.to_string(), variant, d.clone()));
     Some(d)
 }
 
@@ -318,4 +320,131 @@ pub fn simclr(
         dev,
     )
     .unwrap()
+}
+
+/// Spread of the L2-normalised eval-mode backbone features of the first `n` images of `data`
+/// (normalised as for evaluation): √(Σ_j var_j) over the feature dimensions. 0 when every
+/// image maps to the same direction (collapse). Eval mode matters: batch statistics would
+/// force distinct outputs whatever the weights.
+pub fn eval_feature_spread(
+    m: &mut dyn viewcraft::ssl::Method,
+    data: &viewcraft::data::ImageSet,
+    n: usize,
+    dev: &Device,
+) -> f32 {
+    let (mean, std) = viewcraft::data::augment::mean_std("cifar10").unwrap();
+    let mut tape = viewcraft::Tape::new();
+    let x = tape.input(data.eval_batch(0..n, mean, std, dev).unwrap());
+    let f = viewcraft::ssl::embed(m, &mut tape, x).unwrap();
+    let f = tape.l2_normalize(f).unwrap();
+    let v = tape.value(f).to_vec().unwrap();
+    let d = v.len() / n;
+    (0..d)
+        .map(|j| {
+            let col: Vec<f32> = (0..n).map(|i| v[i * d + j]).collect();
+            let mean = col.iter().sum::<f32>() / n as f32;
+            col.iter().map(|c| (c - mean).powi(2)).sum::<f32>() / n as f32
+        })
+        .sum::<f32>()
+        .sqrt()
+}
+
+/// A weight compared after one step on the adapter and on the CPU path: every element of
+/// the update within `floor`·RMS + `rtol`·|Δ|, except at most `kinks` (a fraction) of the
+/// elements, which must still be within `kink_floor`·RMS + `rtol`·|Δ|.
+///
+/// Why these exist: where the gradient is taken before any kink (the last head layer), f32
+/// rounding stays ~1e-5 of the update, and the check is tight. Below a ReLU it is not: a
+/// pre-activation within rounding of 0 takes the other side of the kink on one device, and
+/// that element's whole gradient flips (a row of the next layer's weight gradient, ~15 % of
+/// the RMS update); and BN's backward cancels most of what reaches it, so the first stage
+/// differs by ~1-2 % of the RMS update everywhere (up to ~6 % for single elements), deeper
+/// layers by ~0.3 %. Measured on lavapipe.
+pub struct StepCheck {
+    pub name: String,
+    pub floor: f64,
+    pub rtol: f64,
+    pub kinks: f64,
+    pub kink_floor: f64,
+}
+
+/// The four weights every method's one-step test compares; `first` and `last` name the
+/// head's first and last linear layers.
+pub fn step_checks(first: &str, last: &str) -> [StepCheck; 4] {
+    let c = |name: String, floor, rtol, kinks, kink_floor| StepCheck {
+        name,
+        floor,
+        rtol,
+        kinks,
+        kink_floor,
+    };
+    [
+        c("layer1.0.conv1.weight".into(), 0.1, 1e-2, 0.0, 0.1),
+        c("layer4.0.downsample.0.weight".into(), 3e-2, 1e-2, 0.0, 3e-2),
+        c(format!("{first}.weight"), 1e-2, 1e-2, 1e-2, 0.3),
+        c(format!("{last}.weight"), 1e-3, 1e-3, 0.0, 1e-3),
+    ]
+}
+
+/// One optimiser step on two devices from the same weights `before`: compare the updates
+/// Δ = after − before element by element as `check` says.
+pub fn assert_update_close(
+    what: &str,
+    check: &StepCheck,
+    before: &[f32],
+    got: &[f32],
+    want: &[f32],
+) {
+    let dw: Vec<f64> = want
+        .iter()
+        .zip(before)
+        .map(|(&a, &b)| a as f64 - b as f64)
+        .collect();
+    let dg: Vec<f64> = got
+        .iter()
+        .zip(before)
+        .map(|(&a, &b)| a as f64 - b as f64)
+        .collect();
+    let rms = (dw.iter().map(|d| d * d).sum::<f64>() / dw.len().max(1) as f64).sqrt();
+    assert!(rms > 0.0, "{what}: no update; the test cannot fail");
+    let err = |i: usize| (dg[i] - dw[i]).abs();
+    let outside = |floor: f64| -> Vec<usize> {
+        (0..dw.len())
+            .filter(|&i| err(i).is_nan() || err(i) > floor * rms + check.rtol * dw[i].abs())
+            .collect()
+    };
+    let (tight, loose) = (outside(check.floor), outside(check.kink_floor));
+    let worst = (0..dw.len()).map(err).fold(0.0, f64::max) / rms;
+    if std::env::var("VIEWCRAFT_TEST_VERBOSE").is_ok() {
+        eprintln!(
+            "{what}: rms {rms:.3e}, worst err/rms {worst:.2e}, {} of {} outside the tight tolerance",
+            tight.len(),
+            dw.len()
+        );
+    }
+    let show = |idx: &[usize]| -> String {
+        idx.iter()
+            .take(6)
+            .map(|&i| format!("[{i}] got {:.6e} want {:.6e}", dg[i], dw[i]))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    assert!(
+        tight.len() as f64 <= check.kinks * dw.len() as f64,
+        "{what}: {} of {} update elements outside {:.0e}·RMS ({rms:.2e}) + {:.0e}·|Δ| (at most {:.0} % may be, for ReLU kinks); worst {worst:.2e}·RMS; first: {}",
+        tight.len(),
+        dw.len(),
+        check.floor,
+        check.rtol,
+        100.0 * check.kinks,
+        show(&tight)
+    );
+    assert!(
+        loose.is_empty(),
+        "{what}: {} update elements outside {:.0e}·RMS ({rms:.2e}) + {:.0e}·|Δ|; first: {}",
+        loose.len(),
+        check.kink_floor,
+        check.rtol,
+        show(&loose)
+    );
 }
