@@ -20,10 +20,7 @@ fn run(cmd: &mut Command) -> (i32, String, String) {
 fn smoke_on_cpu_path_trains() {
     let (code, out, err) = run(viewcraft().args(["--device", "cpu", "smoke", "--steps", "3"]));
     assert_eq!(code, 0, "{out}{err}");
-    assert!(
-        out.contains("cpu (reference)") && out.contains("3 steps"),
-        "{out}"
-    );
+    assert!(out.contains("on cpu") && out.contains("3 steps"), "{out}");
 }
 
 #[test]
@@ -60,7 +57,7 @@ fn auto_skips_software_adapters() {
     assert_eq!(code, 0, "{out}{err}");
     if !hardware && !v.as_array().unwrap().is_empty() {
         assert!(
-            out.contains("cpu (reference)") && err.contains("software adapter"),
+            out.contains("on cpu") && err.contains("software adapter"),
             "{out}{err}"
         );
     }
@@ -101,7 +98,20 @@ fn smoke_on_the_adapter_matches_cpu() {
         .env("VIEWCRAFT_DEVICE", "auto")
         .args(["smoke", "--steps", "2"]));
     assert_eq!(code, 0, "{out}{err}");
-    if !out.contains("cpu (reference)") {
+    if !out.contains("on cpu") {
         assert!(out.contains("first step vs CPU reference"), "{out}");
     }
+}
+
+#[test]
+fn reference_device_runs_the_reference_kernels() {
+    let (code, out, err) =
+        run(viewcraft().args(["--device", "reference", "smoke", "--steps", "2"]));
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("cpu (reference kernels)") && out.contains("2 steps"),
+        "{out}"
+    );
+    let (_, out, _) = run(viewcraft().args(["--device", "cpu", "smoke", "--steps", "1"]));
+    assert!(!out.contains("reference"), "{out}");
 }

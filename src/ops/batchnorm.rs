@@ -14,6 +14,7 @@ use crate::autograd::{Tape, Var};
 use crate::error::{Error, Result};
 use crate::gpu::{grid_1d, Kernel};
 use crate::tensor::{same_device, Device, Tensor};
+use rayon::prelude::*;
 
 const STATS: Kernel = Kernel::new("batchnorm", "bn_stats");
 const EVAL_STATS: Kernel = Kernel::new("batchnorm", "bn_eval_stats");
@@ -143,6 +144,132 @@ pub fn backward_ref<T: Real>(
     (gx, gg, gb)
 }
 
+// The CPU path's kernels (tested against the references): channels in parallel for the
+// sums, (image, channel) planes in parallel for the elementwise passes. Each channel's sums
+// run in image order (16 f32 lanes per plane, planes added in f64), so the result does not
+// depend on the thread count.
+
+/// Σ f(v) over one plane in 16 f32 lanes.
+#[inline]
+fn plane_sum(v: &[f32], f: impl Fn(f32) -> f32) -> f64 {
+    let mut lanes = [0f32; 16];
+    let chunks = v.chunks_exact(16);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for (l, &x) in lanes.iter_mut().zip(c) {
+            *l += f(x);
+        }
+    }
+    lanes.iter().map(|&l| l as f64).sum::<f64>() + rest.iter().map(|&x| f(x) as f64).sum::<f64>()
+}
+
+/// Per-channel mean and biased variance (two passes, as the reference).
+pub fn stats_fast(x: &[f32], n: usize, c: usize, s: usize) -> (Vec<f32>, Vec<f32>) {
+    let m = (n * s).max(1) as f64;
+    let plane = |i: usize, ch: usize| &x[(i * c + ch) * s..][..s];
+    let per: Vec<(f32, f32)> = (0..c)
+        .into_par_iter()
+        .map(|ch| {
+            let mean = ((0..n).map(|i| plane_sum(plane(i, ch), |v| v)).sum::<f64>() / m) as f32;
+            let q: f64 = (0..n)
+                .map(|i| plane_sum(plane(i, ch), |v| (v - mean) * (v - mean)))
+                .sum();
+            (mean, (q / m) as f32)
+        })
+        .collect();
+    per.into_iter().unzip()
+}
+
+/// y = x·a + b per channel (a = invstd·γ, b = β − mean·a).
+#[allow(clippy::too_many_arguments)]
+pub fn apply_fast(
+    x: &[f32],
+    mean: &[f32],
+    invstd: &[f32],
+    gamma: Option<&[f32]>,
+    beta: Option<&[f32]>,
+    c: usize,
+    s: usize,
+    relu: bool,
+) -> Vec<f32> {
+    let mut y = vec![0f32; x.len()];
+    y.par_chunks_mut(s.max(1))
+        .zip(x.par_chunks(s.max(1)))
+        .enumerate()
+        .for_each(|(plane, (yp, xp))| {
+            let ch = plane % c.max(1);
+            let a = invstd[ch] * gamma.map_or(1.0, |g| g[ch]);
+            let b = beta.map_or(0.0, |b| b[ch]) - mean[ch] * a;
+            for (y, &x) in yp.iter_mut().zip(xp) {
+                let v = x * a + b;
+                *y = if relu { v.max(0.0) } else { v };
+            }
+        });
+    y
+}
+
+/// (gx, gγ, gβ) as `backward_ref`.
+#[allow(clippy::too_many_arguments)]
+pub fn backward_fast(
+    x: &[f32],
+    gy: &[f32],
+    mean: &[f32],
+    invstd: &[f32],
+    gamma: Option<&[f32]>,
+    n: usize,
+    c: usize,
+    s: usize,
+    train: bool,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let m = (n * s).max(1) as f32;
+    let sums: Vec<(f32, f32)> = (0..c)
+        .into_par_iter()
+        .map(|ch| {
+            let (mut gb, mut gxy) = (0f64, 0f64);
+            for i in 0..n {
+                let (xp, gp) = (&x[(i * c + ch) * s..][..s], &gy[(i * c + ch) * s..][..s]);
+                gb += plane_sum(gp, |g| g);
+                // Σ gy·(x − mean) in lanes: the product needs both planes.
+                let mut lanes = [0f32; 16];
+                let (xc, gc) = (xp.chunks_exact(16), gp.chunks_exact(16));
+                let (xr, gr) = (xc.remainder(), gc.remainder());
+                for (xs, gs) in xc.zip(gc) {
+                    for ((l, &xv), &gv) in lanes.iter_mut().zip(xs).zip(gs) {
+                        *l += gv * (xv - mean[ch]);
+                    }
+                }
+                gxy += lanes.iter().map(|&l| l as f64).sum::<f64>()
+                    + xr.iter()
+                        .zip(gr)
+                        .map(|(&xv, &gv)| (gv * (xv - mean[ch])) as f64)
+                        .sum::<f64>();
+            }
+            (gb as f32, (gxy * invstd[ch] as f64) as f32)
+        })
+        .collect();
+    let (gb, gg): (Vec<f32>, Vec<f32>) = sums.into_iter().unzip();
+    let mut gx = vec![0f32; x.len()];
+    gx.par_chunks_mut(s.max(1))
+        .enumerate()
+        .for_each(|(plane, gxp)| {
+            let ch = plane % c.max(1);
+            let kk = invstd[ch] * gamma.map_or(1.0, |g| g[ch]);
+            let (xp, gp) = (&x[plane * s..][..s], &gy[plane * s..][..s]);
+            if train {
+                // kk/m·(m·gy − gβ − x̂·gγ) = kk·gy − kk/m·gβ − kk/m·gγ·invstd·(x − mean)
+                let (a, b) = (kk / m * gg[ch] * invstd[ch], kk / m * gb[ch]);
+                for ((g, &xv), &gv) in gxp.iter_mut().zip(xp).zip(gp) {
+                    *g = kk * gv - b - a * (xv - mean[ch]);
+                }
+            } else {
+                for (g, &gv) in gxp.iter_mut().zip(gp) {
+                    *g = kk * gv;
+                }
+            }
+        });
+    (gx, gg, gb)
+}
+
 /// Result of a forward pass: the output and the statistics used ([mean | invstd], 2C values).
 pub struct BnForward {
     pub y: Tensor,
@@ -197,8 +324,13 @@ pub fn forward(
     match same_device("batch_norm", &all)? {
         Device::Cpu => {
             let xv = x.cpu_data().unwrap_or_default();
+            let reference = super::reference_kernels();
             let (mean, invstd) = if train {
-                let (mean, var) = stats_ref(xv, n, c, s);
+                let (mean, var) = if reference {
+                    stats_ref(xv, n, c, s)
+                } else {
+                    stats_fast(xv, n, c, s)
+                };
                 if update_running {
                     let unb = (n * s) as f32 / (n * s - 1) as f32;
                     let m = cfg.momentum;
@@ -222,19 +354,19 @@ pub fn forward(
                 let rv = running_var.cpu_data().unwrap_or_default();
                 (rm, rv.iter().map(|v| 1.0 / (v + cfg.eps).sqrt()).collect())
             };
-            let mut y = apply_ref(
-                xv,
-                &mean,
-                &invstd,
+            let (g, b) = (
                 gamma.and_then(|t| t.cpu_data()),
                 beta.and_then(|t| t.cpu_data()),
-                n,
-                c,
-                s,
             );
-            if relu {
-                y.iter_mut().for_each(|v| *v = v.max(0.0));
-            }
+            let y = if reference {
+                let mut y = apply_ref(xv, &mean, &invstd, g, b, n, c, s);
+                if relu {
+                    y.iter_mut().for_each(|v| *v = v.max(0.0));
+                }
+                y
+            } else {
+                apply_fast(xv, &mean, &invstd, g, b, c, s, relu)
+            };
             let saved = [mean, invstd].concat();
             Ok(BnForward {
                 y: cpu(y, x.shape()),
@@ -290,18 +422,18 @@ pub fn backward(
     match same_device("batch_norm_backward", &[x, gy, saved])? {
         Device::Cpu => {
             let sv = saved.cpu_data().unwrap_or_default();
-            let (gx, gg, gb) = backward_ref(
+            let shape = x.shape().to_vec();
+            let (x, gy) = (
                 x.cpu_data().unwrap_or_default(),
                 gy.cpu_data().unwrap_or_default(),
-                &sv[..c],
-                &sv[c..],
-                gamma.and_then(|t| t.cpu_data()),
-                n,
-                c,
-                s,
-                train,
             );
-            Ok((cpu(gx, x.shape()), cpu(gg, &[c]), cpu(gb, &[c])))
+            let gamma = gamma.and_then(|t| t.cpu_data());
+            let (gx, gg, gb) = if super::reference_kernels() {
+                backward_ref(x, gy, &sv[..c], &sv[c..], gamma, n, c, s, train)
+            } else {
+                backward_fast(x, gy, &sv[..c], &sv[c..], gamma, n, c, s, train)
+            };
+            Ok((cpu(gx, &shape), cpu(gg, &[c]), cpu(gb, &[c])))
         }
         Device::Gpu(g) => {
             let red = g.alloc(2 * c);

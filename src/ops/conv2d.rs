@@ -10,7 +10,7 @@ use super::{buf, conv2d_window, cpu, u, Real, TResult};
 use crate::autograd::{Tape, Var};
 use crate::error::{Error, Result};
 use crate::gpu::{grid_1d, Gpu, GpuBuffer, Kernel, KernelVariant};
-use crate::ops::linear::matmul_ref;
+use crate::ops::linear::{gemm_f32, matmul_ref, MatRef};
 use crate::tensor::{same_device, Device, Tensor};
 use rayon::prelude::*;
 use std::sync::Arc;
@@ -214,6 +214,265 @@ pub fn backward_weight_ref<T: Real>(gy: &[T], x: &[T], d: &Dims) -> Vec<T> {
     gw
 }
 
+// The CPU path's kernels: the same products through the `gemm` crate, several images at a
+// time. A group's patches form one [K, g·P] matrix (the batch folded into the product's
+// columns: layer4's 4×4 maps give P = 16 per image, too thin a product alone), bounded by
+// `GROUP_COLS_BYTES` so that it stays in the caches; groups run in parallel over rayon's pool.
+// Each output element is one ordered sum, and the weight gradient adds the groups' partial
+// products in group order: a run is reproducible for a given thread count (the grouping
+// depends on it).
+
+/// Patch-matrix budget per group when groups run in parallel (the L2 of a current core is
+/// 1–2 MB), and when they run one after another, each product over the whole pool.
+const GROUP_COLS_BYTES: usize = 2 << 20;
+const SERIAL_GROUP_COLS_BYTES: usize = 8 << 20;
+
+/// Images per group: as many as the budget allows, but (for groups that run in parallel)
+/// enough groups to keep every thread busy.
+fn group_size(d: &Dims, parallel: bool) -> usize {
+    let per_image = (d.c * d.kh * d.kw * d.oh * d.ow * 4).max(1);
+    if !parallel {
+        return (SERIAL_GROUP_COLS_BYTES / per_image).clamp(1, d.n.max(1));
+    }
+    let threads = rayon::current_num_threads().max(1);
+    (GROUP_COLS_BYTES / per_image)
+        .min(d.n.div_ceil(2 * threads))
+        .clamp(1, d.n.max(1))
+}
+
+/// Patches of images n0..n0+g as one matrix cols[(c·KH + ky)·KW + kx][img·P + oy·OW + ox]
+/// (zero where the window leaves the image).
+fn im2col_group(x: &[f32], d: &Dims, n0: usize, g: usize, cols: &mut [f32]) {
+    let (p, chw) = (d.oh * d.ow, d.c * d.h * d.w);
+    let width = g * p;
+    cols.par_chunks_mut(width.max(1))
+        .enumerate()
+        .for_each(|(row, out)| {
+            let (c, ky, kx) = (row / (d.kh * d.kw), row / d.kw % d.kh, row % d.kw);
+            for img in 0..g {
+                let xc = &x[(n0 + img) * chw + c * d.h * d.w..][..d.h * d.w];
+                let o = &mut out[img * p..(img + 1) * p];
+                for oy in 0..d.oh {
+                    let orow = &mut o[oy * d.ow..(oy + 1) * d.ow];
+                    let Some(iy) = d.src(oy, ky, d.h) else {
+                        orow.fill(0.0);
+                        continue;
+                    };
+                    let xrow = &xc[iy * d.w..(iy + 1) * d.w];
+                    if d.stride == 1 {
+                        // ix = ox + kx − pad: one contiguous run between the zero borders.
+                        let lo = d.pad.saturating_sub(kx).min(d.ow);
+                        let hi = (d.w + d.pad).saturating_sub(kx).min(d.ow).max(lo);
+                        orow[..lo].fill(0.0);
+                        orow[hi..].fill(0.0);
+                        let start = lo + kx - d.pad;
+                        orow[lo..hi].copy_from_slice(&xrow[start..start + hi - lo]);
+                    } else {
+                        for (ox, v) in orow.iter_mut().enumerate() {
+                            *v = d.src(ox, kx, d.w).map_or(0.0, |ix| xrow[ix]);
+                        }
+                    }
+                }
+            }
+        });
+}
+
+/// The adjoint of `im2col_group` for image `img` of a group of `g`: gxn [C, H, W] += the
+/// patch columns of dcols [K, g·P] scattered back onto the image.
+fn col2im_add(dcols: &[f32], d: &Dims, img: usize, g: usize, gxn: &mut [f32]) {
+    let p = d.oh * d.ow;
+    for row in 0..d.c * d.kh * d.kw {
+        let (c, ky, kx) = (row / (d.kh * d.kw), row / d.kw % d.kh, row % d.kw);
+        let src = &dcols[row * g * p + img * p..][..p];
+        let gc = &mut gxn[c * d.h * d.w..(c + 1) * d.h * d.w];
+        for oy in 0..d.oh {
+            let Some(iy) = d.src(oy, ky, d.h) else {
+                continue;
+            };
+            let srow = &src[oy * d.ow..(oy + 1) * d.ow];
+            let grow = &mut gc[iy * d.w..(iy + 1) * d.w];
+            if d.stride == 1 {
+                let lo = d.pad.saturating_sub(kx).min(d.ow);
+                let hi = (d.w + d.pad).saturating_sub(kx).min(d.ow).max(lo);
+                let start = lo + kx - d.pad;
+                grow[start..start + hi - lo]
+                    .iter_mut()
+                    .zip(&srow[lo..hi])
+                    .for_each(|(g, v)| *g += v);
+            } else {
+                for (ox, v) in srow.iter().enumerate() {
+                    if let Some(ix) = d.src(ox, kx, d.w) {
+                        grow[ix] += v;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// gy of images n0..n0+g, [N, O, P] → one matrix [O, g·P] (the columns of `im2col_group`).
+fn gather_group(gy: &[f32], d: &Dims, n0: usize, g: usize) -> Vec<f32> {
+    let p = d.oh * d.ow;
+    let mut out = vec![0f32; d.o * g * p];
+    for (o, row) in out.chunks_mut(g * p).enumerate() {
+        for img in 0..g {
+            row[img * p..(img + 1) * p].copy_from_slice(&gy[((n0 + img) * d.o + o) * p..][..p]);
+        }
+    }
+    out
+}
+
+/// (threads over groups, threads inside each product): the pool's threads go to the groups
+/// while there are enough of them, else into the products.
+fn threads_for(groups: usize, flops: usize) -> (usize, usize) {
+    let threads = rayon::current_num_threads().max(1);
+    let inner = if groups >= threads {
+        1
+    } else {
+        crate::ops::linear::cpu_threads(flops)
+    };
+    (threads, inner)
+}
+
+/// The image groups of a batch: (first image, images).
+fn groups(d: &Dims, parallel: bool) -> Vec<(usize, usize)> {
+    let g = group_size(d, parallel);
+    (0..d.n)
+        .step_by(g)
+        .map(|n0| (n0, g.min(d.n - n0)))
+        .collect()
+}
+
+/// The CPU path's forward pass (tested against `forward_ref`).
+pub fn forward_fast(x: &[f32], w: &[f32], d: &Dims) -> Vec<f32> {
+    let (p, k) = (d.oh * d.ow, d.c * d.kh * d.kw);
+    let mut y = vec![0f32; d.n * d.o * p];
+    let g = group_size(d, true);
+    let (_, inner) = threads_for(d.n.div_ceil(g), 2 * d.macs());
+    y.par_chunks_mut((g * d.o * p).max(1))
+        .enumerate()
+        .for_each(|(gi, yg)| {
+            let (n0, gn) = (gi * g, yg.len() / (d.o * p).max(1));
+            let mut cols = vec![0f32; k * gn * p];
+            im2col_group(x, d, n0, gn, &mut cols);
+            let wm = MatRef::new(w, d.o, k, false);
+            let cm = MatRef::new(&cols, k, gn * p, false);
+            if gn == 1 {
+                gemm_f32(yg, wm, cm, false, inner);
+                return;
+            }
+            let mut out = vec![0f32; d.o * gn * p];
+            gemm_f32(&mut out, wm, cm, false, inner);
+            for (o, row) in out.chunks(gn * p).enumerate() {
+                for img in 0..gn {
+                    yg[(img * d.o + o) * p..][..p].copy_from_slice(&row[img * p..][..p]);
+                }
+            }
+        });
+    y
+}
+
+/// The CPU path's input gradient: dcols = Wᵀ·gy per group, scattered back (col2im).
+pub fn backward_input_fast(gy: &[f32], w: &[f32], d: &Dims) -> Vec<f32> {
+    let (p, k, chw) = (d.oh * d.ow, d.c * d.kh * d.kw, d.c * d.h * d.w);
+    let mut gx = vec![0f32; d.n * chw];
+    let g = group_size(d, true);
+    let (_, inner) = threads_for(d.n.div_ceil(g), 2 * d.macs());
+    gx.par_chunks_mut((g * chw).max(1))
+        .enumerate()
+        .for_each(|(gi, gxg)| {
+            let (n0, gn) = (gi * g, gxg.len() / chw.max(1));
+            let gyg = gather_group(gy, d, n0, gn);
+            let mut dcols = vec![0f32; k * gn * p];
+            gemm_f32(
+                &mut dcols,
+                MatRef::new(w, k, d.o, true),
+                MatRef::new(&gyg, d.o, gn * p, false),
+                false,
+                inner,
+            );
+            for img in 0..gn {
+                col2im_add(&dcols, d, img, gn, &mut gxg[img * chw..(img + 1) * chw]);
+            }
+        });
+    gx
+}
+
+/// Largest weight gradient (floats) computed as per-thread partial products: small ones
+/// (the early layers: 64·576) are cheap to hold and add, and their products too small to
+/// split across threads well; larger ones accumulate in place, one product after another.
+const PARTIAL_GRADIENT_FLOATS: usize = 1 << 16;
+/// Largest weight gradient computed transposed, gwᵀ [K, O] = cols·gyᵀ (the long patch rows
+/// as the product's contiguous left operand: 2.4× gy·colsᵀ at 64 channels 32×32, 1.25× at
+/// 128 channels 16×16), then transposed back; above it the transposition costs more than
+/// the product saves (256 and 512 channels).
+const TRANSPOSED_GRADIENT_FLOATS: usize = 1 << 18;
+
+/// The CPU path's weight gradient: gw = Σ over image groups of gy_g·cols_gᵀ, the groups'
+/// products added in group order (see the two limits above for how).
+pub fn backward_weight_fast(gy: &[f32], x: &[f32], d: &Dims) -> Vec<f32> {
+    let (p, k) = (d.oh * d.ow, d.c * d.kh * d.kw);
+    let transposed = d.o * k <= TRANSPOSED_GRADIENT_FLOATS;
+    // dst (gw, or gwᵀ when transposed) += this group's product.
+    let product = |dst: &mut [f32],
+                   cols: &mut Vec<f32>,
+                   (n0, gn): (usize, usize),
+                   acc: bool,
+                   threads: usize| {
+        // Every element is overwritten: a reused buffer needs no clearing.
+        cols.resize(k * gn * p, 0.0);
+        im2col_group(x, d, n0, gn, cols);
+        let gyg = gather_group(gy, d, n0, gn);
+        let (cols, gyg) = (&cols[..], &gyg[..]);
+        if transposed {
+            let (l, r) = (
+                MatRef::new(cols, k, gn * p, false),
+                MatRef::new(gyg, gn * p, d.o, true),
+            );
+            gemm_f32(dst, l, r, acc, threads);
+        } else {
+            let (l, r) = (
+                MatRef::new(gyg, d.o, gn * p, false),
+                MatRef::new(cols, gn * p, k, true),
+            );
+            gemm_f32(dst, l, r, acc, threads);
+        }
+    };
+    let mut out = vec![0f32; d.o * k];
+    if d.o * k <= PARTIAL_GRADIENT_FLOATS {
+        // One group per thread at a time: few partials held at once.
+        for chunk in groups(d, true).chunks(rayon::current_num_threads().max(1)) {
+            let partials: Vec<Vec<f32>> = chunk
+                .par_iter()
+                .map(|&group| {
+                    let mut part = vec![0f32; d.o * k];
+                    product(&mut part, &mut Vec::new(), group, false, 1);
+                    part
+                })
+                .collect();
+            for part in partials {
+                out.iter_mut().zip(&part).for_each(|(a, b)| *a += b);
+            }
+        }
+    } else {
+        let threads = crate::ops::linear::cpu_threads(2 * d.macs());
+        let mut cols = Vec::new();
+        for (i, group) in groups(d, false).into_iter().enumerate() {
+            product(&mut out, &mut cols, group, i > 0, threads);
+        }
+    }
+    if !transposed {
+        return out;
+    }
+    let mut gw = vec![0f32; d.o * k];
+    for (kk, row) in out.chunks(d.o.max(1)).enumerate() {
+        for (o, v) in row.iter().enumerate() {
+            gw[o * k + kk] = *v;
+        }
+    }
+    gw
+}
+
 fn params(
     d: &Dims,
     total: usize,
@@ -289,14 +548,20 @@ pub fn forward(x: &Tensor, w: &Tensor, cfg: Conv2d) -> TResult {
     let d = cfg.dims(x.shape(), w.shape())?;
     let yshape = [d.n, d.o, d.oh, d.ow];
     match same_device("conv2d", &[x, w])? {
-        Device::Cpu => Ok(cpu(
-            forward_ref(
+        Device::Cpu => {
+            let (x, w) = (
                 x.cpu_data().unwrap_or_default(),
                 w.cpu_data().unwrap_or_default(),
-                &d,
-            ),
-            &yshape,
-        )),
+            );
+            Ok(cpu(
+                if super::reference_kernels() {
+                    forward_ref(x, w, &d)
+                } else {
+                    forward_fast(x, w, &d)
+                },
+                &yshape,
+            ))
+        }
         Device::Gpu(g) => {
             if g.conv_windows() {
                 if let Some(y) = conv2d_window::forward(&g, buf(x), buf(w), &d) {
@@ -312,14 +577,20 @@ pub fn forward(x: &Tensor, w: &Tensor, cfg: Conv2d) -> TResult {
 pub fn backward_input(gy: &Tensor, w: &Tensor, d: &Dims) -> TResult {
     let xshape = [d.n, d.c, d.h, d.w];
     match same_device("conv2d_backward_input", &[gy, w])? {
-        Device::Cpu => Ok(cpu(
-            backward_input_ref(
+        Device::Cpu => {
+            let (gy, w) = (
                 gy.cpu_data().unwrap_or_default(),
                 w.cpu_data().unwrap_or_default(),
-                d,
-            ),
-            &xshape,
-        )),
+            );
+            Ok(cpu(
+                if super::reference_kernels() {
+                    backward_input_ref(gy, w, d)
+                } else {
+                    backward_input_fast(gy, w, d)
+                },
+                &xshape,
+            ))
+        }
         Device::Gpu(g) => {
             if g.conv_windows() {
                 if let Some(gx) = conv2d_window::backward_input(&g, buf(gy), buf(w), d) {
@@ -335,14 +606,20 @@ pub fn backward_input(gy: &Tensor, w: &Tensor, d: &Dims) -> TResult {
 pub fn backward_weight(gy: &Tensor, x: &Tensor, d: &Dims) -> TResult {
     let wshape = [d.o, d.c, d.kh, d.kw];
     match same_device("conv2d_backward_weight", &[gy, x])? {
-        Device::Cpu => Ok(cpu(
-            backward_weight_ref(
+        Device::Cpu => {
+            let (gy, x) = (
                 gy.cpu_data().unwrap_or_default(),
                 x.cpu_data().unwrap_or_default(),
-                d,
-            ),
-            &wshape,
-        )),
+            );
+            Ok(cpu(
+                if super::reference_kernels() {
+                    backward_weight_ref(gy, x, d)
+                } else {
+                    backward_weight_fast(gy, x, d)
+                },
+                &wshape,
+            ))
+        }
         Device::Gpu(g) => {
             if g.conv_windows() {
                 if let Some(gw) = conv2d_window::backward_weight(&g, buf(gy), buf(x), d) {

@@ -56,6 +56,136 @@ pub fn matmul_ref<T: Real>(
     c
 }
 
+/// A matrix operand of the fast CPU kernels: element (i, j) of an r×c matrix at
+/// `data[offset + i·rs + j·cs]` (row-major: rs = c, cs = 1; its transpose swaps the strides).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct MatRef<'a> {
+    pub data: &'a [f32],
+    pub offset: usize,
+    pub rows: usize,
+    pub cols: usize,
+    pub rs: usize,
+    pub cs: usize,
+}
+
+impl<'a> MatRef<'a> {
+    /// `data` as a row-major rows×cols matrix, or its transpose (`data` then holds cols×rows).
+    pub fn new(data: &'a [f32], rows: usize, cols: usize, transposed: bool) -> Self {
+        let (rs, cs) = if transposed { (1, rows) } else { (cols, 1) };
+        MatRef {
+            data,
+            offset: 0,
+            rows,
+            cols,
+            rs,
+            cs,
+        }
+    }
+    fn last(&self) -> usize {
+        self.offset + (self.rows.max(1) - 1) * self.rs + (self.cols.max(1) - 1) * self.cs
+    }
+}
+
+/// dst (m×n, row-major) = lhs·rhs, or += when `accumulate`, through the `gemm` crate;
+/// `threads` > 1 splits the product over rayon's pool (each output element is still one
+/// thread's ordered sum, so the result does not depend on the split).
+pub(crate) fn gemm_f32(
+    dst: &mut [f32],
+    lhs: MatRef,
+    rhs: MatRef,
+    accumulate: bool,
+    threads: usize,
+) {
+    let (m, n, k) = (lhs.rows, rhs.cols, lhs.cols);
+    // The bounds the unsafe call relies on (internal invariants: callers pass sizes from
+    // one shape rule).
+    assert!(
+        rhs.rows == k && dst.len() >= m * n,
+        "gemm_f32: {m}x{k} · {}x{n} into {}",
+        rhs.rows,
+        dst.len()
+    );
+    if m * n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            dst[..m * n].fill(0.0);
+        }
+        return;
+    }
+    assert!(lhs.last() < lhs.data.len() && rhs.last() < rhs.data.len());
+    let par = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: every index the product reads or writes lies within the slices (checked
+    // above: the largest offsets of both operands and m·n for the destination), and dst
+    // does not alias the operands (a `&mut` borrow).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            lhs.data.as_ptr().add(lhs.offset),
+            lhs.cs as isize,
+            lhs.rs as isize,
+            rhs.data.as_ptr().add(rhs.offset),
+            rhs.cs as isize,
+            rhs.rs as isize,
+            1.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            par,
+        );
+    }
+}
+
+/// Threads for a product of `flops` on the CPU path: one below ~1 MFLOP (rayon's hand-off
+/// costs more than it saves), rayon's pool above.
+pub(crate) fn cpu_threads(flops: usize) -> usize {
+    if flops < 1 << 20 {
+        1
+    } else {
+        rayon::current_num_threads()
+    }
+}
+
+/// The CPU path's op(A)·op(B) (+ bias): the fast kernel, tested against `matmul_ref`.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_fast(
+    a: &[f32],
+    b: &[f32],
+    bias: Option<&[f32]>,
+    m: usize,
+    n: usize,
+    k: usize,
+    ta: bool,
+    tb: bool,
+) -> Vec<f32> {
+    let mut c = vec![0f32; m * n];
+    gemm_f32(
+        &mut c,
+        MatRef::new(a, m, k, ta),
+        MatRef::new(b, k, n, tb),
+        false,
+        cpu_threads(2 * m * n * k),
+    );
+    if let Some(bias) = bias {
+        for row in c.chunks_mut(n.max(1)) {
+            row.iter_mut().zip(bias).for_each(|(c, b)| *c += b);
+        }
+    }
+    c
+}
+
 /// (m, n, k) of op(A)·op(B), or a shape error naming both shapes.
 fn dims(
     op: &'static str,
@@ -99,19 +229,21 @@ pub fn matmul_t(a: &Tensor, b: &Tensor, bias: Option<&Tensor>, ta: bool, tb: boo
         ts.push(bias);
     }
     match same_device("matmul", &ts)? {
-        Device::Cpu => Ok(cpu(
-            matmul_ref(
+        Device::Cpu => {
+            let (a, b) = (
                 a.cpu_data().unwrap_or_default(),
                 b.cpu_data().unwrap_or_default(),
-                bias.and_then(|t| t.cpu_data()),
-                m,
-                n,
-                k,
-                ta,
-                tb,
-            ),
-            &[m, n],
-        )),
+            );
+            let bias = bias.and_then(|t| t.cpu_data());
+            Ok(cpu(
+                if super::reference_kernels() {
+                    matmul_ref(a, b, bias, m, n, k, ta, tb)
+                } else {
+                    matmul_fast(a, b, bias, m, n, k, ta, tb)
+                },
+                &[m, n],
+            ))
+        }
         Device::Gpu(g) => {
             if m * n == 0 {
                 return Ok(Tensor::from_gpu(&g, g.alloc(0), &[m, n]));

@@ -20,6 +20,21 @@ use crate::gpu::{grid_1d, Gpu, GpuBuffer, Kernel};
 use crate::tensor::{numel, Device, Tensor};
 use std::sync::Arc;
 
+/// Whether the CPU path runs the plain reference kernels (`--device reference`) instead of
+/// the fast ones (`--device cpu`, the default without a hardware adapter). One switch for
+/// the process: the reference path exists to check a whole run end to end against the
+/// oracle, not to be mixed with the fast one. Tests compare the kernels by calling the
+/// `_fast` and `_ref` functions directly.
+static REFERENCE_KERNELS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+pub fn set_reference_kernels(on: bool) {
+    REFERENCE_KERNELS.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+pub fn reference_kernels() -> bool {
+    REFERENCE_KERNELS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// The float type of a CPU reference: f32 for the CPU path, f64 for gradient checks.
 pub trait Real:
     num_traits::Float

@@ -13,7 +13,7 @@ use crate::gpu::{Gpu, GpuBuffer};
 /// Where tensors live and ops run.
 #[derive(Clone)]
 pub enum Device {
-    /// The plain-Rust reference path.
+    /// The CPU path: the fast kernels, or the plain references (`--device reference`).
     Cpu,
     Gpu(Arc<Gpu>),
 }
@@ -30,8 +30,15 @@ impl std::fmt::Debug for Device {
 impl Device {
     /// `cpu`, `auto` (best hardware adapter), `gpu` (any adapter) or a substring of an
     /// adapter name.
+    /// `cpu` (the fast CPU kernels), `reference` (the plain reference kernels, end to end),
+    /// or an adapter spec (`auto`, `gpu`, a name substring).
     pub fn open(spec: &str) -> Result<Device> {
         if spec.eq_ignore_ascii_case("cpu") {
+            crate::ops::set_reference_kernels(false);
+            return Ok(Device::Cpu);
+        }
+        if spec.eq_ignore_ascii_case("reference") {
+            crate::ops::set_reference_kernels(true);
             return Ok(Device::Cpu);
         }
         Ok(Device::Gpu(Gpu::open(spec)?))
@@ -44,7 +51,8 @@ impl Device {
 
     pub fn name(&self) -> String {
         match self {
-            Device::Cpu => "cpu (reference)".into(),
+            Device::Cpu if crate::ops::reference_kernels() => "cpu (reference kernels)".into(),
+            Device::Cpu => "cpu".into(),
             Device::Gpu(g) => format!(
                 "{} ({:?}, {:?})",
                 g.info.name, g.info.backend, g.info.device_type

@@ -1,0 +1,178 @@
+//! The CPU path's fast kernels (GEMMs through the `gemm` crate) against the plain references,
+//! exactly as the GPU kernels are tested: fresh random inputs, odd shapes (batch groups of
+//! several sizes, strides, paddings, 1×1 and 7×7 kernels), `atol + rtol·|ref|`.
+
+mod common;
+use common::*;
+use viewcraft::ops::conv2d::{self, Conv2d};
+use viewcraft::ops::linear::{matmul_fast, matmul_ref};
+
+/// Σ of `len` products of values up to `scale` in another order.
+fn atol(len: usize, scale: f64) -> f64 {
+    1e-6 * (len as f64).sqrt() * scale
+}
+
+#[test]
+fn fast_convolutions_match_the_reference() {
+    let (mut r, seed) = rng();
+    // (n, c, h, w, o, k, stride, pad)
+    let cases = [
+        (3, 5, 9, 7, 6, 3, 1, 1),
+        (2, 3, 32, 32, 8, 3, 1, 1),
+        (5, 8, 8, 8, 16, 3, 2, 1),
+        (4, 16, 4, 4, 32, 3, 1, 1),
+        (33, 4, 4, 4, 8, 3, 1, 1),
+        (2, 6, 11, 13, 4, 1, 2, 0),
+        (2, 3, 23, 19, 5, 7, 2, 3),
+        (1, 2, 5, 5, 3, 3, 1, 0),
+        (7, 3, 6, 5, 2, 3, 3, 2),
+        (64, 16, 8, 8, 16, 3, 1, 1),
+    ];
+    for (n, c, h, w, o, k, s, p) in cases {
+        let cfg = Conv2d::new(s, p);
+        let d = cfg.dims(&[n, c, h, w], &[o, c, k, k]).unwrap();
+        let x = randn(&mut r, n * c * h * w);
+        let wt = randn(&mut r, o * c * k * k);
+        let gy = randn(&mut r, n * o * d.oh * d.ow);
+        let lbl = format!("x[{n},{c},{h},{w}] w[{o},{c},{k},{k}] s{s} p{p} seed {seed}");
+        let y = conv2d::forward_fast(&x, &wt, &d);
+        let want = conv2d::forward_ref(&to_f64(&x), &to_f64(&wt), &d);
+        assert_close(
+            &format!("forward {lbl}"),
+            &y,
+            &want,
+            atol(c * k * k, 4.0),
+            1e-5,
+        );
+        let gx = conv2d::backward_input_fast(&gy, &wt, &d);
+        let want = conv2d::backward_input_ref(&to_f64(&gy), &to_f64(&wt), &d);
+        assert_close(
+            &format!("input grad {lbl}"),
+            &gx,
+            &want,
+            atol(o * k * k, 4.0),
+            1e-5,
+        );
+        let gw = conv2d::backward_weight_fast(&gy, &x, &d);
+        let want = conv2d::backward_weight_ref(&to_f64(&gy), &to_f64(&x), &d);
+        assert_close(
+            &format!("weight grad {lbl}"),
+            &gw,
+            &want,
+            atol(n * d.oh * d.ow, 4.0),
+            1e-5,
+        );
+    }
+}
+
+#[test]
+fn fast_matmul_matches_the_reference() {
+    let (mut r, seed) = rng();
+    for (m, n, k) in [
+        (1, 1, 1),
+        (5, 3, 7),
+        (70, 130, 33),
+        (129, 65, 200),
+        (512, 10, 1),
+    ] {
+        for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+            let a = randn(&mut r, m * k);
+            let b = randn(&mut r, k * n);
+            let bias = randn(&mut r, n);
+            let got = matmul_fast(&a, &b, Some(&bias), m, n, k, ta, tb);
+            let want = matmul_ref(
+                &to_f64(&a),
+                &to_f64(&b),
+                Some(&to_f64(&bias)),
+                m,
+                n,
+                k,
+                ta,
+                tb,
+            );
+            assert_close(
+                &format!("matmul {m}x{n}x{k} ta {ta} tb {tb} seed {seed}"),
+                &got,
+                &want,
+                atol(k, 4.0),
+                1e-5,
+            );
+        }
+    }
+}
+
+/// A CPU-path run is reproducible: the same kernels on the same inputs give the same bits.
+#[test]
+fn fast_kernels_are_deterministic() {
+    let (mut r, _) = rng();
+    let d = Conv2d::new(1, 1)
+        .dims(&[16, 8, 8, 8], &[8, 8, 3, 3])
+        .unwrap();
+    let x = randn(&mut r, 16 * 8 * 64);
+    let gy = randn(&mut r, 16 * 8 * 64);
+    let a = conv2d::backward_weight_fast(&gy, &x, &d);
+    for _ in 0..3 {
+        assert!(a == conv2d::backward_weight_fast(&gy, &x, &d));
+    }
+}
+
+#[test]
+fn fast_batch_norm_matches_the_reference() {
+    use viewcraft::ops::batchnorm as bn;
+    let (mut r, seed) = rng();
+    for (n, c, s) in [(3, 5, 7), (32, 16, 64), (2, 3, 1), (17, 4, 33), (8, 64, 16)] {
+        // An offset and scale per channel, so that the variance is not the trivial one.
+        let x: Vec<f32> = randn(&mut r, n * c * s)
+            .iter()
+            .enumerate()
+            .map(|(i, v)| v * (1.0 + (i / s % c) as f32) + (i / s % c) as f32)
+            .collect();
+        let gy = randn(&mut r, n * c * s);
+        let gamma = randn(&mut r, c);
+        let beta = randn(&mut r, c);
+        let lbl = format!("[{n}, {c}, {s}] seed {seed}");
+        let (mean, var) = bn::stats_fast(&x, n, c, s);
+        let (rm, rv) = bn::stats_ref(&to_f64(&x), n, c, s);
+        assert_close(&format!("mean {lbl}"), &mean, &rm, 1e-5, 1e-5);
+        assert_close(&format!("var {lbl}"), &var, &rv, 1e-5, 1e-5);
+        let invstd: Vec<f32> = var.iter().map(|v| 1.0 / (v + 1e-5).sqrt()).collect();
+        let (m64, i64) = (to_f64(&mean), to_f64(&invstd));
+        for relu in [false, true] {
+            let y = bn::apply_fast(&x, &mean, &invstd, Some(&gamma), Some(&beta), c, s, relu);
+            let mut want = bn::apply_ref(
+                &to_f64(&x),
+                &m64,
+                &i64,
+                Some(&to_f64(&gamma)),
+                Some(&to_f64(&beta)),
+                n,
+                c,
+                s,
+            );
+            if relu {
+                want.iter_mut().for_each(|v| *v = v.max(0.0));
+            }
+            assert_close(&format!("apply relu {relu} {lbl}"), &y, &want, 1e-5, 1e-5);
+        }
+        for train in [true, false] {
+            let (gx, gg, gb) =
+                bn::backward_fast(&x, &gy, &mean, &invstd, Some(&gamma), n, c, s, train);
+            let (wx, wg, wb) = bn::backward_ref(
+                &to_f64(&x),
+                &to_f64(&gy),
+                &m64,
+                &i64,
+                Some(&to_f64(&gamma)),
+                n,
+                c,
+                s,
+                train,
+            );
+            let t = format!("train {train} {lbl}");
+            let a = atol(n * s, 8.0);
+            assert_close(&format!("gx {t}"), &gx, &wx, a, 1e-4);
+            assert_close(&format!("gγ {t}"), &gg, &wg, a, 1e-5);
+            assert_close(&format!("gβ {t}"), &gb, &wb, a, 1e-5);
+        }
+    }
+}
