@@ -225,24 +225,19 @@ pub fn linear_eval(
             )
         },
     )?;
-    let v = serde_json::json!({
-        "checkpoint": ckpt.display().to_string(),
-        "dataset": cfg.data.dataset,
-        "best_top1": r.best_top1,
-        "best_epoch": r.best_epoch,
-        "last_top1": r.last_top1,
-        "train_loss": r.train_loss,
-        "train_top1": r.train_top1,
-        "diverging": r.diverging,
-        "feature_norm": r.feature_norm,
-        "epochs": r.epochs,
-        "train_images": r.train_images,
-        "test_images": r.test_images,
-        "feature_dim": r.feature_dim,
-        "device": device.name(),
-        "config": cfg,
-        "history": r.history,
-    });
+    let mut m = r.summary();
+    m.insert("checkpoint".into(), ckpt.display().to_string().into());
+    m.insert("dataset".into(), cfg.data.dataset.clone().into());
+    m.insert("device".into(), device.name().into());
+    m.insert(
+        "config".into(),
+        serde_json::to_value(&cfg).unwrap_or_default(),
+    );
+    m.insert(
+        "history".into(),
+        serde_json::to_value(&r.history).unwrap_or_default(),
+    );
+    let v = serde_json::Value::Object(m);
     let path = out
         .map(Path::to_path_buf)
         .unwrap_or_else(|| default_result_path(ckpt, "linear_eval.json"));

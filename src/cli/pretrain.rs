@@ -343,19 +343,7 @@ pub fn run(
                 let _ = metrics.write("linear_epoch", e);
             },
         )?;
-        metrics.write(
-            "linear",
-            &serde_json::json!({
-                "best_top1": r.best_top1,
-                "best_epoch": r.best_epoch,
-                "last_top1": r.last_top1,
-                "train_loss": r.train_loss,
-                "train_top1": r.train_top1,
-                "diverging": r.diverging,
-                "feature_norm": r.feature_norm,
-                "epochs": r.epochs,
-            }),
-        )?;
+        metrics.write("linear", &r.summary())?;
         Some(r)
     } else {
         None

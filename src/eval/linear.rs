@@ -64,6 +64,19 @@ pub struct LinearResult {
     pub history: Vec<LinearEpoch>,
 }
 
+impl LinearResult {
+    /// Every field but the per-epoch history, as a JSON object: the `linear` event of
+    /// `metrics.jsonl` and the head of `linear_eval.json`.
+    pub fn summary(&self) -> serde_json::Map<String, serde_json::Value> {
+        let mut m = match serde_json::to_value(self) {
+            Ok(serde_json::Value::Object(m)) => m,
+            _ => serde_json::Map::new(),
+        };
+        m.remove("history");
+        m
+    }
+}
+
 /// MultiStep: lr · 0.1^(number of milestones strictly below `epoch`).
 pub fn multistep_lr(lr: f64, epoch: usize, milestones: &[usize]) -> f64 {
     lr * 0.1f64.powi(milestones.iter().filter(|&&m| m < epoch).count() as i32)
