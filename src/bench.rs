@@ -121,7 +121,7 @@ pub fn bench_conv(dev: &Device, name: &str, d: &Dims, reps: usize) -> Result<Vec
     for kernel in CONV_KERNELS {
         let err = rel_err(
             &run_conv(kernel, &x, &w, &gy, d)?,
-            &run_conv(kernel, &xc, &wc, &gyc, d)?,
+            &crate::ops::with_reference_kernels(|| run_conv(kernel, &xc, &wc, &gyc, d))?,
         )?;
         if err > 1e-4 {
             return Err(Error::Gpu(format!("{kernel} {name}: result differs from the CPU reference (rel. error {err:.2e}); not timing it")));
@@ -149,7 +149,8 @@ pub fn bench_conv(dev: &Device, name: &str, d: &Dims, reps: usize) -> Result<Vec
 pub fn bench_matmul(dev: &Device, n: usize, reps: usize) -> Result<KernelResult> {
     let a = rand_t(&[n, n], 4, dev)?;
     let b = rand_t(&[n, n], 5, dev)?;
-    let want = linear::matmul(&a.to_device(&Device::Cpu)?, &b.to_device(&Device::Cpu)?)?;
+    let (ac, bc) = (a.to_device(&Device::Cpu)?, b.to_device(&Device::Cpu)?);
+    let want = crate::ops::with_reference_kernels(|| linear::matmul(&ac, &bc))?;
     let err = rel_err(&linear::matmul(&a, &b)?, &want)?;
     if err > 1e-4 {
         return Err(Error::Gpu(format!(

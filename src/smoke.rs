@@ -132,11 +132,13 @@ pub fn run(dev: &Device, steps: usize) -> Result<()> {
     println!(
         "(pre-training, evaluation and the embedded CIFAR-10 subset arrive with the next issues)"
     );
-    // Parity of the first step against the CPU reference.
-    if dev.is_gpu() {
+    // Parity of the first step against the CPU reference kernels (for an adapter and for
+    // the fast CPU kernels alike).
+    if dev.is_gpu() || !crate::ops::reference_kernels() {
         let (xc, yc) = batch(&Device::Cpu, 0)?;
         let (xg, yg) = batch(dev, 0)?;
-        let (lc, gc) = Net::new(&Device::Cpu)?.step(&xc, &yc)?;
+        let (lc, gc) =
+            crate::ops::with_reference_kernels(|| Net::new(&Device::Cpu)?.step(&xc, &yc))?;
         let (lg, gg) = Net::new(dev)?.step(&xg, &yg)?;
         let mut worst = (lg.item()? - lc.item()?).abs() / lc.item()?.abs().max(1e-6);
         for (a, b) in gg.iter().zip(&gc) {

@@ -112,6 +112,11 @@ fn reference_device_runs_the_reference_kernels() {
         out.contains("cpu (reference kernels)") && out.contains("2 steps"),
         "{out}"
     );
-    let (_, out, _) = run(viewcraft().args(["--device", "cpu", "smoke", "--steps", "1"]));
-    assert!(!out.contains("reference"), "{out}");
+    // The fast kernels, checked against the reference kernels on the first step.
+    let (code, out, err) = run(viewcraft().args(["--device", "cpu", "smoke", "--steps", "1"]));
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("smoke run on cpu\n") && out.contains("first step vs CPU reference"),
+        "{out}"
+    );
 }

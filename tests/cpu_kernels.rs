@@ -27,6 +27,10 @@ fn fast_convolutions_match_the_reference() {
         (1, 2, 5, 5, 3, 3, 1, 0),
         (7, 3, 6, 5, 2, 3, 3, 2),
         (64, 16, 8, 8, 16, 3, 1, 1),
+        // Kernels wider than the padded-out image rows at stride 1 (whole rows of taps
+        // outside the image).
+        (1, 1, 1, 1, 1, 5, 1, 2),
+        (2, 3, 2, 2, 4, 7, 1, 3),
     ];
     for (n, c, h, w, o, k, s, p) in cases {
         let cfg = Conv2d::new(s, p);
@@ -120,12 +124,23 @@ fn fast_kernels_are_deterministic() {
 fn fast_batch_norm_matches_the_reference() {
     use viewcraft::ops::batchnorm as bn;
     let (mut r, seed) = rng();
-    for (n, c, s) in [(3, 5, 7), (32, 16, 64), (2, 3, 1), (17, 4, 33), (8, 64, 16)] {
+    for (n, c, s, offset, scale) in [
+        (3, 5, 7, 1.0, 1.0),
+        (32, 16, 64, 1.0, 1.0),
+        (2, 3, 1, 1.0, 1.0),
+        (17, 4, 33, 1.0, 1.0),
+        (8, 64, 16, 1.0, 1.0),
+        // |mean| ≫ std: the output must not cancel (x·a + (β − mean·a) would lose ~1e-2).
+        (4, 3, 40, 1000.0, 0.01),
+    ] {
         // An offset and scale per channel, so that the variance is not the trivial one.
         let x: Vec<f32> = randn(&mut r, n * c * s)
             .iter()
             .enumerate()
-            .map(|(i, v)| v * (1.0 + (i / s % c) as f32) + (i / s % c) as f32)
+            .map(|(i, v)| {
+                let ch = (i / s % c) as f32;
+                (v * (1.0 + ch) + ch) * scale + offset * (1.0 + ch)
+            })
             .collect();
         let gy = randn(&mut r, n * c * s);
         let gamma = randn(&mut r, c);

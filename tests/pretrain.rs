@@ -289,6 +289,13 @@ fn heatmap_size_limit_is_checked_before_training() {
     .to_string();
     assert!(e.contains("crop.kind") && e.contains("20×20"), "{e}");
     assert_eq!(steps, 0, "no step before the error");
+    // A run that never updates its boxes (warm-up as long as the run) needs no heatmaps.
+    let never = PretrainConfig {
+        ccrop: true,
+        warmup_epochs: 1,
+        ..pretrain_config(1, 4, 0.1, 1)
+    };
+    pretrain(&mut m, big.clone(), &never, &dev, |_| {}).unwrap();
     // STL-10's 96×96 gives 12×12 = 144 cells, CIFAR's 32×32 4×4, ImageNet's 224² 7×7.
     let cifar = resnet18(4);
     assert_eq!(cifar.feature_hw(96, 96), (12, 12));

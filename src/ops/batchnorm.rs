@@ -180,7 +180,8 @@ pub fn stats_fast(x: &[f32], n: usize, c: usize, s: usize) -> (Vec<f32>, Vec<f32
     per.into_iter().unzip()
 }
 
-/// y = x·a + b per channel (a = invstd·γ, b = β − mean·a).
+/// y = (x − mean)·a + β per channel (a = invstd·γ; subtracting first, as the reference: x·a
+/// + (β − mean·a) would cancel where |mean| ≫ std).
 #[allow(clippy::too_many_arguments)]
 pub fn apply_fast(
     x: &[f32],
@@ -199,9 +200,9 @@ pub fn apply_fast(
         .for_each(|(plane, (yp, xp))| {
             let ch = plane % c.max(1);
             let a = invstd[ch] * gamma.map_or(1.0, |g| g[ch]);
-            let b = beta.map_or(0.0, |b| b[ch]) - mean[ch] * a;
+            let (m, b) = (mean[ch], beta.map_or(0.0, |b| b[ch]));
             for (y, &x) in yp.iter_mut().zip(xp) {
-                let v = x * a + b;
+                let v = (x - m) * a + b;
                 *y = if relu { v.max(0.0) } else { v };
             }
         });

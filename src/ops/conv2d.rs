@@ -265,8 +265,11 @@ fn im2col_group(x: &[f32], d: &Dims, n0: usize, g: usize, cols: &mut [f32]) {
                         let hi = (d.w + d.pad).saturating_sub(kx).min(d.ow).max(lo);
                         orow[..lo].fill(0.0);
                         orow[hi..].fill(0.0);
-                        let start = lo + kx - d.pad;
-                        orow[lo..hi].copy_from_slice(&xrow[start..start + hi - lo]);
+                        // lo < hi means some ix lies inside the row (then start ≥ 0).
+                        if lo < hi {
+                            let start = lo + kx - d.pad;
+                            orow[lo..hi].copy_from_slice(&xrow[start..start + hi - lo]);
+                        }
                     } else {
                         for (ox, v) in orow.iter_mut().enumerate() {
                             *v = d.src(ox, kx, d.w).map_or(0.0, |ix| xrow[ix]);
@@ -294,11 +297,13 @@ fn col2im_add(dcols: &[f32], d: &Dims, img: usize, g: usize, gxn: &mut [f32]) {
             if d.stride == 1 {
                 let lo = d.pad.saturating_sub(kx).min(d.ow);
                 let hi = (d.w + d.pad).saturating_sub(kx).min(d.ow).max(lo);
-                let start = lo + kx - d.pad;
-                grow[start..start + hi - lo]
-                    .iter_mut()
-                    .zip(&srow[lo..hi])
-                    .for_each(|(g, v)| *g += v);
+                if lo < hi {
+                    let start = lo + kx - d.pad;
+                    grow[start..start + hi - lo]
+                        .iter_mut()
+                        .zip(&srow[lo..hi])
+                        .for_each(|(g, v)| *g += v);
+                }
             } else {
                 for (ox, v) in srow.iter().enumerate() {
                     if let Some(ix) = d.src(ox, kx, d.w) {

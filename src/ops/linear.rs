@@ -81,8 +81,11 @@ impl<'a> MatRef<'a> {
             cs,
         }
     }
-    fn last(&self) -> usize {
-        self.offset + (self.rows.max(1) - 1) * self.rs + (self.cols.max(1) - 1) * self.cs
+    /// The largest index the matrix covers (`None` on overflow).
+    fn last(&self) -> Option<usize> {
+        let r = (self.rows.max(1) - 1).checked_mul(self.rs)?;
+        let c = (self.cols.max(1) - 1).checked_mul(self.cs)?;
+        self.offset.checked_add(r)?.checked_add(c)
     }
 }
 
@@ -100,7 +103,7 @@ pub(crate) fn gemm_f32(
     // The bounds the unsafe call relies on (internal invariants: callers pass sizes from
     // one shape rule).
     assert!(
-        rhs.rows == k && dst.len() >= m * n,
+        rhs.rows == k && m.checked_mul(n).is_some_and(|mn| dst.len() >= mn),
         "gemm_f32: {m}x{k} · {}x{n} into {}",
         rhs.rows,
         dst.len()
@@ -114,7 +117,11 @@ pub(crate) fn gemm_f32(
         }
         return;
     }
-    assert!(lhs.last() < lhs.data.len() && rhs.last() < rhs.data.len());
+    assert!(
+        lhs.last().is_some_and(|l| l < lhs.data.len())
+            && rhs.last().is_some_and(|l| l < rhs.data.len()),
+        "gemm_f32: operand strides leave their slices"
+    );
     let par = if threads > 1 {
         gemm::Parallelism::Rayon(threads)
     } else {

@@ -35,6 +35,17 @@ pub fn reference_kernels() -> bool {
     REFERENCE_KERNELS.load(std::sync::atomic::Ordering::Relaxed)
 }
 
+/// Run `f` with the reference kernels on the CPU path, then restore the previous choice: how
+/// `bench` and `smoke` validate whatever they run (the fast CPU kernels included) against
+/// the oracle. For the CLI's single-threaded checks, not for code running beside others.
+pub fn with_reference_kernels<R>(f: impl FnOnce() -> R) -> R {
+    let prev = reference_kernels();
+    set_reference_kernels(true);
+    let r = f();
+    set_reference_kernels(prev);
+    r
+}
+
 /// The float type of a CPU reference: f32 for the CPU path, f64 for gradient checks.
 pub trait Real:
     num_traits::Float

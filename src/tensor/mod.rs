@@ -28,8 +28,6 @@ impl std::fmt::Debug for Device {
 }
 
 impl Device {
-    /// `cpu`, `auto` (best hardware adapter), `gpu` (any adapter) or a substring of an
-    /// adapter name.
     /// `cpu` (the fast CPU kernels), `reference` (the plain reference kernels, end to end),
     /// or an adapter spec (`auto`, `gpu`, a name substring).
     pub fn open(spec: &str) -> Result<Device> {

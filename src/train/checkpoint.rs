@@ -121,7 +121,12 @@ pub fn check_resumable(path: &Path, config_text: &str, batch_size: usize) -> Res
         c.data.workers = 0;
         c
     };
-    if let (Some(old), Ok(new)) = (saved, Config::from_toml(config_text, "the run")) {
+    // Either side without a configuration (a library caller's empty text, an unreadable
+    // one) leaves the batch size as the check.
+    let new = (!config_text.trim().is_empty())
+        .then(|| Config::from_toml(config_text, "the run").ok())
+        .flatten();
+    if let (Some(old), Some(new)) = (saved, new) {
         let (old, new) = (comparable(&old), comparable(&new));
         let differs = [
             ("model", old.model != new.model),
@@ -449,5 +454,5 @@ pub fn write_features(
         ));
     }
     let data = safetensors::serialize(views, None).map_err(|e| Error::file(out, e))?;
-    std::fs::write(out, data).map_err(|e| Error::file(out, format!("cannot write: {e}")))
+    crate::train::atomic::write_atomic(out, &data)
 }

@@ -160,9 +160,18 @@ pub fn pretrain(
     mut on: impl FnMut(&Event),
 ) -> Result<Vec<BoxF>> {
     cfg.validate(data.len())?;
-    if cfg.ccrop {
+    let sched = Schedule {
+        epochs: cfg.epochs,
+        warmup_epochs: if cfg.ccrop {
+            cfg.warmup_epochs
+        } else {
+            cfg.epochs
+        },
+        loc_interval: cfg.loc_interval,
+    };
+    if cfg.ccrop && (1..=cfg.epochs).any(|e| sched.update_after(e)) {
         // The heatmap kernel's limit, checked before any training rather than at the first
-        // box update after the warm-up.
+        // box update after the warm-up (runs that never update boxes need no heatmaps).
         let (fh, fw) = method.backbone().cfg.feature_hw(data.height, data.width);
         if fh * fw > crate::crop::heatmap::MAX_CELLS {
             return Err(Error::Config {
@@ -177,15 +186,6 @@ pub fn pretrain(
             });
         }
     }
-    let sched = Schedule {
-        epochs: cfg.epochs,
-        warmup_epochs: if cfg.ccrop {
-            cfg.warmup_epochs
-        } else {
-            cfg.epochs
-        },
-        loc_interval: cfg.loc_interval,
-    };
     let rrc = cfg.rrc;
     rrc.validate()?;
     let sampler = ContrastiveCrop::new(rrc, cfg.alpha)?;
