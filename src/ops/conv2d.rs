@@ -327,16 +327,14 @@ fn gather_group(gy: &[f32], d: &Dims, n0: usize, g: usize) -> Vec<f32> {
     out
 }
 
-/// (threads over groups, threads inside each product): the pool's threads go to the groups
-/// while there are enough of them, else into the products.
-fn threads_for(groups: usize, flops: usize) -> (usize, usize) {
-    let threads = rayon::current_num_threads().max(1);
-    let inner = if groups >= threads {
+/// Threads inside each product: one while there are enough groups to give every thread of
+/// the pool its own, else the pool.
+fn inner_threads(groups: usize, flops: usize) -> usize {
+    if groups >= rayon::current_num_threads().max(1) {
         1
     } else {
         crate::ops::linear::cpu_threads(flops)
-    };
-    (threads, inner)
+    }
 }
 
 /// The image groups of a batch: (first image, images).
@@ -353,7 +351,7 @@ pub fn forward_fast(x: &[f32], w: &[f32], d: &Dims) -> Vec<f32> {
     let (p, k) = (d.oh * d.ow, d.c * d.kh * d.kw);
     let mut y = vec![0f32; d.n * d.o * p];
     let g = group_size(d, true);
-    let (_, inner) = threads_for(d.n.div_ceil(g), 2 * d.macs());
+    let inner = inner_threads(d.n.div_ceil(g), 2 * d.macs());
     y.par_chunks_mut((g * d.o * p).max(1))
         .enumerate()
         .for_each(|(gi, yg)| {
@@ -382,7 +380,7 @@ pub fn backward_input_fast(gy: &[f32], w: &[f32], d: &Dims) -> Vec<f32> {
     let (p, k, chw) = (d.oh * d.ow, d.c * d.kh * d.kw, d.c * d.h * d.w);
     let mut gx = vec![0f32; d.n * chw];
     let g = group_size(d, true);
-    let (_, inner) = threads_for(d.n.div_ceil(g), 2 * d.macs());
+    let inner = inner_threads(d.n.div_ceil(g), 2 * d.macs());
     gx.par_chunks_mut((g * chw).max(1))
         .enumerate()
         .for_each(|(gi, gxg)| {

@@ -57,11 +57,10 @@ pub fn matmul_ref<T: Real>(
 }
 
 /// A matrix operand of the fast CPU kernels: element (i, j) of an r×c matrix at
-/// `data[offset + i·rs + j·cs]` (row-major: rs = c, cs = 1; its transpose swaps the strides).
+/// `data[i·rs + j·cs]` (row-major: rs = c, cs = 1; its transpose swaps the strides).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct MatRef<'a> {
     pub data: &'a [f32],
-    pub offset: usize,
     pub rows: usize,
     pub cols: usize,
     pub rs: usize,
@@ -74,7 +73,6 @@ impl<'a> MatRef<'a> {
         let (rs, cs) = if transposed { (1, rows) } else { (cols, 1) };
         MatRef {
             data,
-            offset: 0,
             rows,
             cols,
             rs,
@@ -85,7 +83,7 @@ impl<'a> MatRef<'a> {
     fn last(&self) -> Option<usize> {
         let r = (self.rows.max(1) - 1).checked_mul(self.rs)?;
         let c = (self.cols.max(1) - 1).checked_mul(self.cs)?;
-        self.offset.checked_add(r)?.checked_add(c)
+        r.checked_add(c)
     }
 }
 
@@ -128,7 +126,7 @@ pub(crate) fn gemm_f32(
         gemm::Parallelism::None
     };
     // SAFETY: every index the product reads or writes lies within the slices (checked
-    // above: the largest offsets of both operands and m·n for the destination), and dst
+    // above: the largest index of each operand and m·n for the destination), and dst
     // does not alias the operands (a `&mut` borrow).
     unsafe {
         gemm::gemm(
@@ -139,10 +137,10 @@ pub(crate) fn gemm_f32(
             1,
             n as isize,
             accumulate,
-            lhs.data.as_ptr().add(lhs.offset),
+            lhs.data.as_ptr(),
             lhs.cs as isize,
             lhs.rs as isize,
-            rhs.data.as_ptr().add(rhs.offset),
+            rhs.data.as_ptr(),
             rhs.cs as isize,
             rhs.rs as isize,
             1.0f32,
