@@ -283,6 +283,7 @@ pub fn train_step(
                 let logits = net.forward(&mut tape, &mut store, &b, x, true)?;
                 let loss = tape.cross_entropy(logits, &labels)?;
                 let g = tape.backward(loss)?;
+                drop(tape);
                 sgd_store(&mut store, &b, &g, &mut bufs, |_| (0.1, 1e-4), 0.9)?;
                 if let Device::Gpu(g) = &dev {
                     g.flush();
@@ -328,9 +329,9 @@ pub fn train_step(
                 let v2 = tape.input(Tensor::from_slice(&x2, &[batch, 3, 32, 32], &dev)?);
                 let loss = m.loss(&mut tape, &b, v1, v2)?;
                 let g = tape.backward(loss)?;
+                drop(tape);
                 sgd_store(m.store_mut(), &b, &g, &mut bufs, |_| (0.1, 1e-4), 0.9)?;
                 drop(g);
-                drop(tape);
                 m.after_step()?;
                 if let Device::Gpu(g) = &dev {
                     g.flush();
@@ -364,21 +365,27 @@ pub fn train_step(
     })
 }
 
-/// With `VIEWCRAFT_PROFILE=1`: per-kernel wall time of what ran since the last report, per
-/// repetition, slowest first (to stderr; the dispatches were serialised to time them).
+/// With `VIEWCRAFT_PROFILE=1`: what ran since the last report, per repetition, slowest
+/// first (to stderr): per kernel on the GPU path (the dispatches were serialised to time
+/// them), per op on the CPU path (the tape's timing of each forward and backward).
 fn print_profile(dev: &Device, title: &str, reps: usize) {
-    let Device::Gpu(g) = dev else { return };
-    if !g.profiling() {
-        return;
-    }
-    let mut p = g.take_profile();
+    let mut p = match dev {
+        Device::Gpu(g) if g.profiling() => g.take_profile(),
+        Device::Cpu if crate::autograd::profile::enabled() => crate::autograd::profile::take(),
+        _ => return,
+    };
     p.sort_by(|a, b| b.2.total_cmp(&a.2));
     let total: f64 = p.iter().map(|e| e.2).sum();
     let r = reps as f64;
+    let what = if matches!(dev, Device::Gpu(_)) {
+        "dispatches"
+    } else {
+        "calls"
+    };
     eprintln!("profile {title}: {:.2} ms per repetition", total / r * 1e3);
     for (label, n, s) in p {
         eprintln!(
-            "  {label:32} {:8.2} ms {:5.1} %  {:7.1} dispatches",
+            "  {label:32} {:8.2} ms {:5.1} %  {:7.1} {what}",
             s / r * 1e3,
             100.0 * s / total.max(f64::MIN_POSITIVE),
             n as f64 / r

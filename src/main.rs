@@ -18,7 +18,24 @@ fn quiet_runtime_dir() {
 #[cfg(not(unix))]
 fn quiet_runtime_dir() {}
 
+/// The CPU path allocates and frees tensors of many megabytes per step. glibc serves those
+/// with fresh `mmap`s (and trims its heap when they are freed), so every step page-faults
+/// and zeroes hundreds of megabytes anew; keeping them in the heap makes the step reuse its
+/// memory (the process then holds its peak footprint).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn keep_freed_memory() {
+    // SAFETY: mallopt only sets allocator parameters; called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn keep_freed_memory() {}
+
 fn main() -> std::process::ExitCode {
+    keep_freed_memory();
     quiet_runtime_dir();
     let cli = viewcraft::cli::Cli::parse();
     match viewcraft::cli::run(cli) {

@@ -5,8 +5,11 @@
 //! `detach` and `no_grad` cut the graph (SimSiam's and BYOL's stop-gradient; the momentum
 //! encoder's forward). Parameters are ordinary leaves created with `requires_grad = true`.
 
+pub mod profile;
+
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
+use std::time::Instant;
 
 /// A value on the tape.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -35,6 +38,8 @@ struct Node {
 pub struct Tape {
     nodes: Vec<Node>,
     grad_enabled: bool,
+    /// When the last node was added (profiling only: an op's forward is timed from there).
+    last_node: Option<Instant>,
 }
 
 impl Default for Tape {
@@ -63,11 +68,13 @@ impl Tape {
         Self {
             nodes: Vec::new(),
             grad_enabled: true,
+            last_node: None,
         }
     }
 
     /// A leaf (input or parameter).
     pub fn leaf(&mut self, value: Tensor, requires_grad: bool) -> Var {
+        self.time_forward("leaf");
         self.nodes.push(Node {
             value,
             inputs: Vec::new(),
@@ -112,6 +119,7 @@ impl Tape {
         inputs: &[Var],
         backward: impl FnOnce(&Tensor, &[bool]) -> Result<Vec<Option<Tensor>>> + Send + 'static,
     ) -> Var {
+        self.time_forward(op);
         let requires_grad =
             self.grad_enabled && inputs.iter().any(|v| self.nodes[v.0].requires_grad);
         self.nodes.push(Node {
@@ -122,6 +130,18 @@ impl Tape {
             op,
         });
         Var(self.nodes.len() - 1)
+    }
+
+    /// With profiling on, charge the time since the last node to `op`'s forward.
+    fn time_forward(&mut self, op: &'static str) {
+        if !profile::enabled() {
+            return;
+        }
+        let now = Instant::now();
+        if let Some(t) = self.last_node {
+            profile::add(op, false, now - t);
+        }
+        self.last_node = Some(now);
     }
 
     /// The same value, cut from the graph (stop-gradient).
@@ -181,7 +201,11 @@ impl Tape {
                 .iter()
                 .map(|v| self.nodes[v.0].requires_grad)
                 .collect();
+            let t0 = profile::enabled().then(Instant::now);
             let in_grads = bw(&g, &needs)?;
+            if let Some(t0) = t0 {
+                profile::add(op, true, t0.elapsed());
+            }
             if in_grads.len() != inputs.len() {
                 return Err(Error::Autograd(format!(
                     "{op}: backward returned {} gradients for {} inputs",
@@ -205,7 +229,14 @@ impl Tape {
                 }
                 grads[inp.0] = Some(match grads[inp.0].take() {
                     None => ig,
-                    Some(acc) => crate::ops::elementwise::add(&acc, &ig)?,
+                    Some(acc) => {
+                        let t0 = profile::enabled().then(Instant::now);
+                        let sum = crate::ops::elementwise::add(&acc, &ig)?;
+                        if let Some(t0) = t0 {
+                            profile::add("gradient sum", true, t0.elapsed());
+                        }
+                        sum
+                    }
                 });
             }
         }

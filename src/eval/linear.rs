@@ -292,6 +292,7 @@ pub fn train_probe_on_features(
                 .filter(|(&i, &p)| f.train_labels[i] as usize == p)
                 .count();
             let grads = tape.backward(loss)?;
+            drop(tape);
             sgd_store(
                 &mut store,
                 &bound,

@@ -15,6 +15,11 @@ use crate::error::{Error, Result};
 use crate::gpu::{grid_1d, GpuBuffer, Kernel};
 use crate::ops::{f, u, Real};
 use crate::tensor::{same_device, same_shape, Device, Tensor};
+use rayon::prelude::*;
+
+/// Updates of at least this many elements run on the pool, in chunks of `CHUNK`.
+const PARALLEL_MIN: usize = 1 << 16;
+const CHUNK: usize = 1 << 14;
 
 const SGD: Kernel = Kernel::new("optim", "sgd_step");
 const EMA: Kernel = Kernel::new("optim", "ema_update");
@@ -123,13 +128,16 @@ fn step_in_place(
     same_shape(op, param, buf)?;
     match same_device(op, &[param, grad, buf])? {
         Device::Cpu => {
-            let g = grad.cpu_data().unwrap_or_default().to_vec();
-            let mut b = buf.cpu_data().unwrap_or_default().to_vec();
+            // In place: no copies (a parameter still shared with a live tape is copied once
+            // by `cpu_data_mut`; the trainer drops its tape before updating).
+            let g = grad.cpu_data().unwrap_or_default();
+            let b = buf
+                .cpu_data_mut()
+                .ok_or_else(|| Error::Autograd("cpu tensor".into()))?;
             let p = param
                 .cpu_data_mut()
                 .ok_or_else(|| Error::Autograd("cpu tensor".into()))?;
-            cpu(p, &g, &mut b);
-            *buf = Tensor::from_vec(b, buf.shape(), &Device::Cpu)?;
+            cpu(p, g, b);
             Ok(())
         }
         Device::Gpu(g) => {
@@ -159,7 +167,16 @@ pub fn sgd_step(
         param,
         grad,
         buf,
-        |p, g, b| sgd_ref(p, g, b, lr, momentum, wd),
+        |p, g, b| {
+            // Elementwise: chunks in parallel give the reference's values exactly.
+            if p.len() < PARALLEL_MIN || crate::ops::reference_kernels() {
+                return sgd_ref(p, g, b, lr, momentum, wd);
+            }
+            p.par_chunks_mut(CHUNK)
+                .zip(g.par_chunks(CHUNK))
+                .zip(b.par_chunks_mut(CHUNK))
+                .for_each(|((p, g), b)| sgd_ref(p, g, b, lr, momentum, wd));
+        },
         |gpu, pb, gb, bb| {
             gpu.dispatch(
                 SGD,
@@ -177,11 +194,17 @@ pub fn ema_update(target: &mut Tensor, online: &Tensor, m: f32) -> Result<()> {
     same_shape("ema_update", target, online)?;
     match same_device("ema_update", &[target, online])? {
         Device::Cpu => {
-            let o = online.cpu_data().unwrap_or_default().to_vec();
+            let o = online.cpu_data().unwrap_or_default();
             let t = target
                 .cpu_data_mut()
                 .ok_or_else(|| Error::Autograd("cpu tensor".into()))?;
-            ema_ref(t, &o, m);
+            if t.len() < PARALLEL_MIN || crate::ops::reference_kernels() {
+                ema_ref(t, o, m);
+            } else {
+                t.par_chunks_mut(CHUNK)
+                    .zip(o.par_chunks(CHUNK))
+                    .for_each(|(t, o)| ema_ref(t, o, m));
+            }
             Ok(())
         }
         Device::Gpu(gpu) => {

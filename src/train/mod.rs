@@ -310,6 +310,9 @@ pub fn pretrain(
             let loss = method.loss(&mut tape, &store_bound, x1, x2)?;
             let loss_value = tape.value(loss).clone();
             let grads = tape.backward(loss)?;
+            // The tape holds the parameters' values: drop it so the CPU path updates them
+            // in place instead of copying every one.
+            drop(tape);
             let group = |id: usize| {
                 let (fixed, no_wd, lars) = groups[id];
                 (
@@ -327,7 +330,6 @@ pub fn pretrain(
                 cfg.momentum,
             )?;
             drop(grads);
-            drop(tape);
             method.after_step()?;
             if let Device::Gpu(g) = device {
                 g.flush();
