@@ -70,11 +70,15 @@ fn time(
             Ok((wall / reps as f64, gpu.map(|s| s / reps as f64)))
         }
         Device::Cpu => {
-            let t0 = Instant::now();
-            for _ in 0..reps {
+            // The median repetition: robust to the other tenants of a shared machine.
+            let mut t = Vec::with_capacity(reps);
+            for _ in 0..reps.max(1) {
+                let t0 = Instant::now();
                 f()?;
+                t.push(t0.elapsed().as_secs_f64());
             }
-            Ok((t0.elapsed().as_secs_f64() / reps as f64, None))
+            t.sort_by(f64::total_cmp);
+            Ok((t[t.len() / 2], None))
         }
     }
 }
@@ -344,12 +348,25 @@ pub fn train_step(
     per_step()?;
     sync(dev)?;
     print_profile(dev, "warm-up", 1);
-    let t0 = Instant::now();
-    for _ in 0..steps {
-        per_step()?;
-    }
-    sync(dev)?;
-    let secs = t0.elapsed().as_secs_f64() / steps.max(1) as f64;
+    // The median step (robust to the other tenants of a shared machine); on the GPU path the
+    // mean, as each step's work may still be in flight when the next is recorded.
+    let secs = if matches!(dev, Device::Cpu) {
+        let mut t = Vec::with_capacity(steps.max(1));
+        for _ in 0..steps.max(1) {
+            let t0 = Instant::now();
+            per_step()?;
+            t.push(t0.elapsed().as_secs_f64());
+        }
+        t.sort_by(f64::total_cmp);
+        t[t.len() / 2]
+    } else {
+        let t0 = Instant::now();
+        for _ in 0..steps {
+            per_step()?;
+        }
+        sync(dev)?;
+        t0.elapsed().as_secs_f64() / steps.max(1) as f64
+    };
     print_profile(dev, &format!("{method} step"), steps.max(1));
     let flops = 3.0 * 2.0 * model_macs(width) as f64 * (batch * views) as f64;
     Ok(StepResult {

@@ -31,6 +31,10 @@ fn fast_convolutions_match_the_reference() {
         // outside the image).
         (1, 1, 1, 1, 1, 5, 1, 2),
         (2, 3, 2, 2, 4, 7, 1, 3),
+        // Several patch groups per thread's run of images (the partial weight gradients),
+        // ragged; and a weight gradient large enough to accumulate in place.
+        (9, 64, 24, 24, 8, 3, 1, 1),
+        (3, 64, 5, 5, 512, 3, 1, 1),
     ];
     for (n, c, h, w, o, k, s, p) in cases {
         let cfg = Conv2d::new(s, p);

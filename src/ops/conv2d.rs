@@ -402,9 +402,12 @@ pub fn backward_input_fast(gy: &[f32], w: &[f32], d: &Dims) -> Vec<f32> {
 }
 
 /// Largest weight gradient (floats) computed as per-thread partial products: small ones
-/// (the early layers: 64·576) are cheap to hold and add, and their products too small to
-/// split across threads well; larger ones accumulate in place, one product after another.
-const PARTIAL_GRADIENT_FLOATS: usize = 1 << 16;
+/// (the early layers: 64·576, 128·1152) are cheap to hold and add, and their products too
+/// small to split across threads well; larger ones accumulate in place, one product after
+/// another, each on the whole pool.
+const PARTIAL_GRADIENT_FLOATS: usize = 1 << 18;
+/// Patch-matrix budget of one thread's group in the per-thread partial products.
+const THREAD_GROUP_COLS_BYTES: usize = 4 << 20;
 /// Largest weight gradient computed transposed, gwᵀ [K, O] = cols·gyᵀ (the long patch rows
 /// as the product's contiguous left operand: 2.4× gy·colsᵀ at 64 channels 32×32, 1.25× at
 /// 128 channels 16×16), then transposed back; above it the transposition costs more than
@@ -443,19 +446,28 @@ pub fn backward_weight_fast(gy: &[f32], x: &[f32], d: &Dims) -> Vec<f32> {
     };
     let mut out = vec![0f32; d.o * k];
     if d.o * k <= PARTIAL_GRADIENT_FLOATS {
-        // One group per thread at a time: few partials held at once.
-        for chunk in groups(d, true).chunks(rayon::current_num_threads().max(1)) {
-            let partials: Vec<Vec<f32>> = chunk
-                .par_iter()
-                .map(|&group| {
-                    let mut part = vec![0f32; d.o * k];
-                    product(&mut part, &mut Vec::new(), group, false, 1);
-                    part
-                })
-                .collect();
-            for part in partials {
-                out.iter_mut().zip(&part).for_each(|(a, b)| *a += b);
-            }
+        // Each thread a contiguous run of images (fixed by the thread count, not by
+        // scheduling), accumulated in place into its own partial; the partials added in order.
+        let threads = rayon::current_num_threads().clamp(1, d.n.max(1));
+        let per_thread = d.n.div_ceil(threads);
+        let per_image = (k * p * 4).max(1);
+        let g = (THREAD_GROUP_COLS_BYTES / per_image).clamp(1, per_thread);
+        let runs: Vec<(usize, usize)> = (0..d.n)
+            .step_by(per_thread)
+            .map(|a| (a, (a + per_thread).min(d.n)))
+            .collect();
+        let partials: Vec<Vec<f32>> = runs
+            .par_iter()
+            .map(|&(a, b)| {
+                let (mut part, mut cols) = (vec![0f32; d.o * k], Vec::new());
+                for (i, n0) in (a..b).step_by(g).enumerate() {
+                    product(&mut part, &mut cols, (n0, g.min(b - n0)), i > 0, 1);
+                }
+                part
+            })
+            .collect();
+        for part in partials {
+            out.iter_mut().zip(&part).for_each(|(a, b)| *a += b);
         }
     } else {
         let threads = crate::ops::linear::cpu_threads(2 * d.macs());
