@@ -1,5 +1,5 @@
 //! The main job: `configs/quickstart.toml` (SimCLR + ContrastiveCrop on the shipped CIFAR-10
-//! subset, a narrow ResNet-18, 5 epochs, kNN monitor, a short linear probe) run into
+//! subset, a narrow ResNet-18, 10 epochs, kNN monitor, a short linear probe) run into
 //! `runs/quickstart`, then a small results table. Sized to finish in minutes on a 2-core CPU.
 
 use std::path::PathBuf;
