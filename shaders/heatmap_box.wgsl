@@ -106,3 +106,45 @@ fn box_from_heat(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wor
         out_valid[n] = 0.0;
     }
 }
+
+// src = heat [N, h·w]; out = the min-max-normalised heat upsampled to [N, H·W] (object
+// proposals label its components on the CPU); out_valid = [N] (0 for a constant map). One
+// invocation per output pixel: each rescans its image's h·w ≤ 256 sums for the range.
+@compute @workgroup_size(64)
+fn upsampled_heat(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let t = flat_index(gid, nwg, 64u);
+    let ohw = params.out_h * params.out_w;
+    if (t >= params.n * ohw) { return; }
+    let n = t / ohw;
+    let y = (t % ohw) / params.out_w;
+    let x = t % params.out_w;
+    let hw = params.h * params.w;
+    var lo = 3.402823e38;
+    var hi = -3.402823e38;
+    for (var i = 0u; i < hw; i++) {
+        let v = src[n * hw + i];
+        lo = min(lo, v);
+        hi = max(hi, v);
+    }
+    let range = hi - lo;
+    if (y == 0u && x == 0u) {
+        out_valid[n] = select(0.0, 1.0, range > 0.0);
+    }
+    if (!(range > 0.0)) {
+        out[t] = 0.0;
+        return;
+    }
+    let ay = axis(y, params.h, params.out_h);
+    let ax = axis(x, params.w, params.out_w);
+    let r0 = n * hw + u32(ay.x) * params.w;
+    let r1 = n * hw + u32(ay.y) * params.w;
+    let c0 = u32(ax.x);
+    let c1 = u32(ax.y);
+    let m00 = (src[r0 + c0] - lo) / range;
+    let m01 = (src[r0 + c1] - lo) / range;
+    let m10 = (src[r1 + c0] - lo) / range;
+    let m11 = (src[r1 + c1] - lo) / range;
+    let top = (1.0 - ax.z) * m00 + ax.z * m01;
+    let bottom = (1.0 - ax.z) * m10 + ax.z * m11;
+    out[t] = (1.0 - ay.z) * top + ay.z * bottom;
+}

@@ -198,26 +198,11 @@ pub fn loader_throughput(workers: usize, batch: usize) -> Result<(f64, usize)> {
         Split::Train,
     )?);
     let (mean, std) = mean_std("cifar10").expect("known dataset");
-    let cfg = ViewConfig {
-        size: 32,
-        jitter: Jitter::default(),
-        mean,
-        std,
-    };
+    let cfg = ViewConfig::two_views(32, RrcParams::default(), Jitter::default(), mean, std);
     let t0 = Instant::now();
-    let n: usize = epoch(
-        set,
-        CropMode::Rrc(RrcParams::default()),
-        cfg,
-        batch,
-        0,
-        0,
-        workers,
-        4,
-        0,
-    )
-    .map(|b| b.indices.len())
-    .sum();
+    let n: usize = epoch(set, CropMode::Rrc, cfg, batch, 0, 0, workers, 4, 0)
+        .map(|b| b.indices.len())
+        .sum();
     Ok((n as f64 / t0.elapsed().as_secs_f64(), n))
 }
 
@@ -331,7 +316,7 @@ pub fn train_step(
                 let b = m.store().bind(&mut tape, true);
                 let v1 = tape.input(Tensor::from_slice(&x1, &[batch, 3, 32, 32], &dev)?);
                 let v2 = tape.input(Tensor::from_slice(&x2, &[batch, 3, 32, 32], &dev)?);
-                let loss = m.loss(&mut tape, &b, v1, v2)?;
+                let loss = m.loss(&mut tape, &b, &[v1, v2])?;
                 let g = tape.backward(loss)?;
                 drop(tape);
                 sgd_store(m.store_mut(), &b, &g, &mut bufs, |_| (0.1, 1e-4), 0.9)?;

@@ -10,7 +10,13 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::crop::sampler::{BoxF, WHOLE_IMAGE};
+use crate::crop::object::{DilationMode, ObjectCrop, ObjectPair};
+use crate::crop::sampler::{BoxF, RrcParams, WHOLE_IMAGE};
+use crate::crop::{CropKind, ObjectCfg};
+use crate::data::loader::{Augment, CropSource, ViewSpec};
+
+/// The values of `[crop] kind`.
+pub const CROP_KINDS: [&str; 5] = ["rcrop", "ccrop", "simccrop", "semanticcrop", "objectcrop"];
 use crate::error::{Error, Result};
 use crate::nn::resnet::{Arch, ResNetConfig, Stem};
 
@@ -31,6 +37,44 @@ pub struct Config {
     pub knn: KnnCfg,
     #[serde(default)]
     pub linear: LinearCfg,
+    /// The views of every image (`[[views]]` tables; none: the crop kind's two views).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub views: Vec<ViewCfg>,
+}
+
+/// One `[[views]]` entry: `count` views from crop source `crop` at `size`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ViewCfg {
+    /// `box` (the crop kind's sampler) | `scene` (RRC of the whole image) | `object` / `dilated`
+    /// (RRC of the drawn proposal's tight / dilated region) | `object_whole` (that region
+    /// resized whole).
+    pub crop: String,
+    /// Output size in pixels (default: the dataset's image size).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub size: Option<usize>,
+    /// RandomResizedCrop area range (default: crop.scale).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scale: Option<[f64; 2]>,
+    /// RandomResizedCrop aspect-ratio range (default: crop.ratio).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ratio: Option<[f64; 2]>,
+    /// `ssl` (flip, colour jitter, greyscale, blur when data.blur) | `flip` | `none`.
+    pub augment: String,
+    pub count: usize,
+}
+
+impl Default for ViewCfg {
+    fn default() -> Self {
+        Self {
+            crop: "box".into(),
+            size: None,
+            scale: None,
+            ratio: None,
+            augment: "ssl".into(),
+            count: 1,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -264,6 +308,30 @@ pub struct CropCfg {
     pub scale: [f64; 2],
     /// RandomResizedCrop aspect-ratio range.
     pub ratio: [f64; 2],
+    /// semanticcrop: `suppressed` (view 2's position pushed away from view 1's) | `beta`
+    /// (independent per-axis Beta, as ccrop).
+    pub centre: String,
+    /// semanticcrop: σ of the centre suppression, in units of the box.
+    pub suppress_sigma: f64,
+    /// objectcrop: proposals kept per image.
+    pub max_proposals: usize,
+    /// objectcrop: read proposals from this JSON file (`{"<index>": [[x1, y1, x2, y2], …]}`,
+    /// pixels, x2/y2 exclusive) instead of the heatmaps.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proposals_file: Option<String>,
+    /// objectcrop: growth of the dilated region (0.2: 20 % of the box size).
+    pub dilation: f64,
+    /// objectcrop: `centre` (about the box centre) | `coordinate` (the reference's scaling of
+    /// each coordinate value).
+    pub dilation_mode: String,
+    /// objectcrop: minimum region side in pixels (default: a quarter of the image side, the
+    /// reference's 224 px on ~1000 px photos: 8 at 32×32, 24 at 96×96).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_size: Option<usize>,
+    /// objectcrop: `dilate` (object + dilated object) | `scene` (whole image + object).
+    pub object_pair: String,
+    /// objectcrop: swap the two views with probability 0.5 (the reference).
+    pub swap_views: bool,
 }
 
 impl Default for CropCfg {
@@ -276,6 +344,15 @@ impl Default for CropCfg {
             loc_interval: 100,
             scale: [0.2, 1.0],
             ratio: [3.0 / 4.0, 4.0 / 3.0],
+            centre: "suppressed".into(),
+            suppress_sigma: 0.3,
+            max_proposals: crate::crop::proposals::DEFAULT_MAX_PROPOSALS,
+            proposals_file: None,
+            dilation: 0.2,
+            dilation_mode: "centre".into(),
+            min_size: None,
+            object_pair: "dilate".into(),
+            swap_views: true,
         }
     }
 }
@@ -512,11 +589,14 @@ fn parse_config(text: &str, source: &str, sets: &[String]) -> Result<Config> {
         train: section(&mut t, "train", source)?,
         knn: section(&mut t, "knn", source)?,
         linear: section(&mut t, "linear", source)?,
+        views: section(&mut t, "views", source)?,
     };
     no_other_sections(
         &t,
         source,
-        &["model", "method", "data", "crop", "train", "knn", "linear"],
+        &[
+            "model", "method", "data", "crop", "train", "knn", "linear", "views",
+        ],
     )?;
     Ok(cfg.resolved())
 }
@@ -586,6 +666,69 @@ impl Config {
         })
     }
 
+    /// The run's crop kind; objectcrop's proposals file is read here (for `n` images of
+    /// `hgt`×`wid`).
+    pub fn crop_kind(&self, n: usize, hgt: usize, wid: usize) -> Result<CropKind> {
+        let c = &self.crop;
+        Ok(match c.kind.as_str() {
+            "rcrop" => CropKind::Rcrop,
+            "semanticcrop" => CropKind::SemanticCrop {
+                sigma: (c.centre == "suppressed").then_some(c.suppress_sigma),
+            },
+            "objectcrop" => CropKind::ObjectCrop(ObjectCfg {
+                crop: ObjectCrop {
+                    dilation: c.dilation,
+                    mode: if c.dilation_mode == "coordinate" {
+                        DilationMode::Coordinate
+                    } else {
+                        DilationMode::Centre
+                    },
+                    min_size: c.min_size.unwrap_or(hgt.min(wid).div_ceil(4)),
+                },
+                pair: if c.object_pair == "scene" {
+                    ObjectPair::Scene
+                } else {
+                    ObjectPair::Dilate
+                },
+                max_proposals: c.max_proposals,
+                fixed: match &c.proposals_file {
+                    Some(f) => Some(std::sync::Arc::new(crate::crop::proposals::read_file(
+                        std::path::Path::new(f),
+                        n,
+                        hgt,
+                        wid,
+                    )?)),
+                    None => None,
+                },
+                swap: c.swap_views,
+            }),
+            // ccrop and simccrop (a fixed box, set by init_box and the schedule).
+            _ => CropKind::Ccrop,
+        })
+    }
+
+    /// The run's view specs (empty when the config lists none: the crop kind's defaults).
+    pub fn view_specs(&self, image_size: usize) -> Vec<ViewSpec> {
+        let c = &self.crop;
+        self.views
+            .iter()
+            .flat_map(|v| {
+                let scale = v.scale.unwrap_or(c.scale);
+                let ratio = v.ratio.unwrap_or(c.ratio);
+                let spec = ViewSpec {
+                    source: CropSource::parse(&v.crop).unwrap_or(CropSource::Box),
+                    size: v.size.unwrap_or(image_size),
+                    rrc: RrcParams {
+                        scale: (scale[0], scale[1]),
+                        ratio: (ratio[0], ratio[1]),
+                    },
+                    augment: Augment::parse(&v.augment).unwrap_or(Augment::Ssl),
+                };
+                std::iter::repeat_n(spec, v.count)
+            })
+            .collect()
+    }
+
     /// The box every image starts with.
     pub fn init_box(&self) -> BoxF {
         if self.crop.kind == "simccrop" {
@@ -605,10 +748,105 @@ impl Config {
         }
         validate_data(&self.data)?;
         let c = &self.crop;
-        if !["rcrop", "ccrop", "simccrop"].contains(&c.kind.as_str()) {
+        if !CROP_KINDS.contains(&c.kind.as_str()) {
             return Err(cfg_err(
                 "crop.kind",
-                format!("`{}` is not one of rcrop, ccrop, simccrop", c.kind),
+                format!("`{}` is not one of {}", c.kind, CROP_KINDS.join(", ")),
+            ));
+        }
+        if !["suppressed", "beta"].contains(&c.centre.as_str()) {
+            return Err(cfg_err(
+                "crop.centre",
+                format!("`{}` is not one of suppressed, beta", c.centre),
+            ));
+        }
+        if !(c.suppress_sigma > 0.0 && c.suppress_sigma.is_finite()) {
+            return Err(cfg_err(
+                "crop.suppress_sigma",
+                format!("{} must be > 0", c.suppress_sigma),
+            ));
+        }
+        if c.max_proposals == 0 {
+            return Err(cfg_err("crop.max_proposals", "must be at least 1"));
+        }
+        if !(c.dilation >= 0.0 && c.dilation.is_finite()) {
+            return Err(cfg_err(
+                "crop.dilation",
+                format!("{} must be ≥ 0", c.dilation),
+            ));
+        }
+        if !["centre", "coordinate"].contains(&c.dilation_mode.as_str()) {
+            return Err(cfg_err(
+                "crop.dilation_mode",
+                format!("`{}` is not one of centre, coordinate", c.dilation_mode),
+            ));
+        }
+        if c.min_size == Some(0) {
+            return Err(cfg_err("crop.min_size", "must be at least 1"));
+        }
+        if !["dilate", "scene"].contains(&c.object_pair.as_str()) {
+            return Err(cfg_err(
+                "crop.object_pair",
+                format!("`{}` is not one of dilate, scene", c.object_pair),
+            ));
+        }
+        let objects = c.kind == "objectcrop";
+        let mut count = 0;
+        for (i, v) in self.views.iter().enumerate() {
+            let field = |f: &str| format!("views[{i}].{f}");
+            let Some(source) = CropSource::parse(&v.crop) else {
+                return Err(cfg_err(
+                    &field("crop"),
+                    format!(
+                        "`{}` is not one of {}",
+                        v.crop,
+                        CropSource::NAMES.join(", ")
+                    ),
+                ));
+            };
+            if source.is_object() && !objects {
+                return Err(cfg_err(
+                    &field("crop"),
+                    format!("`{}` views need crop.kind = \"objectcrop\"", v.crop),
+                ));
+            }
+            if source == CropSource::Box && objects {
+                return Err(cfg_err(
+                    &field("crop"),
+                    "objectcrop computes proposals, not boxes: use object, dilated, object_whole or scene",
+                ));
+            }
+            if Augment::parse(&v.augment).is_none() {
+                return Err(cfg_err(
+                    &field("augment"),
+                    format!(
+                        "`{}` is not one of {}",
+                        v.augment,
+                        Augment::NAMES.join(", ")
+                    ),
+                ));
+            }
+            if v.size == Some(0) {
+                return Err(cfg_err(&field("size"), "must be at least 1"));
+            }
+            if v.count == 0 {
+                return Err(cfg_err(&field("count"), "must be at least 1"));
+            }
+            if let Some(r) = v.scale {
+                check_range(&field("scale"), r, 0.0, 1.0)?;
+            }
+            if let Some(r) = v.ratio {
+                check_range(&field("ratio"), r, 0.0, f64::INFINITY)?;
+            }
+            count += v.count;
+        }
+        if !self.views.is_empty() && count != 2 {
+            return Err(cfg_err(
+                "views",
+                format!(
+                    "{} takes 2 views per image; the [[views]] entries give {count}",
+                    self.method.name()
+                ),
             ));
         }
         if !(c.alpha > 0.0 && c.alpha.is_finite()) {
@@ -620,7 +858,8 @@ impl Config {
                 format!("{} must be in (0, 1)", c.box_thresh),
             ));
         }
-        if c.kind == "ccrop" && c.loc_interval == 0 {
+        if ["ccrop", "semanticcrop", "objectcrop"].contains(&c.kind.as_str()) && c.loc_interval == 0
+        {
             return Err(cfg_err("crop.loc_interval", "must be at least 1"));
         }
         check_range("crop.scale", c.scale, 0.0, 1.0)?;

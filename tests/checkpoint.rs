@@ -32,7 +32,7 @@ fn resume_equals_uninterrupted(tag: &str, dev: &Device, make: &dyn Fn(u64) -> Bo
     let dev = dev.clone();
     let (a, c) = (dir(&format!("{tag}-a")), dir(&format!("{tag}-c")));
     let cfg = PretrainConfig {
-        ccrop: true,
+        crop: viewcraft::crop::CropKind::Ccrop,
         warmup_epochs: 1,
         loc_interval: 1,
         checkpoint_dir: Some(a.clone()),
@@ -153,6 +153,7 @@ fn bad_checkpoints_are_named() {
         &p,
         &moco,
         &vec![None; moco.store().params.len()],
+        &[],
         &[],
         checkpoint::Position {
             epoch: 1,

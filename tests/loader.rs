@@ -3,7 +3,7 @@
 //! per-image boxes.
 
 use std::sync::Arc;
-use viewcraft::crop::sampler::{ContrastiveCrop, RrcParams};
+use viewcraft::crop::sampler::RrcParams;
 use viewcraft::data::augment::{mean_std, Jitter};
 use viewcraft::data::cifar::{self, Split, Variant};
 use viewcraft::data::loader::{epoch, CropMode, ViewConfig};
@@ -15,19 +15,14 @@ fn setup() -> (Arc<viewcraft::data::ImageSet>, ViewConfig) {
     let (mean, std) = mean_std("cifar10").unwrap();
     (
         Arc::new(set),
-        ViewConfig {
-            size: 32,
-            jitter: Jitter::default(),
-            mean,
-            std,
-        },
+        ViewConfig::two_views(32, RrcParams::default(), Jitter::default(), mean, std),
     )
 }
 
 #[test]
 fn deterministic_across_worker_counts() {
     let (set, cfg) = setup();
-    let mode = CropMode::Rrc(RrcParams::default());
+    let mode = CropMode::Rrc;
     let a: Vec<_> = epoch(set.clone(), mode.clone(), cfg.clone(), 16, 42, 3, 1, 2, 0).collect();
     let b: Vec<_> = epoch(set.clone(), mode.clone(), cfg.clone(), 16, 42, 3, 3, 4, 0).collect();
     assert_eq!(a.len(), 200 / 16, "drop_last");
@@ -62,19 +57,17 @@ fn contrastive_mode_uses_the_boxes() {
     };
     // A tiny box in the top-left corner with α → 0 pushes crops to the box's edges, i.e. to the
     // top-left part of the image; compare against the same images with the box bottom-right.
-    let sampler = ContrastiveCrop::new(
-        RrcParams {
+    for v in &mut cfg.views {
+        v.rrc = RrcParams {
             scale: (0.1, 0.1),
             ratio: (1.0, 1.0),
-        },
-        0.1,
-    )
-    .unwrap();
+        };
+    }
     let tl = Arc::new(vec![[0.0f32, 0.0, 0.1, 0.1]; set.len()]);
     let br = Arc::new(vec![[0.9f32, 0.9, 1.0, 1.0]; set.len()]);
     let a: Vec<_> = epoch(
         set.clone(),
-        CropMode::Contrastive { sampler, boxes: tl },
+        CropMode::boxes(&cfg, 0.1, None, tl).unwrap(),
         cfg.clone(),
         8,
         1,
@@ -87,7 +80,7 @@ fn contrastive_mode_uses_the_boxes() {
     .collect();
     let b: Vec<_> = epoch(
         set.clone(),
-        CropMode::Contrastive { sampler, boxes: br },
+        CropMode::boxes(&cfg, 0.1, None, br).unwrap(),
         cfg.clone(),
         8,
         1,
@@ -105,7 +98,7 @@ fn contrastive_mode_uses_the_boxes() {
 #[test]
 fn starting_mid_epoch_gives_the_remaining_batches() {
     let (set, cfg) = setup();
-    let mode = CropMode::Rrc(RrcParams::default());
+    let mode = CropMode::Rrc;
     let all: Vec<_> = epoch(set.clone(), mode.clone(), cfg.clone(), 16, 5, 2, 2, 2, 0).collect();
     let rest: Vec<_> = epoch(set, mode, cfg, 16, 5, 2, 3, 2, 4).collect();
     assert_eq!(rest.len(), all.len() - 4);
@@ -118,17 +111,7 @@ fn starting_mid_epoch_gives_the_remaining_batches() {
 #[test]
 fn dropping_mid_epoch_stops_workers() {
     let (set, cfg) = setup();
-    let mut it = epoch(
-        set,
-        CropMode::Rrc(RrcParams::default()),
-        cfg,
-        8,
-        7,
-        0,
-        2,
-        1,
-        0,
-    );
+    let mut it = epoch(set, CropMode::Rrc, cfg, 8, 7, 0, 2, 1, 0);
     assert!(it.next().is_some());
     drop(it); // must not hang
 }
@@ -136,7 +119,7 @@ fn dropping_mid_epoch_stops_workers() {
 #[test]
 fn blur_option_changes_the_views_deterministically() {
     let (set, cfg) = setup();
-    let mode = CropMode::Rrc(RrcParams::default());
+    let mode = CropMode::Rrc;
     let blurred = ViewConfig {
         jitter: Jitter {
             blur: true,

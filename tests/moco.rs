@@ -256,7 +256,7 @@ fn ghost_bn_running_stats_follow_the_first_group_only() {
     let b = m.store().bind(&mut tape, true);
     let v1 = tape.input(Tensor::from_slice(&x1, &[8, 3, 8, 8], &dev).unwrap());
     let v2 = tape.input(Tensor::from_slice(&x2, &[8, 3, 8, 8], &dev).unwrap());
-    m.loss(&mut tape, &b, v1, v2).unwrap();
+    m.loss(&mut tape, &b, &[v1, v2]).unwrap();
     let mut checked = 0;
     for p in &m.store().params {
         if p.name.starts_with(KEY) || !p.name.contains("running_") || p.name.starts_with("fc") {

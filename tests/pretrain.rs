@@ -21,7 +21,7 @@ fn simclr_ccrop_schedule_learns_without_collapse() {
         &mut m,
         data.clone(),
         &PretrainConfig {
-            ccrop: true,
+            crop: viewcraft::crop::CropKind::Ccrop,
             warmup_epochs: 2,
             loc_interval: 2,
             ..pretrain_config(5, 32, 0.3, 3)
@@ -139,7 +139,7 @@ fn simccrop_uses_the_fixed_centre_box_from_epoch_one() {
     let mut m = simclr(4, 0, &dev);
     let centre = [0.25f32, 0.25, 0.75, 0.75];
     let cfg = PretrainConfig {
-        ccrop: true,
+        crop: viewcraft::crop::CropKind::Ccrop,
         warmup_epochs: 0,
         loc_interval: 3,
         init_box: centre,
@@ -275,7 +275,7 @@ fn heatmap_size_limit_is_checked_before_training() {
     let mut m = simclr(4, 0, &dev);
     let mut steps = 0;
     let cfg = PretrainConfig {
-        ccrop: true,
+        crop: viewcraft::crop::CropKind::Ccrop,
         warmup_epochs: 1,
         loc_interval: 1,
         ..pretrain_config(2, 4, 0.1, 1)
@@ -291,7 +291,7 @@ fn heatmap_size_limit_is_checked_before_training() {
     assert_eq!(steps, 0, "no step before the error");
     // A run that never updates its boxes (warm-up as long as the run) needs no heatmaps.
     let never = PretrainConfig {
-        ccrop: true,
+        crop: viewcraft::crop::CropKind::Ccrop,
         warmup_epochs: 1,
         ..pretrain_config(1, 4, 0.1, 1)
     };

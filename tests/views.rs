@@ -56,7 +56,7 @@ fn run(name: &str) -> (Vec<u32>, u64) {
         m.as_mut(),
         data,
         &PretrainConfig {
-            ccrop: true,
+            crop: viewcraft::crop::CropKind::Ccrop,
             box_thresh: 0.3,
             warmup_epochs: 1,
             loc_interval: 1,

@@ -187,7 +187,8 @@ pub fn run(
         seed: cfg.train.seed,
         workers: cfg.data.workers(),
         log_interval: cfg.train.log_interval,
-        ccrop: crop != "rcrop",
+        crop: cfg.crop_kind(images.len(), images.height, images.width)?,
+        views: cfg.view_specs(images.height),
         alpha: cfg.crop.alpha,
         box_thresh: cfg.crop.box_thresh,
         // SimCCrop: the fixed centre box from the first epoch, never updated.

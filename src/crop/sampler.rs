@@ -64,7 +64,12 @@ impl RrcParams {
     }
 
     /// (h, w) from up to 10 attempts, or `None` (then the central fallback applies).
-    fn sample_size(&self, rng: &mut impl Rng, hgt: usize, wid: usize) -> Option<(usize, usize)> {
+    pub(crate) fn sample_size(
+        &self,
+        rng: &mut impl Rng,
+        hgt: usize,
+        wid: usize,
+    ) -> Option<(usize, usize)> {
         let area = (hgt * wid) as f64;
         let (lr0, lr1) = (self.ratio.0.ln(), self.ratio.1.ln());
         for _ in 0..10 {
@@ -79,7 +84,7 @@ impl RrcParams {
         None
     }
 
-    fn fallback(&self, hgt: usize, wid: usize) -> Crop {
+    pub(crate) fn fallback(&self, hgt: usize, wid: usize) -> Crop {
         let in_ratio = wid as f64 / hgt as f64;
         let (h, w) = if in_ratio < self.ratio.0 {
             (
@@ -166,6 +171,11 @@ impl ContrastiveCrop {
 
     /// The crop, or `None` when the 10 size attempts failed (`sample` then takes the central
     /// fallback, which ignores the box).
+    /// One Beta(α, α) draw.
+    pub fn beta_draw(&self, rng: &mut impl Rng) -> f64 {
+        self.beta.sample(rng)
+    }
+
     pub fn try_sample(&self, rng: &mut impl Rng, hgt: usize, wid: usize, bx: BoxF) -> Option<Crop> {
         let (h, w) = self.rrc.sample_size(rng, hgt, wid)?;
         let u: f64 = self.beta.sample(rng);

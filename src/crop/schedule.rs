@@ -43,6 +43,26 @@ pub struct BoxStats {
     pub box_near_full: f64,
     /// Images whose map was constant (previous box kept).
     pub box_fallbacks: usize,
+    /// Object proposals per image (objectcrop's proposal refreshes only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proposals_mean: Option<f64>,
+}
+
+impl BoxStats {
+    fn of(epoch: usize, boxes: &[BoxF], fallbacks: usize, proposals_mean: Option<f64>) -> Self {
+        let areas: Vec<f64> = boxes
+            .iter()
+            .map(|b| ((b[2] - b[0]) * (b[3] - b[1])) as f64)
+            .collect();
+        let n = areas.len().max(1) as f64;
+        BoxStats {
+            epoch,
+            box_mean_area: areas.iter().sum::<f64>() / n,
+            box_near_full: areas.iter().filter(|&&a| a > 0.9).count() as f64 / n,
+            box_fallbacks: fallbacks,
+            proposals_mean,
+        }
+    }
 }
 
 /// Settings of a box pass: the eval transform's normalisation, the threshold k and the batch.
@@ -54,8 +74,27 @@ pub struct BoxPass {
     pub batch: usize,
 }
 
-/// Recompute every image's box in dataset order with the method's online backbone in eval
-/// mode on the eval transform (normalisation only). Only boxes are read back.
+/// Last-stage feature maps of every image in dataset order, `batch` at a time, with the
+/// method's online backbone in eval mode on the eval transform (normalisation only):
+/// `each(first index, features)`.
+fn feature_pass(
+    method: &mut dyn Method,
+    data: &ImageSet,
+    pass: &BoxPass,
+    device: &Device,
+    mut each: impl FnMut(usize, &crate::tensor::Tensor) -> Result<()>,
+) -> Result<()> {
+    for start in (0..data.len()).step_by(pass.batch.max(1)) {
+        let end = (start + pass.batch).min(data.len());
+        let mut tape = Tape::new();
+        let xv = tape.input(data.eval_batch(start..end, pass.mean, pass.std, device)?);
+        let fm = feature_map(method, &mut tape, xv)?;
+        each(start, tape.value(fm))?;
+    }
+    Ok(())
+}
+
+/// Recompute every image's box (SPEC A.1–A.2). Only boxes are read back.
 pub fn update_boxes(
     method: &mut dyn Method,
     data: &ImageSet,
@@ -64,38 +103,49 @@ pub fn update_boxes(
     device: &Device,
     epoch: usize,
 ) -> Result<BoxStats> {
-    let BoxPass {
-        mean,
-        std,
-        k,
-        batch,
-    } = *pass;
     let (h, w) = (data.height, data.width);
     let mut fallbacks = 0;
-    for start in (0..data.len()).step_by(batch.max(1)) {
-        let end = (start + batch).min(data.len());
-        let mut tape = Tape::new();
-        let xv = tape.input(data.eval_batch(start..end, mean, std, device)?);
-        let fm = feature_map(method, &mut tape, xv)?;
-        let (b, v) = heatmap::boxes(tape.value(fm), (h, w), k)?;
+    feature_pass(method, data, pass, device, |start, fm| {
+        let (b, v) = heatmap::boxes(fm, (h, w), pass.k)?;
         let (b, v) = (b.to_vec()?, v.to_vec()?);
-        for (j, i) in (start..end).enumerate() {
-            if v[j] > 0.5 {
-                boxes[i] = [b[4 * j], b[4 * j + 1], b[4 * j + 2], b[4 * j + 3]];
+        for (j, valid) in v.iter().enumerate() {
+            if *valid > 0.5 {
+                boxes[start + j] = [b[4 * j], b[4 * j + 1], b[4 * j + 2], b[4 * j + 3]];
             } else {
                 fallbacks += 1;
             }
         }
-    }
-    let areas: Vec<f64> = boxes
-        .iter()
-        .map(|b| ((b[2] - b[0]) * (b[3] - b[1])) as f64)
-        .collect();
-    let n = areas.len().max(1) as f64;
-    Ok(BoxStats {
-        epoch,
-        box_mean_area: areas.iter().sum::<f64>() / n,
-        box_near_full: areas.iter().filter(|&&a| a > 0.9).count() as f64 / n,
-        box_fallbacks: fallbacks,
-    })
+        Ok(())
+    })?;
+    Ok(BoxStats::of(epoch, boxes, fallbacks, None))
+}
+
+/// Recompute every image's object proposals (at most `max`; an image without any keeps its
+/// previous ones). The statistics are over all proposals.
+pub fn update_proposals(
+    method: &mut dyn Method,
+    data: &ImageSet,
+    proposals: &mut [Vec<BoxF>],
+    pass: &BoxPass,
+    max: usize,
+    device: &Device,
+    epoch: usize,
+) -> Result<BoxStats> {
+    let (h, w) = (data.height, data.width);
+    let mut fallbacks = 0;
+    feature_pass(method, data, pass, device, |start, fm| {
+        for (j, p) in super::proposals::proposals(fm, (h, w), pass.k, max)?
+            .into_iter()
+            .enumerate()
+        {
+            match p {
+                Some(p) => proposals[start + j] = p,
+                None => fallbacks += 1,
+            }
+        }
+        Ok(())
+    })?;
+    let all: Vec<BoxF> = proposals.iter().flatten().copied().collect();
+    let mean = all.len() as f64 / proposals.len().max(1) as f64;
+    Ok(BoxStats::of(epoch, &all, fallbacks, Some(mean)))
 }

@@ -1,10 +1,12 @@
-//! The pre-training loader: two augmented views per image, produced by worker threads ahead
-//! of the trainer (a bounded queue of ready batches), deterministic for a seed whatever the
-//! thread timing — every random choice of item `i` in epoch `e`, view `v` comes from its own
-//! RNG seeded by (seed, e, i, v).
+//! The pre-training loader: the views a run's view specs ask for, produced by worker threads
+//! ahead of the trainer (a bounded queue of ready batches), deterministic for a seed whatever
+//! the thread timing — every random choice of item `i` in epoch `e`, view `v` comes from its
+//! own RNG seeded by (seed, e, i, v); choices shared by an image's views (object-aware crops'
+//! proposal and order) from one seeded by (seed, e, i, u64::MAX).
 //!
-//! Crops come from the schedule's current mode: plain RandomResizedCrop, or ContrastiveCrop
-//! with the per-image box table (indexed by dataset index, read when the epoch starts).
+//! A view spec names its crop source, output size, RandomResizedCrop scale/ratio and
+//! augmentation; the epoch's [`CropMode`] (plain RRC during warm-ups, the box table, the
+//! proposal table) decides how box- and object-sourced views are cropped.
 
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::Arc;
@@ -12,34 +14,170 @@ use std::thread::JoinHandle;
 
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 
-use super::augment::{normalize, resized_crop, ssl_view_after_crop, Jitter, Rgb};
+use super::augment::{hflip, normalize, resized_crop, ssl_view_after_crop, Jitter, Rgb};
 use super::ImageSet;
-use crate::crop::sampler::{BoxF, ContrastiveCrop, RrcParams};
+use crate::crop::object::ObjectCrop;
+use crate::crop::sampler::{BoxF, ContrastiveCrop, Crop, RrcParams};
+use crate::crop::semantic::SemanticCrop;
+use crate::error::Result;
 
-/// How the views of an epoch are cropped.
-#[derive(Clone, Debug)]
-pub enum CropMode {
-    Rrc(RrcParams),
-    /// ContrastiveCrop with one box per dataset index.
-    Contrastive {
-        sampler: ContrastiveCrop,
-        boxes: Arc<Vec<BoxF>>,
-    },
+/// Where a view's crop comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CropSource {
+    /// The run's crop kind: RRC (rcrop, warm-ups), ContrastiveCrop in the image's box
+    /// (ccrop), SemanticCrop's pair-aware sampler in the box (semanticcrop; later box views of
+    /// an image are pushed away from its first).
+    Box,
+    /// RandomResizedCrop of the whole image, whatever the crop kind.
+    Scene,
+    /// RandomResizedCrop of the tight region of the image's drawn proposal (objectcrop).
+    Object,
+    /// RandomResizedCrop of the dilated region of the drawn proposal (objectcrop).
+    Dilated,
+    /// The tight region of the drawn proposal, resized whole (object–scene's second view).
+    ObjectWhole,
 }
 
+impl CropSource {
+    pub const NAMES: [&'static str; 5] = ["box", "scene", "object", "dilated", "object_whole"];
+
+    pub fn parse(s: &str) -> Option<CropSource> {
+        Some(match s {
+            "box" => CropSource::Box,
+            "scene" => CropSource::Scene,
+            "object" => CropSource::Object,
+            "dilated" => CropSource::Dilated,
+            "object_whole" => CropSource::ObjectWhole,
+            _ => return None,
+        })
+    }
+
+    /// Sources that need object proposals.
+    pub fn is_object(self) -> bool {
+        matches!(
+            self,
+            CropSource::Object | CropSource::Dilated | CropSource::ObjectWhole
+        )
+    }
+}
+
+/// What happens to a view after its crop is resized.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Augment {
+    /// The pre-training recipe: flip, colour jitter, greyscale (and blur when enabled).
+    Ssl,
+    /// Horizontal flip (p 0.5) only.
+    Flip,
+    /// Nothing (normalisation only).
+    None,
+}
+
+impl Augment {
+    pub const NAMES: [&'static str; 3] = ["ssl", "flip", "none"];
+
+    pub fn parse(s: &str) -> Option<Augment> {
+        Some(match s {
+            "ssl" => Augment::Ssl,
+            "flip" => Augment::Flip,
+            "none" => Augment::None,
+            _ => return None,
+        })
+    }
+}
+
+/// One view of every image (a config's `count` repeats a spec).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ViewSpec {
+    pub source: CropSource,
+    /// Output height and width in pixels.
+    pub size: usize,
+    pub rrc: RrcParams,
+    pub augment: Augment,
+}
+
+/// The views of a run and what they share.
 #[derive(Clone, Debug)]
 pub struct ViewConfig {
-    pub size: usize,
+    pub views: Vec<ViewSpec>,
     pub jitter: Jitter,
     pub mean: [f32; 3],
     pub std: [f32; 3],
 }
 
-/// One batch: `views[v]` is [B, 3, size, size] normalised f32; `indices` are dataset indices.
+impl ViewConfig {
+    /// Today's two views: `Box`-sourced, at `size`, with the run's RRC, the SSL recipe.
+    pub fn two_views(
+        size: usize,
+        rrc: RrcParams,
+        jitter: Jitter,
+        mean: [f32; 3],
+        std: [f32; 3],
+    ) -> Self {
+        let spec = ViewSpec {
+            source: CropSource::Box,
+            size,
+            rrc,
+            augment: Augment::Ssl,
+        };
+        Self {
+            views: vec![spec; 2],
+            jitter,
+            mean,
+            std,
+        }
+    }
+}
+
+/// How the views of an epoch are cropped.
+#[derive(Clone, Debug)]
+pub enum CropMode {
+    /// Every view a RandomResizedCrop of the whole image with its own scale/ratio (rcrop, and
+    /// every kind's warm-up).
+    Rrc,
+    /// Box-sourced views in each image's box: one sampler per view (its spec's sizes).
+    Boxes {
+        samplers: Vec<SemanticCrop>,
+        boxes: Arc<Vec<BoxF>>,
+    },
+    /// Object-sourced views from one proposal per image and access, drawn uniformly; with
+    /// `swap` the first two views trade places with probability 0.5 (the reference's order
+    /// swap; only between views of one size).
+    Objects {
+        crop: ObjectCrop,
+        proposals: Arc<Vec<Vec<BoxF>>>,
+        swap: bool,
+    },
+}
+
+impl CropMode {
+    /// ContrastiveCrop (`sigma` = None) or SemanticCrop in `boxes`, for the views of `cfg`.
+    pub fn boxes(
+        cfg: &ViewConfig,
+        alpha: f64,
+        sigma: Option<f64>,
+        boxes: Arc<Vec<BoxF>>,
+    ) -> Result<CropMode> {
+        let samplers = cfg
+            .views
+            .iter()
+            .map(|v| {
+                Ok(SemanticCrop {
+                    cc: ContrastiveCrop::new(v.rrc, alpha)?,
+                    sigma,
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(CropMode::Boxes { samplers, boxes })
+    }
+}
+
+/// One batch: `views[v]` is [B, 3, sizes[v], sizes[v]] normalised f32; `indices` are dataset
+/// indices.
 pub struct Batch {
-    pub views: [Vec<f32>; 2],
+    pub views: Vec<Vec<f32>>,
+    pub sizes: Vec<usize>,
     pub indices: Vec<usize>,
     pub labels: Vec<u32>,
 }
@@ -55,27 +193,76 @@ pub(crate) fn mix(seed: u64, epoch: u64, index: u64, view: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// One view of image `i`.
-pub fn make_view(
+/// Every view of image `i` in epoch `epoch`, in spec order.
+pub fn make_views(
     set: &ImageSet,
     i: usize,
     mode: &CropMode,
     cfg: &ViewConfig,
-    rng: &mut StdRng,
-) -> Vec<f32> {
-    let img = Rgb::new(set.height, set.width, set.image(i).to_vec());
-    let crop = match mode {
-        CropMode::Rrc(p) => p.sample(rng, set.height, set.width),
-        CropMode::Contrastive { sampler, boxes } => {
-            sampler.sample(rng, set.height, set.width, boxes[i])
+    seed: u64,
+    epoch: u64,
+) -> Vec<Vec<f32>> {
+    let (hgt, wid) = (set.height, set.width);
+    let img = Rgb::new(hgt, wid, set.image(i).to_vec());
+    // Choices shared by the image's views.
+    let (proposal, swapped) = match mode {
+        CropMode::Objects {
+            proposals, swap, ..
+        } => {
+            let mut rng = StdRng::seed_from_u64(mix(seed, epoch, i as u64, u64::MAX));
+            let list = &proposals[i];
+            let j = rng.random_range(0..list.len().max(1));
+            let bx = list
+                .get(j)
+                .copied()
+                .unwrap_or(crate::crop::sampler::WHOLE_IMAGE);
+            let same_size = cfg.views.len() >= 2 && cfg.views[0].size == cfg.views[1].size;
+            (Some(bx), *swap && same_size && rng.random_bool(0.5))
         }
+        _ => (None, false),
     };
-    let v = resized_crop(&img, crop, cfg.size, cfg.size);
-    normalize(
-        &ssl_view_after_crop(&v, &cfg.jitter, rng),
-        cfg.mean,
-        cfg.std,
-    )
+    let mut first_uv = None;
+    let mut out: Vec<Vec<f32>> = cfg
+        .views
+        .iter()
+        .enumerate()
+        .map(|(v, spec)| {
+            let mut rng = StdRng::seed_from_u64(mix(seed, epoch, i as u64, v as u64));
+            let crop = match (mode, spec.source) {
+                (CropMode::Boxes { samplers, boxes }, CropSource::Box) => {
+                    let (c, uv) = samplers[v].sample(&mut rng, hgt, wid, boxes[i], first_uv);
+                    first_uv = first_uv.or(uv);
+                    c
+                }
+                (CropMode::Objects { crop, .. }, s) if s.is_object() => {
+                    let bx = proposal.unwrap_or(crate::crop::sampler::WHOLE_IMAGE);
+                    let region = crop.region(bx, hgt, wid, s == CropSource::Dilated);
+                    if s == CropSource::ObjectWhole {
+                        region
+                    } else {
+                        let c = spec.rrc.sample(&mut rng, region.height, region.width);
+                        Crop {
+                            top: region.top + c.top,
+                            left: region.left + c.left,
+                            ..c
+                        }
+                    }
+                }
+                _ => spec.rrc.sample(&mut rng, hgt, wid),
+            };
+            let view = resized_crop(&img, crop, spec.size, spec.size);
+            let view = match spec.augment {
+                Augment::Ssl => ssl_view_after_crop(&view, &cfg.jitter, &mut rng),
+                Augment::Flip if rng.random_bool(0.5) => hflip(&view),
+                _ => view,
+            };
+            normalize(&view, cfg.mean, cfg.std)
+        })
+        .collect();
+    if swapped {
+        out.swap(0, 1);
+    }
+    out
 }
 
 /// The shuffled dataset order of `epoch` (drop_last: only whole batches).
@@ -155,20 +342,23 @@ pub fn epoch(
             std::thread::spawn(move || {
                 for k in (start + w..total).step_by(workers) {
                     let indices = order[k * batch..(k + 1) * batch].to_vec();
-                    let mut views = [Vec::new(), Vec::new()];
-                    for (v, out) in views.iter_mut().enumerate() {
-                        for &i in &indices {
-                            let mut rng =
-                                StdRng::seed_from_u64(mix(seed, epoch, i as u64, v as u64));
-                            out.extend(make_view(&set, i, &mode, &cfg, &mut rng));
+                    let mut views = vec![Vec::new(); cfg.views.len()];
+                    for &i in &indices {
+                        for (out, v) in views
+                            .iter_mut()
+                            .zip(make_views(&set, i, &mode, &cfg, seed, epoch))
+                        {
+                            out.extend(v);
                         }
                     }
+                    let sizes = cfg.views.iter().map(|v| v.size).collect();
                     let labels = indices.iter().map(|&i| set.labels[i]).collect();
                     if tx
                         .send((
                             k,
                             Batch {
                                 views,
+                                sizes,
                                 indices,
                                 labels,
                             },

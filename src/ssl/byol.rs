@@ -175,7 +175,8 @@ impl Method for Byol {
         let m = self.momentum_at(step as f64 / total.max(1) as f64);
         ema_towards_online(&mut self.store, TARGET, m)
     }
-    fn loss(&mut self, tape: &mut Tape, b: &Bound, v1: Var, v2: Var) -> Result<Var> {
+    fn loss(&mut self, tape: &mut Tape, b: &Bound, views: &[Var]) -> Result<Var> {
+        let (v1, v2) = super::two_views("byol", views)?;
         let p1 = self.online(tape, b, v1)?;
         let p2 = self.online(tape, b, v2)?;
         let (z1, z2) = tape.no_grad(|t| -> Result<(Var, Var)> {

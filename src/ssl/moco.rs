@@ -221,7 +221,8 @@ impl Method for Moco {
         self.ptr = ptr;
         Ok(())
     }
-    fn loss(&mut self, tape: &mut Tape, b: &Bound, v1: Var, v2: Var) -> Result<Var> {
+    fn loss(&mut self, tape: &mut Tape, b: &Bound, views: &[Var]) -> Result<Var> {
+        let (v1, v2) = super::two_views("moco", views)?;
         let q = self.grouped(tape, v1, |m, t, x| {
             let f = m.backbone.forward(t, &mut m.store, b, x, true)?;
             m.head.forward(t, &mut m.store, b, f, true)

@@ -40,8 +40,13 @@ pub trait Method {
     /// The online backbone (features for kNN, linear evaluation and heatmaps). Its
     /// parameters are the store entries whose names do not start with a head prefix.
     fn backbone(&self) -> &ResNet;
-    /// Record one step's loss for two views, each [B, 3, H, W].
-    fn loss(&mut self, tape: &mut Tape, bound: &Bound, v1: Var, v2: Var) -> Result<Var>;
+    /// How many views the loss takes (the run's view specs must give exactly these).
+    fn view_count(&self) -> usize {
+        2
+    }
+    /// Record one step's loss for the views of a batch, each [B, 3, H_v, W_v] (sizes may
+    /// differ: the backbone pools globally), `view_count()` of them.
+    fn loss(&mut self, tape: &mut Tape, bound: &Bound, views: &[Var]) -> Result<Var>;
     /// Hook before the step's parameters are bound to the tape (momentum / target encoder
     /// EMA, which the references apply at the start of every forward). `step` counts from 0
     /// over the whole run, `total` is the run's number of steps.
@@ -62,6 +67,17 @@ pub trait Method {
     /// Parameters whose learning rate stays at its initial value (SimSiam's predictor).
     fn fixed_lr(&self, _name: &str) -> bool {
         false
+    }
+}
+
+/// The two views of a two-view method's loss, or a shape error naming the method.
+pub(crate) fn two_views(method: &'static str, views: &[Var]) -> Result<(Var, Var)> {
+    match views {
+        &[a, b] => Ok((a, b)),
+        _ => Err(crate::error::Error::shape(
+            method,
+            format!("takes 2 views per step, got {}", views.len()),
+        )),
     }
 }
 

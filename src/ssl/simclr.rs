@@ -1,6 +1,7 @@
 //! SimCLR (SPEC A.5): ResNet backbone, projector Linear(D, D) → ReLU → Linear(D, dim) with
 //! biases and no BN (named `fc.0`, `fc.2` as the reference's nn.Sequential), NT-Xent over
-//! both views forwarded as one batch of 2B (shared BN statistics, as the reference), with
+//! both views forwarded as one batch of 2B (shared BN statistics, as the reference; views of
+//! two sizes are forwarded one after the other), with
 //! temperature τ and the `loss_scale` factor (τ/base_τ with base_τ = 0.07, as the reference).
 
 use rand::Rng;
@@ -91,12 +92,21 @@ impl SimClr {
 
 impl Method for SimClr {
     method_accessors!("simclr");
-    fn loss(&mut self, tape: &mut Tape, bound: &Bound, v1: Var, v2: Var) -> Result<Var> {
+    fn loss(&mut self, tape: &mut Tape, bound: &Bound, views: &[Var]) -> Result<Var> {
+        let (v1, v2) = super::two_views("simclr", views)?;
         let b = tape.value(v1).shape()[0];
-        // Both views as one batch of 2B: shared BN statistics, as the reference.
-        let x = tape.concat(&[v1, v2])?;
-        let z = self.project(tape, bound, x, true)?;
-        let parts = tape.split(z, &[b, b])?;
+        let parts = if tape.value(v1).shape() == tape.value(v2).shape() {
+            // Both views as one batch of 2B: shared BN statistics, as the reference.
+            let x = tape.concat(&[v1, v2])?;
+            let z = self.project(tape, bound, x, true)?;
+            tape.split(z, &[b, b])?
+        } else {
+            // Views of two sizes cannot share a batch: each its own BN statistics.
+            vec![
+                self.project(tape, bound, v1, true)?,
+                self.project(tape, bound, v2, true)?,
+            ]
+        };
         nt_xent(
             tape,
             parts[0],

@@ -124,7 +124,8 @@ impl Method for SimSiam {
     fn fixed_lr(&self, name: &str) -> bool {
         self.cfg.fix_pred_lr && name.starts_with("predictor.")
     }
-    fn loss(&mut self, tape: &mut Tape, b: &Bound, v1: Var, v2: Var) -> Result<Var> {
+    fn loss(&mut self, tape: &mut Tape, b: &Bound, views: &[Var]) -> Result<Var> {
+        let (v1, v2) = super::two_views("simsiam", views)?;
         let (z1, p1) = self.branch(tape, b, v1)?;
         let (z2, p2) = self.branch(tape, b, v2)?;
         symmetric_neg_cosine(tape, p1, p2, z1, z2, -0.5)

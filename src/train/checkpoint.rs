@@ -1,7 +1,8 @@
 //! Checkpoints: one safetensors file with everything needed to continue a run exactly —
 //! every store entry (`param/<name>`: weights, BN running statistics, EMA / target weights,
 //! MoCo's queue), the optimiser's momentum buffers (`momentum/<name>`), the ContrastiveCrop
-//! box table (`boxes`, dataset order), and in the metadata the epoch and step reached, the
+//! box table (`boxes`, dataset order), objectcrop's proposals (`proposals` [N, P, 4] zero-padded
+//! past `proposal_counts` [N]), and in the metadata the epoch and step reached, the
 //! method, its extra state (e.g. the queue pointer) and the run's configuration. Written
 //! atomically: a temporary file in the same directory, synced, then renamed.
 
@@ -34,6 +35,8 @@ pub struct Position {
 pub struct Resumed {
     pub pos: Position,
     pub boxes: Vec<BoxF>,
+    /// Object proposals per image (objectcrop runs; `None` in other checkpoints).
+    pub proposals: Option<Vec<Vec<BoxF>>>,
 }
 
 /// The metadata of a checkpoint (format, method, epoch, step, the run's config...).
@@ -164,6 +167,7 @@ pub fn save(
     method: &dyn Method,
     momentum: &[Option<Tensor>],
     boxes: &[BoxF],
+    proposals: &[Vec<BoxF>],
     pos: Position,
     batch_size: usize,
     config: &str,
@@ -185,6 +189,27 @@ pub fn save(
     }
     let flat: Vec<f32> = boxes.iter().flatten().copied().collect();
     named.push(("boxes".into(), vec![boxes.len(), 4], bytes(&flat)));
+    if !proposals.is_empty() {
+        // [N, P, 4] padded with zeros past each image's `proposal_counts` entry.
+        let p = proposals.iter().map(Vec::len).max().unwrap_or(0).max(1);
+        let mut flat = vec![0f32; proposals.len() * p * 4];
+        for (i, list) in proposals.iter().enumerate() {
+            for (j, b) in list.iter().enumerate() {
+                flat[(i * p + j) * 4..(i * p + j + 1) * 4].copy_from_slice(b);
+            }
+        }
+        let counts: Vec<f32> = proposals.iter().map(|l| l.len() as f32).collect();
+        named.push((
+            "proposals".into(),
+            vec![proposals.len(), p, 4],
+            bytes(&flat),
+        ));
+        named.push((
+            "proposal_counts".into(),
+            vec![proposals.len()],
+            bytes(&counts),
+        ));
+    }
     let views = named
         .iter()
         .map(|(n, s, b)| TensorView::new(Dtype::F32, s.clone(), b).map(|v| (n.clone(), v)))
@@ -277,9 +302,38 @@ pub fn load(
     let extra: serde_json::Value =
         serde_json::from_str(&get("extra")?).map_err(|e| bad(format!("metadata `extra`: {e}")))?;
     method.load_extra_state(&extra)?;
+    let proposals = match st.tensor("proposals") {
+        Err(_) => None,
+        Ok(t) => {
+            let &[n, p, 4] = t.shape() else {
+                return Err(bad(format!(
+                    "tensor `proposals` is {:?}, expected [N, P, 4]",
+                    t.shape()
+                )));
+            };
+            let flat = read("proposals", &[n, p, 4])?.to_vec()?;
+            let counts = read("proposal_counts", &[n])?.to_vec()?;
+            let mut out = Vec::with_capacity(n);
+            for (i, &c) in counts.iter().enumerate() {
+                if !(c >= 1.0 && c <= p as f32 && c.fract() == 0.0) {
+                    return Err(bad(format!(
+                        "tensor `proposal_counts`: entry {i} is {c}, expected a whole number in 1..={p}"
+                    )));
+                }
+                let list = &flat[i * p * 4..(i * p + c as usize) * 4];
+                out.push(
+                    list.chunks_exact(4)
+                        .map(|b| [b[0], b[1], b[2], b[3]])
+                        .collect(),
+                );
+            }
+            Some(out)
+        }
+    };
     Ok(Resumed {
         pos: position(&meta, path)?,
         boxes,
+        proposals,
     })
 }
 

@@ -1,7 +1,7 @@
-//! The pre-training loop: epochs with a per-epoch cosine learning rate, two views per image
-//! from the loader (RandomResizedCrop, then ContrastiveCrop after the warm-up), the method's
-//! loss, backward, SGD on every trainable parameter (weight decay on all, as the reference),
-//! the method's after-step hook, and box updates on schedule. On a GPU a step is recorded and
+//! The pre-training loop: epochs with a per-epoch cosine learning rate, the method's views of
+//! every image from the loader (RandomResizedCrop during the warm-up, then the crop kind's
+//! boxes or object proposals), the method's loss, backward, SGD on every trainable parameter (weight decay on all, as the reference),
+//! the method's after-step hook, and box / proposal updates on schedule. On a GPU a step is recorded and
 //! submitted as one command buffer; the loss is read back only every `log_interval` steps.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,10 +15,12 @@ pub mod checkpoint;
 pub mod run_dir;
 
 use crate::autograd::Tape;
-use crate::crop::sampler::{BoxF, ContrastiveCrop, RrcParams};
-use crate::crop::schedule::{update_boxes, BoxPass, BoxStats, Schedule};
+use crate::crop::object::ObjectPair;
+use crate::crop::sampler::{BoxF, RrcParams, WHOLE_IMAGE};
+use crate::crop::schedule::{update_boxes, update_proposals, BoxPass, BoxStats, Schedule};
+use crate::crop::CropKind;
 use crate::data::augment::Jitter;
-use crate::data::loader::{epoch, CropMode, ViewConfig};
+use crate::data::loader::{epoch, Augment, CropMode, CropSource, ViewConfig, ViewSpec};
 use crate::data::ImageSet;
 use crate::error::{Error, Result};
 use crate::optim::{momentum_buffers, update_store, warmup_cosine_lr};
@@ -45,8 +47,10 @@ pub struct PretrainConfig {
     pub seed: u64,
     pub workers: usize,
     pub log_interval: usize,
-    /// `false`: RandomResizedCrop throughout (the R-Crop baseline).
-    pub ccrop: bool,
+    /// How box- and object-sourced views are cropped after the warm-up.
+    pub crop: CropKind,
+    /// The views of every image (empty: the crop kind's defaults, [`default_views`]).
+    pub views: Vec<ViewSpec>,
     pub alpha: f64,
     pub box_thresh: f32,
     pub warmup_epochs: usize,
@@ -76,6 +80,25 @@ pub struct PretrainConfig {
     /// Behave as if `stop` were set after this global step (tests of the interruption path;
     /// the CLI reads it from VIEWCRAFT_STOP_AT_STEP).
     pub stop_at_step: Option<usize>,
+}
+
+/// The views a run makes when its config lists none: two `box` views at the image size with
+/// the run's RRC (every kind but objectcrop: today's two views); for objectcrop the pair's
+/// two views (object + dilated, or scene + the whole object region).
+pub fn default_views(kind: &CropKind, size: usize, rrc: RrcParams) -> Vec<ViewSpec> {
+    let view = |source| ViewSpec {
+        source,
+        size,
+        rrc,
+        augment: Augment::Ssl,
+    };
+    match kind {
+        CropKind::ObjectCrop(o) if o.pair == ObjectPair::Dilate => {
+            vec![view(CropSource::Object), view(CropSource::Dilated)]
+        }
+        CropKind::ObjectCrop(_) => vec![view(CropSource::Scene), view(CropSource::ObjectWhole)],
+        _ => vec![view(CropSource::Box); 2],
+    }
 }
 
 /// Weighted kNN of the online backbone's features (eval mode): the labelled `train` images
@@ -147,6 +170,41 @@ impl PretrainConfig {
         if self.alpha <= 0.0 {
             return bad("crop.alpha", format!("{} must be > 0", self.alpha));
         }
+        for (v, spec) in self.views.iter().enumerate() {
+            spec.rrc.validate().map_err(|e| Error::Config {
+                field: format!("views[{v}]"),
+                msg: e.to_string(),
+            })?;
+            if spec.size == 0 {
+                return bad(&format!("views[{v}].size"), "must be at least 1".into());
+            }
+            let objects = matches!(self.crop, CropKind::ObjectCrop(_));
+            if spec.source.is_object() && !objects {
+                return bad(
+                    &format!("views[{v}].crop"),
+                    format!("object-sourced views need crop.kind = \"objectcrop\" (the run's kind is `{}`)", self.crop.name()),
+                );
+            }
+            if spec.source == CropSource::Box && objects {
+                return bad(
+                    &format!("views[{v}].crop"),
+                    "`box` views follow the heatmap box, which objectcrop does not compute: use `object`, `dilated`, `object_whole` or `scene`".into(),
+                );
+            }
+        }
+        if let CropKind::ObjectCrop(o) = &self.crop {
+            if o.max_proposals == 0 {
+                return bad("crop.max_proposals", "must be at least 1".into());
+            }
+            if !(o.crop.dilation >= 0.0 && o.crop.dilation.is_finite()) {
+                return bad("crop.dilation", format!("{} must be ≥ 0", o.crop.dilation));
+            }
+        }
+        if let CropKind::SemanticCrop { sigma: Some(s) } = self.crop {
+            if !(s > 0.0 && s.is_finite()) {
+                return bad("crop.suppress_sigma", format!("{s} must be > 0"));
+            }
+        }
         Ok(())
     }
 }
@@ -160,16 +218,17 @@ pub fn pretrain(
     mut on: impl FnMut(&Event),
 ) -> Result<Vec<BoxF>> {
     cfg.validate(data.len())?;
+    let heatmaps = cfg.crop.uses_heatmaps();
     let sched = Schedule {
         epochs: cfg.epochs,
-        warmup_epochs: if cfg.ccrop {
-            cfg.warmup_epochs
-        } else {
+        warmup_epochs: if cfg.crop == CropKind::Rcrop {
             cfg.epochs
+        } else {
+            cfg.warmup_epochs
         },
         loc_interval: cfg.loc_interval,
     };
-    if cfg.ccrop && (1..=cfg.epochs).any(|e| sched.update_after(e)) {
+    if heatmaps && (1..=cfg.epochs).any(|e| sched.update_after(e)) {
         // The heatmap kernel's limit, checked before any training rather than at the first
         // box update after the warm-up (runs that never update boxes need no heatmaps).
         let (fh, fw) = method.backbone().cfg.feature_hw(data.height, data.width);
@@ -188,9 +247,24 @@ pub fn pretrain(
     }
     let rrc = cfg.rrc;
     rrc.validate()?;
-    let sampler = ContrastiveCrop::new(rrc, cfg.alpha)?;
+    let specs = if cfg.views.is_empty() {
+        default_views(&cfg.crop, data.height, rrc)
+    } else {
+        cfg.views.clone()
+    };
+    if specs.len() != method.view_count() {
+        return Err(Error::Config {
+            field: "views".into(),
+            msg: format!(
+                "{} takes {} views per image, the config gives {}",
+                method.name(),
+                method.view_count(),
+                specs.len()
+            ),
+        });
+    }
     let view = ViewConfig {
-        size: data.height,
+        views: specs,
         jitter: Jitter {
             blur: cfg.blur,
             ..Jitter::default()
@@ -199,6 +273,23 @@ pub fn pretrain(
         std: cfg.std,
     };
     let mut boxes = vec![cfg.init_box; data.len()];
+    let mut proposals: Vec<Vec<BoxF>> = match &cfg.crop {
+        CropKind::ObjectCrop(o) => match &o.fixed {
+            Some(f) if f.len() == data.len() => f.as_ref().clone(),
+            Some(f) => {
+                return Err(Error::Config {
+                    field: "crop.proposals_file".into(),
+                    msg: format!(
+                        "holds proposals for {} images, the dataset has {}",
+                        f.len(),
+                        data.len()
+                    ),
+                })
+            }
+            None => vec![vec![WHOLE_IMAGE]; data.len()],
+        },
+        _ => Vec::new(),
+    };
     // Momentum buffers, one per trainable parameter (zeros reproduce PyTorch's first step).
     let mut bufs = momentum_buffers(method.store(), device)?;
     // Parameter groups, one entry per store entry: (learning rate fixed at its initial
@@ -217,7 +308,7 @@ pub fn pretrain(
             )
         })
         .collect();
-    let (s, b) = (data.height, cfg.batch_size);
+    let b = cfg.batch_size;
     let mut pos = Position::default();
     if let Some(path) = &cfg.resume {
         checkpoint::check_resumable(path, &cfg.config_text, cfg.batch_size)?;
@@ -234,12 +325,28 @@ pub fn pretrain(
         }
         boxes = r.boxes;
         pos = r.pos;
+        if !proposals.is_empty() {
+            if let Some(p) = r.proposals {
+                if p.len() != data.len() {
+                    return Err(Error::file(
+                        path,
+                        format!(
+                            "holds proposals for {} images, the dataset has {}",
+                            p.len(),
+                            data.len()
+                        ),
+                    ));
+                }
+                proposals = p;
+            }
+        }
     }
     let total_steps = (cfg.epochs * (data.len() / b)).max(1);
     let mut last_saved: Option<std::path::PathBuf> = cfg.resume.clone();
     let save = |method: &dyn Method,
                 bufs: &[Option<Tensor>],
                 boxes: &[BoxF],
+                proposals: &[Vec<BoxF>],
                 pos: Position,
                 name: &str|
      -> Result<Option<std::path::PathBuf>> {
@@ -252,6 +359,7 @@ pub fn pretrain(
             method,
             bufs,
             boxes,
+            proposals,
             pos,
             cfg.batch_size,
             &cfg.config_text,
@@ -273,14 +381,19 @@ pub fn pretrain(
     };
     for ep in pos.epoch + 1..=cfg.epochs {
         let lr = warmup_cosine_lr(cfg.lr, ep, cfg.epochs, cfg.decay_rate, cfg.lr_warmup_epochs);
-        let use_box = cfg.ccrop && sched.use_box(ep);
-        let mode = if use_box {
-            CropMode::Contrastive {
-                sampler,
-                boxes: Arc::new(boxes.clone()),
+        let use_box = cfg.crop != CropKind::Rcrop && sched.use_box(ep);
+        let mode = match &cfg.crop {
+            _ if !use_box => CropMode::Rrc,
+            CropKind::Rcrop => CropMode::Rrc,
+            CropKind::Ccrop => CropMode::boxes(&view, cfg.alpha, None, Arc::new(boxes.clone()))?,
+            CropKind::SemanticCrop { sigma } => {
+                CropMode::boxes(&view, cfg.alpha, *sigma, Arc::new(boxes.clone()))?
             }
-        } else {
-            CropMode::Rrc(rrc)
+            CropKind::ObjectCrop(o) => CropMode::Objects {
+                crop: o.crop,
+                proposals: Arc::new(proposals.clone()),
+                swap: o.swap,
+            },
         };
         let t0 = Instant::now();
         let mut seen = 0;
@@ -301,13 +414,14 @@ pub fn pretrain(
         {
             pos.step += 1;
             let step = pos.step;
-            let [v1, v2] = batch.views;
             method.before_step(step - 1, total_steps)?;
             let mut tape = Tape::new();
             let store_bound = method.store().bind(&mut tape, true);
-            let x1 = tape.input(Tensor::from_vec(v1, &[b, 3, s, s], device)?);
-            let x2 = tape.input(Tensor::from_vec(v2, &[b, 3, s, s], device)?);
-            let loss = method.loss(&mut tape, &store_bound, x1, x2)?;
+            let mut inputs = Vec::with_capacity(batch.views.len());
+            for (v, s) in batch.views.into_iter().zip(batch.sizes) {
+                inputs.push(tape.input(Tensor::from_vec(v, &[b, 3, s, s], device)?));
+            }
+            let loss = method.loss(&mut tape, &store_bound, &inputs)?;
             let loss_value = tape.value(loss).clone();
             let grads = tape.backward(loss)?;
             // The tape holds the parameters' values: drop it so the CPU path updates them
@@ -360,7 +474,7 @@ pub fn pretrain(
                 if !l.is_finite() {
                     return Err(not_finite(l, ep, step, &last_saved));
                 }
-                let saved = save(method, &bufs, &boxes, here, "last.safetensors")?;
+                let saved = save(method, &bufs, &boxes, &proposals, here, "last.safetensors")?;
                 return Err(Error::Interrupted(match saved {
                     Some(p) => format!(
                         "interrupted at epoch {ep}, step {step}; checkpoint saved to {} (run again with --resume to continue)",
@@ -373,7 +487,7 @@ pub fn pretrain(
         on(&Event::Epoch {
             epoch: ep,
             images_per_s: seen as f64 / t0.elapsed().as_secs_f64(),
-            crop: if use_box { "ccrop" } else { "rcrop" },
+            crop: if use_box { cfg.crop.name() } else { "rcrop" },
         });
         pos = Position {
             epoch: ep,
@@ -387,14 +501,25 @@ pub fn pretrain(
                 return Err(not_finite(l, ep, pos.step, &last_saved));
             }
         }
-        if cfg.ccrop && sched.update_after(ep) {
+        if heatmaps && sched.update_after(ep) {
             let pass = BoxPass {
                 mean: cfg.mean,
                 std: cfg.std,
                 k: cfg.box_thresh,
                 batch: b,
             };
-            let stats = update_boxes(method, &data, &mut boxes, &pass, device, ep)?;
+            let stats = match &cfg.crop {
+                CropKind::ObjectCrop(o) => update_proposals(
+                    method,
+                    &data,
+                    &mut proposals,
+                    &pass,
+                    o.max_proposals,
+                    device,
+                    ep,
+                )?,
+                _ => update_boxes(method, &data, &mut boxes, &pass, device, ep)?,
+            };
             on(&Event::Boxes(stats));
         }
         if let Some(m) = &cfg.knn {
@@ -431,6 +556,7 @@ pub fn pretrain(
                 method,
                 &bufs,
                 &boxes,
+                &proposals,
                 pos,
                 &format!("epoch_{ep}.safetensors"),
             )? {

@@ -254,7 +254,7 @@ pub fn resnet18(width: usize) -> viewcraft::nn::resnet::ResNetConfig {
     }
 }
 
-/// A short CIFAR-10 pre-training config: RandomResizedCrop only (set `ccrop` for C-Crop),
+/// A short CIFAR-10 pre-training config: RandomResizedCrop only (set `crop` for C-Crop),
 /// logging every step, 2 loader threads.
 pub fn pretrain_config(
     epochs: usize,
@@ -276,7 +276,8 @@ pub fn pretrain_config(
         seed,
         workers: 2,
         log_interval: 1,
-        ccrop: false,
+        crop: viewcraft::crop::CropKind::Rcrop,
+        views: Vec::new(),
         alpha: 0.1,
         box_thresh: 0.1,
         warmup_epochs: epochs,
