@@ -152,3 +152,88 @@ fn blur_option_changes_the_views_deterministically() {
         "blur is applied to some images"
     );
 }
+
+fn spec(
+    source: viewcraft::data::loader::CropSource,
+    size: usize,
+    augment: viewcraft::data::loader::Augment,
+) -> viewcraft::data::loader::ViewSpec {
+    viewcraft::data::loader::ViewSpec {
+        source,
+        size,
+        rrc: RrcParams::default(),
+        augment,
+    }
+}
+
+#[test]
+fn view_specs_give_one_tensor_per_view_at_its_size() {
+    use viewcraft::data::loader::{Augment, CropSource};
+    let (set, mut cfg) = setup();
+    cfg.views = vec![
+        spec(CropSource::Box, 32, Augment::Ssl),
+        spec(CropSource::Scene, 24, Augment::Flip),
+        spec(CropSource::Scene, 17, Augment::None),
+    ];
+    let a: Vec<_> = epoch(set.clone(), CropMode::Rrc, cfg.clone(), 8, 3, 1, 1, 2, 0).collect();
+    let b: Vec<_> = epoch(set, CropMode::Rrc, cfg, 8, 3, 1, 3, 2, 0).collect();
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(x.sizes, [32, 24, 17]);
+        for (v, s) in x.sizes.iter().enumerate() {
+            assert_eq!(x.views[v].len(), 8 * 3 * s * s, "view {v}");
+        }
+        assert_eq!(x.views, y.views, "whatever the worker count");
+    }
+}
+
+#[test]
+fn object_mode_crops_from_proposals_deterministically() {
+    use viewcraft::crop::object::ObjectCrop;
+    use viewcraft::data::loader::{Augment, CropSource};
+    let (set, mut cfg) = setup();
+    cfg.views = vec![
+        spec(CropSource::Object, 32, Augment::None),
+        spec(CropSource::Dilated, 32, Augment::None),
+    ];
+    let props = |b: [f32; 4]| Arc::new(vec![vec![b, [0.5, 0.5, 0.9, 0.9]]; set.len()]);
+    let mode = |p, swap| CropMode::Objects {
+        crop: ObjectCrop::default(),
+        proposals: p,
+        swap,
+    };
+    let run = |m: CropMode, workers| -> Vec<_> {
+        epoch(set.clone(), m, cfg.clone(), 8, 5, 2, workers, 2, 0)
+            .take(2)
+            .collect()
+    };
+    let a = run(mode(props([0.0, 0.0, 0.3, 0.3]), false), 1);
+    let b = run(mode(props([0.0, 0.0, 0.3, 0.3]), false), 3);
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(x.views, y.views, "deterministic whatever the worker count");
+    }
+    let c = run(mode(props([0.6, 0.6, 0.95, 0.95]), false), 2);
+    assert_ne!(a[0].views[0], c[0].views[0], "proposals change the crops");
+    let rrc = run(CropMode::Rrc, 2);
+    assert_ne!(
+        a[0].views[0], rrc[0].views[0],
+        "object crops are not the warm-up's RRC"
+    );
+    // With swap, some images trade their two views (same crops, other order).
+    let s = run(mode(props([0.0, 0.0, 0.3, 0.3]), true), 2);
+    let px = 3 * 32 * 32;
+    let (mut swapped, mut kept) = (0, 0);
+    for j in 0..8 {
+        let img = |b: &viewcraft::data::loader::Batch, v: usize| {
+            b.views[v][j * px..(j + 1) * px].to_vec()
+        };
+        if img(&s[0], 0) == img(&a[0], 1) && img(&s[0], 1) == img(&a[0], 0) {
+            swapped += 1;
+        } else if img(&s[0], 0) == img(&a[0], 0) {
+            kept += 1;
+        }
+    }
+    assert!(
+        swapped > 0 && kept > 0 && swapped + kept == 8,
+        "swapped {swapped}, kept {kept}"
+    );
+}

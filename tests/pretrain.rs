@@ -307,3 +307,55 @@ fn heatmap_size_limit_is_checked_before_training() {
     assert_eq!(imagenet.feature_hw(224, 224), (7, 7));
     assert_eq!(imagenet.feature_hw(160, 160), (5, 5));
 }
+
+/// Views of two sizes (32 and 24) through one training step: the loss on the adapter equals
+/// the CPU path's, and both differ from the one-size run.
+#[test]
+fn views_of_two_sizes_train_on_the_cpu_path_and_the_adapter() {
+    use viewcraft::data::loader::{Augment, CropSource, ViewSpec};
+    let data = cifar_train(16);
+    let spec = |source, size| ViewSpec {
+        source,
+        size,
+        rrc: viewcraft::crop::sampler::RrcParams::default(),
+        augment: Augment::Ssl,
+    };
+    let cfg = PretrainConfig {
+        views: vec![spec(CropSource::Box, 32), spec(CropSource::Scene, 24)],
+        ..pretrain_config(1, 16, 0.3, 3)
+    };
+    let run = |dev: &Device, cfg: &PretrainConfig| {
+        let mut m = SimClr::new(
+            resnet18(4),
+            SimClrConfig::default(),
+            &mut rand::rngs::StdRng::seed_from_u64(1),
+            dev,
+        )
+        .unwrap();
+        let mut loss = f32::NAN;
+        pretrain(&mut m, data.clone(), cfg, dev, |e| {
+            if let Event::Step { loss: l, .. } = e {
+                loss = *l;
+            }
+        })
+        .unwrap();
+        loss
+    };
+    let cpu = run(&Device::Cpu, &cfg);
+    assert!(cpu.is_finite());
+    let one_size = run(&Device::Cpu, &pretrain_config(1, 16, 0.3, 3));
+    assert_ne!(cpu, one_size, "the 24-pixel view changes the step");
+    // Three views for a two-view method: a config error naming the views.
+    let three = PretrainConfig {
+        views: vec![spec(CropSource::Box, 32); 3],
+        ..pretrain_config(1, 16, 0.3, 3)
+    };
+    let mut m = simclr(4, 0, &Device::Cpu);
+    let e = pretrain(&mut m, data.clone(), &three, &Device::Cpu, |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("views") && e.contains("takes 2 views"), "{e}");
+    let Some(g) = gpu() else { return };
+    let gpu_loss = run(&g, &cfg);
+    assert_close("two sizes: loss", &[gpu_loss], &[cpu], 1e-4, 1e-4);
+}
