@@ -36,9 +36,9 @@ fn every_shipped_config_parses_and_validates() {
             methods.insert((c.data.dataset.clone(), c.method.name(), c.crop.kind.clone()));
         }
     }
-    for ds in ["cifar10", "cifar100"] {
+    for ds in ["cifar10", "cifar100", "stl10"] {
         for m in ["simclr", "moco", "byol", "simsiam"] {
-            for k in ["ccrop", "rcrop"] {
+            for k in ["ccrop", "rcrop", "semanticcrop", "objectcrop"] {
                 assert!(
                     methods.contains(&(ds.to_string(), m, k.to_string())),
                     "no {ds} {m} {k} config"
@@ -276,4 +276,80 @@ fn linear_feature_norm_is_validated_and_set_per_protocol() {
     );
     let d = LinearEvalConfig::load(None, &[], None).unwrap();
     assert_eq!(d.linear.feature_norm, "standardize");
+}
+
+#[test]
+fn view_specs_parse_with_defaults_and_bad_ones_name_the_field() {
+    use viewcraft::data::loader::{Augment, CropSource};
+    let c = Config::from_toml(
+        r#"
+[crop]
+scale = [0.3, 1.0]
+
+[[views]]
+crop = "box"
+
+[[views]]
+crop = "scene"
+size = 24
+scale = [0.05, 0.4]
+augment = "flip"
+"#,
+        "inline",
+    )
+    .unwrap();
+    c.validate().unwrap();
+    let v = c.view_specs(32);
+    assert_eq!(v.len(), 2);
+    assert_eq!(
+        (v[0].source, v[0].size, v[0].rrc.scale),
+        (CropSource::Box, 32, (0.3, 1.0))
+    );
+    assert_eq!(
+        (v[1].source, v[1].size, v[1].rrc.scale, v[1].augment),
+        (CropSource::Scene, 24, (0.05, 0.4), Augment::Flip)
+    );
+    // The resolved config round-trips with its views.
+    let back = Config::from_toml(&c.to_toml(), "round trip").unwrap();
+    assert_eq!(back.views, c.views);
+    let c = Config::from_toml("[[views]]\ncount = 2\n", "inline").unwrap();
+    assert_eq!(c.view_specs(32).len(), 2);
+    for (text, field) in [
+        ("[[views]]\ncrop = \"box\"\ncount = 3\n", "views"),
+        ("[[views]]\ncrop = \"nope\"\ncount = 2\n", "views[0].crop"),
+        ("[[views]]\ncrop = \"object\"\ncount = 2\n", "views[0].crop"),
+        (
+            "[crop]\nkind = \"objectcrop\"\n[[views]]\ncount = 2\n",
+            "views[0].crop",
+        ),
+        (
+            "[[views]]\naugment = \"strong\"\ncount = 2\n",
+            "views[0].augment",
+        ),
+        ("[[views]]\nsize = 0\ncount = 2\n", "views[0].size"),
+        (
+            "[[views]]\nscale = [0.5, 0.2]\ncount = 2\n",
+            "views[0].scale",
+        ),
+        (
+            "[crop]\nkind = \"objectcrop\"\ndilation_mode = \"x\"\n",
+            "crop.dilation_mode",
+        ),
+        (
+            "[crop]\nkind = \"semanticcrop\"\nsuppress_sigma = 0\n",
+            "crop.suppress_sigma",
+        ),
+        ("[crop]\nmax_proposals = 0\n", "crop.max_proposals"),
+        ("[crop]\nkind = \"boxes\"\n", "crop.kind"),
+    ] {
+        let e = Config::from_toml(text, "inline")
+            .and_then(|c| c.validate())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(field), "{text}: {e}");
+    }
+    let e = Config::from_toml("[[views]]\nsizes = 3\n", "inline")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("sizes") && e.contains("views"), "{e}");
 }

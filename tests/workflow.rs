@@ -296,7 +296,34 @@ fn linear_eval_knn_and_viz_read_the_checkpoint() {
         assert!(f.iter().all(|x| (0.0..=1.0).contains(x)));
         assert!(f[0] <= f[2] && f[1] <= f[3], "{f:?}");
     }
-    for png in ["heatmaps.png", "boxes.png", "views.png"] {
+    // Proposals: the components of the same thresholded maps, so each lies inside its image's
+    // box (the closure of every pixel above k), at most max_proposals of them.
+    let p: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(viz.join("proposals.json")).unwrap())
+            .unwrap();
+    assert!((p["k"].as_f64().unwrap() - 0.1).abs() < 1e-6, "{p}");
+    let props = p["proposals"].as_array().unwrap();
+    assert_eq!(props.len(), 8);
+    let num = |v: &serde_json::Value| -> Vec<f64> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect()
+    };
+    for (list, bx) in props.iter().zip(boxes) {
+        let bx = num(bx);
+        let list = list.as_array().unwrap();
+        assert!(!list.is_empty() && list.len() <= 10, "{list:?}");
+        for q in list {
+            let q = num(q);
+            assert!(
+                q[0] >= bx[0] && q[1] >= bx[1] && q[2] <= bx[2] && q[3] <= bx[3],
+                "{q:?} in {bx:?}"
+            );
+        }
+    }
+    for png in ["heatmaps.png", "boxes.png", "proposals.png", "views.png"] {
         let img = image::open(viz.join(png)).unwrap();
         assert!(img.width() > 100 && img.height() > 100, "{png}");
     }
@@ -343,6 +370,24 @@ fn user_errors_are_one_clear_line() {
         &["pretrain", c, "--out", o, "--set", "crop.box_thresh=2"],
         &["crop.box_thresh", "(0, 1)"],
     );
+    // A bad proposals file: the file and the entry named, no run directory left behind.
+    let props = d.join("proposals.json");
+    std::fs::write(&props, r#"{"1": [[0, 0, 10, 10]], "2": [[4, 4, 2, 9]]}"#).unwrap();
+    let set_file = format!("crop.proposals_file={}", props.display());
+    user_error(
+        &[
+            "pretrain",
+            c,
+            "--out",
+            o,
+            "--set",
+            "crop.kind=objectcrop",
+            "--set",
+            &set_file,
+        ],
+        &["proposals.json", "entry `2`, box 0"],
+    );
+    assert!(!out.exists(), "nothing written for a bad proposals file");
     user_error(
         &["pretrain", c, "--out", o, "--set", "crop.alpha=0"],
         &["crop.alpha"],

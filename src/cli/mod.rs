@@ -111,9 +111,11 @@ pub enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
-    /// Pictures of a checkpoint's heatmaps, boxes and crops for the first N training images:
-    /// heatmaps.png, boxes.png, views.png (RandomResizedCrop vs ContrastiveCrop pairs) and
-    /// boxes.json ({"k": …, "boxes": [[top, left, bottom, right], …]} in dataset order).
+    /// Pictures of a checkpoint's heatmaps, boxes, object proposals and crops for the first N
+    /// training images: heatmaps.png, boxes.png, proposals.png, views.png (RandomResizedCrop vs
+    /// ContrastiveCrop pairs), boxes.json ({"k": …, "boxes": [[top, left, bottom, right], …]})
+    /// and proposals.json ({"k": …, "proposals": [[[top, left, bottom, right], …], …]}), in
+    /// dataset order.
     Viz {
         #[arg(long)]
         checkpoint: PathBuf,

@@ -156,6 +156,8 @@ pub fn run(
             ),
         });
     }
+    // Before the run directory exists: a bad proposals file leaves nothing behind.
+    let crop_kind = cfg.crop_kind(images.len(), images.height, images.width)?;
     let (dir, resume_from) = resolve_run_dir(cfg, config_path, out, resume)?;
     dir.create(cfg)?;
     let (mean, std) = normalization(&cfg.data.dataset);
@@ -187,7 +189,7 @@ pub fn run(
         seed: cfg.train.seed,
         workers: cfg.data.workers(),
         log_interval: cfg.train.log_interval,
-        crop: cfg.crop_kind(images.len(), images.height, images.width)?,
+        crop: crop_kind,
         views: cfg.view_specs(images.height),
         alpha: cfg.crop.alpha,
         box_thresh: cfg.crop.box_thresh,
@@ -282,14 +284,21 @@ pub fn run(
                 r
             }
             Event::Boxes(s) => {
-                bar.suspend(|| {
-                    println!(
+                bar.suspend(|| match s.proposals_mean {
+                    Some(p) => println!(
+                        "  proposals updated after epoch {}: {p:.2} per image, mean area {:.3}, near-full {:.1}%, maps without any {}",
+                        s.epoch,
+                        s.box_mean_area,
+                        100.0 * s.box_near_full,
+                        s.box_fallbacks
+                    ),
+                    None => println!(
                         "  boxes updated after epoch {}: mean area {:.3}, near-full {:.1}%, constant maps {}",
                         s.epoch,
                         s.box_mean_area,
                         100.0 * s.box_near_full,
                         s.box_fallbacks
-                    )
+                    ),
                 });
                 metrics.write("boxes", s)
             }

@@ -1,5 +1,5 @@
-//! `viewcraft viz`: heatmaps, boxes and crops of a checkpoint's model for the first N
-//! training images, as PNGs plus `boxes.json`.
+//! `viewcraft viz`: heatmaps, boxes, object proposals and crops of a checkpoint's model for
+//! the first N training images, as PNGs plus `boxes.json` and `proposals.json`.
 
 use std::path::Path;
 
@@ -49,6 +49,12 @@ pub fn run(
         .map_err(|e| Error::file(out, format!("cannot create the output directory: {e}")))?;
     let (h, w) = (set.height, set.width);
     let (mut heat, mut bxs): (Vec<Option<Vec<f32>>>, Vec<BoxF>) = (Vec::new(), Vec::new());
+    let max_proposals = run_cfg
+        .as_ref()
+        .map_or(crate::crop::proposals::DEFAULT_MAX_PROPOSALS, |c| {
+            c.crop.max_proposals
+        });
+    let mut props: Vec<Vec<BoxF>> = Vec::new();
     for start in (0..set.len()).step_by(64) {
         let end = (start + 64).min(set.len());
         let mut tape = Tape::new();
@@ -69,6 +75,12 @@ pub fn run(
                 WHOLE_IMAGE
             });
         }
+        // Proposals from the code objectcrop's refreshes run (none: nothing above k).
+        props.extend(
+            crate::crop::proposals::proposals(f, (h, w), k, max_proposals)?
+                .into_iter()
+                .map(Option::unwrap_or_default),
+        );
         // The heatmaps to look at: the same normalisation and upsampling on the CPU.
         let host = f.to_vec()?;
         heat.extend(
@@ -88,6 +100,17 @@ pub fn run(
     crate::train::atomic::write_atomic(&out.join("boxes.json"), format!("{json}\n").as_bytes())?;
     viz::heatmaps_png(&set, &heat, &bxs, &out.join("heatmaps.png"))?;
     viz::boxes_png(&set, &bxs, &out.join("boxes.png"))?;
+    let json = serde_json::json!({
+        "k": k,
+        "max_proposals": max_proposals,
+        "convention": "per image, ranked by summed heat: [top, left, bottom, right] as fractions; bottom/right = last covered pixel / size; [] = nothing above k",
+        "proposals": props,
+    });
+    crate::train::atomic::write_atomic(
+        &out.join("proposals.json"),
+        format!("{json}\n").as_bytes(),
+    )?;
+    viz::proposals_png(&set, &props, &out.join("proposals.png"))?;
     let rows = set.len().min(8);
     let (rrc, alpha) = run_cfg.as_ref().map_or((RrcParams::default(), 0.1), |c| {
         (
@@ -104,8 +127,9 @@ pub fn run(
         .map(|b| ((b[2] - b[0]) * (b[3] - b[1])) as f64)
         .sum::<f64>()
         / bxs.len().max(1) as f64;
+    let per_image = props.iter().map(Vec::len).sum::<usize>() as f64 / props.len().max(1) as f64;
     println!(
-        "wrote heatmaps.png, boxes.png, views.png and boxes.json ({} images, k = {k}, mean box area {area:.3}) to {}",
+        "wrote heatmaps.png, boxes.png, proposals.png, views.png, boxes.json and proposals.json ({} images, k = {k}, mean box area {area:.3}, {per_image:.2} proposals per image) to {}",
         set.len(),
         out.display()
     );

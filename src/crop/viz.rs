@@ -71,9 +71,13 @@ fn rect(img: &mut RgbImage, y0: u32, x0: u32, y1: u32, x1: u32, c: Px<u8>) {
 /// Draw a normalised box (the reference's last-index convention: bottom/right are the last
 /// covered pixel, so the outline includes that pixel).
 fn draw_box(t: &mut RgbImage, b: BoxF, h: usize, w: usize, s: u32) {
+    draw_box_in(t, b, h, w, s, BOX);
+}
+
+fn draw_box_in(t: &mut RgbImage, b: BoxF, h: usize, w: usize, s: u32, col: Px<u8>) {
     let py = |f: f32, n: usize| ((f * n as f32).round() as u32).min(n as u32 - 1);
     let (y0, x0, y1, x1) = (py(b[0], h), py(b[1], w), py(b[2], h), py(b[3], w));
-    rect(t, y0 * s, x0 * s, (y1 + 1) * s, (x1 + 1) * s, BOX);
+    rect(t, y0 * s, x0 * s, (y1 + 1) * s, (x1 + 1) * s, col);
 }
 
 fn draw_crop(t: &mut RgbImage, c: Crop, s: u32, col: Px<u8>) {
@@ -149,6 +153,26 @@ pub fn boxes_png(set: &ImageSet, boxes: &[BoxF], path: &Path) -> Result<()> {
         .map(|i| {
             let mut t = tile(&Rgb::new(h, w, set.image(i).to_vec()), s);
             draw_box(&mut t, boxes[i], h, w, s);
+            t
+        })
+        .collect();
+    save(&grid(&tiles, 16), path)
+}
+
+/// `proposals.png`: every image with its object proposals, the highest-ranked (most heat) in
+/// green, the next in cyan, the rest in blue; an image without any proposal is left plain.
+pub fn proposals_png(set: &ImageSet, proposals: &[Vec<BoxF>], path: &Path) -> Result<()> {
+    let (h, w, s) = (set.height, set.width, scale_for(set.height));
+    let colours = [BOX, Px([0, 220, 255]), Px([60, 90, 255])];
+    let tiles: Vec<RgbImage> = proposals
+        .iter()
+        .enumerate()
+        .map(|(i, list)| {
+            let mut t = tile(&Rgb::new(h, w, set.image(i).to_vec()), s);
+            // Lowest rank first so the best proposal is drawn on top.
+            for (r, &b) in list.iter().enumerate().rev() {
+                draw_box_in(&mut t, b, h, w, s, colours[r.min(2)]);
+            }
             t
         })
         .collect();
