@@ -796,7 +796,7 @@ impl Config {
             let field = |f: &str| format!("views[{i}].{f}");
             let Some(source) = CropSource::parse(&v.crop) else {
                 return Err(cfg_err(
-                    &field("crop"),
+                    field("crop"),
                     format!(
                         "`{}` is not one of {}",
                         v.crop,
@@ -806,19 +806,19 @@ impl Config {
             };
             if source.is_object() && !objects {
                 return Err(cfg_err(
-                    &field("crop"),
+                    field("crop"),
                     format!("`{}` views need crop.kind = \"objectcrop\"", v.crop),
                 ));
             }
             if source == CropSource::Box && objects {
                 return Err(cfg_err(
-                    &field("crop"),
+                    field("crop"),
                     "objectcrop computes proposals, not boxes: use object, dilated, object_whole or scene",
                 ));
             }
             if Augment::parse(&v.augment).is_none() {
                 return Err(cfg_err(
-                    &field("augment"),
+                    field("augment"),
                     format!(
                         "`{}` is not one of {}",
                         v.augment,
@@ -827,10 +827,10 @@ impl Config {
                 ));
             }
             if v.size == Some(0) {
-                return Err(cfg_err(&field("size"), "must be at least 1"));
+                return Err(cfg_err(field("size"), "must be at least 1"));
             }
             if v.count == 0 {
-                return Err(cfg_err(&field("count"), "must be at least 1"));
+                return Err(cfg_err(field("count"), "must be at least 1"));
             }
             if let Some(r) = v.scale {
                 check_range(&field("scale"), r, 0.0, 1.0)?;

@@ -162,6 +162,7 @@ fn bytes(v: &[f32]) -> Vec<u8> {
 }
 
 /// Write `path` atomically.
+#[allow(clippy::too_many_arguments)]
 pub fn save(
     path: &Path,
     method: &dyn Method,
