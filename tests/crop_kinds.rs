@@ -5,7 +5,6 @@
 
 mod common;
 use common::*;
-use rand::SeedableRng;
 use viewcraft::crop::object::{ObjectCrop, ObjectPair};
 use viewcraft::crop::{CropKind, ObjectCfg};
 use viewcraft::ssl::Method;
@@ -13,40 +12,7 @@ use viewcraft::tensor::Device;
 use viewcraft::train::{pretrain, Event, PretrainConfig};
 
 fn method(name: &str, dev: &Device) -> Box<dyn Method> {
-    use viewcraft::ssl::{byol::*, moco::*, simclr::*, simsiam::*};
-    let model = resnet18(8);
-    let rng = &mut rand::rngs::StdRng::seed_from_u64(5);
-    match name {
-        "simclr" => Box::new(SimClr::new(model, SimClrConfig::default(), rng, dev).unwrap()),
-        "moco" => Box::new(
-            Moco::new(
-                model,
-                MocoConfig {
-                    k: 64,
-                    momentum: 0.99,
-                    bn_group: 16,
-                    ..Default::default()
-                },
-                rng,
-                dev,
-            )
-            .unwrap(),
-        ),
-        "byol" => Box::new(Byol::new(model, ByolConfig::default(), rng, dev).unwrap()),
-        _ => Box::new(SimSiam::new(model, SimSiamConfig::default(), rng, dev).unwrap()),
-    }
-}
-
-fn tensors(path: &std::path::Path) -> Vec<(String, Vec<u8>)> {
-    let raw = std::fs::read(path).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&raw).unwrap();
-    let mut v: Vec<(String, Vec<u8>)> = st
-        .tensors()
-        .into_iter()
-        .map(|(n, t)| (n, t.data().to_vec()))
-        .collect();
-    v.sort();
-    v
+    method_named(name, 8, 5, (64, 16, 0.99), dev)
 }
 
 fn objects(pair: ObjectPair) -> CropKind {

@@ -6,7 +6,6 @@
 
 mod common;
 use common::*;
-use rand::SeedableRng;
 use viewcraft::ssl::Method;
 use viewcraft::tensor::Device;
 use viewcraft::train::{pretrain, Event, PretrainConfig};
@@ -22,27 +21,7 @@ fn fnv(bits: impl IntoIterator<Item = u32>) -> u64 {
 }
 
 fn method(name: &str, dev: &Device) -> Box<dyn Method> {
-    use viewcraft::ssl::{byol::*, moco::*, simclr::*, simsiam::*};
-    let model = resnet18(4);
-    let rng = &mut rand::rngs::StdRng::seed_from_u64(7);
-    match name {
-        "simclr" => Box::new(SimClr::new(model, SimClrConfig::default(), rng, dev).unwrap()),
-        "moco" => Box::new(
-            Moco::new(
-                model,
-                MocoConfig {
-                    k: 64,
-                    bn_group: 8,
-                    ..Default::default()
-                },
-                rng,
-                dev,
-            )
-            .unwrap(),
-        ),
-        "byol" => Box::new(Byol::new(model, ByolConfig::default(), rng, dev).unwrap()),
-        _ => Box::new(SimSiam::new(model, SimSiamConfig::default(), rng, dev).unwrap()),
-    }
+    method_named(name, 4, 7, (64, 8, 0.999), dev)
 }
 
 /// (loss bits per step, hash of the final box table) of a 3-epoch C-Crop run: epoch 1 plain

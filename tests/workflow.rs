@@ -2,6 +2,8 @@
 //! directory with everything in it, resume after an interruption equal to an uninterrupted
 //! run, linear-eval / knn / viz on the checkpoint, and every user error as one line.
 
+mod common;
+use common::tensors;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -97,18 +99,6 @@ fn records(run: &Path) -> Vec<serde_json::Value> {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
-}
-
-fn tensors(path: &Path) -> Vec<(String, Vec<u8>)> {
-    let raw = std::fs::read(path).unwrap();
-    let st = SafeTensors::deserialize(&raw).unwrap();
-    let mut v: Vec<(String, Vec<u8>)> = st
-        .tensors()
-        .into_iter()
-        .map(|(n, t)| (n, t.data().to_vec()))
-        .collect();
-    v.sort();
-    v
 }
 
 #[test]

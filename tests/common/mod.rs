@@ -449,3 +449,49 @@ pub fn assert_update_close(
         show(&loose)
     );
 }
+
+/// Method `name` (simclr | moco | byol | simsiam) on a ResNet-18 of base `width`, from `seed`;
+/// MoCo with a queue of `queue` keys, BN groups of `bn_group` and key momentum `momentum`.
+pub fn method_named(
+    name: &str,
+    width: usize,
+    seed: u64,
+    (queue, bn_group, momentum): (usize, usize, f32),
+    dev: &Device,
+) -> Box<dyn viewcraft::ssl::Method> {
+    use viewcraft::ssl::{byol::*, moco::*, simclr::*, simsiam::*};
+    let model = resnet18(width);
+    let rng = &mut StdRng::seed_from_u64(seed);
+    match name {
+        "simclr" => Box::new(SimClr::new(model, SimClrConfig::default(), rng, dev).unwrap()),
+        "moco" => Box::new(
+            Moco::new(
+                model,
+                MocoConfig {
+                    k: queue,
+                    bn_group,
+                    momentum,
+                    ..Default::default()
+                },
+                rng,
+                dev,
+            )
+            .unwrap(),
+        ),
+        "byol" => Box::new(Byol::new(model, ByolConfig::default(), rng, dev).unwrap()),
+        _ => Box::new(SimSiam::new(model, SimSiamConfig::default(), rng, dev).unwrap()),
+    }
+}
+
+/// Every tensor of a safetensors file, sorted by name (metadata order is not stable).
+pub fn tensors(path: &std::path::Path) -> Vec<(String, Vec<u8>)> {
+    let raw = std::fs::read(path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&raw).unwrap();
+    let mut v: Vec<(String, Vec<u8>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(n, t)| (n, t.data().to_vec()))
+        .collect();
+    v.sort();
+    v
+}
