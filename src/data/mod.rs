@@ -3,6 +3,7 @@
 
 pub mod augment;
 pub mod cifar;
+pub mod filters;
 pub mod image_folder;
 pub mod loader;
 pub mod pickle;
