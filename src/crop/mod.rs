@@ -4,6 +4,7 @@
 pub mod heatmap;
 pub mod object;
 pub mod proposals;
+pub mod saliency;
 pub mod sampler;
 pub mod schedule;
 pub mod semantic;
