@@ -34,7 +34,21 @@ fn keep_freed_memory() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn keep_freed_memory() {}
 
+/// Output into a closed pipe (`viewcraft … | head`) ends the process quietly, as other
+/// command-line tools do, instead of a panic from `println!` (Rust ignores SIGPIPE).
+#[cfg(unix)]
+fn default_sigpipe() {
+    // SAFETY: resets one signal's disposition before any other thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+#[cfg(not(unix))]
+fn default_sigpipe() {}
+
 fn main() -> std::process::ExitCode {
+    default_sigpipe();
     keep_freed_memory();
     quiet_runtime_dir();
     let cli = viewcraft::cli::Cli::parse();

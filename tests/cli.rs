@@ -120,3 +120,28 @@ fn reference_device_runs_the_reference_kernels() {
         "{out}"
     );
 }
+
+/// `viewcraft … | head`: output into a closed pipe ends the process quietly (SIGPIPE), no
+/// panic message.
+#[cfg(unix)]
+#[test]
+fn a_closed_stdout_pipe_ends_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::Stdio;
+    let mut child = viewcraft()
+        .args(["--device", "cpu", "smoke", "--steps", "40"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take()); // the reader goes away before anything is written
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGPIPE),
+        "{:?} {err}",
+        out.status
+    );
+}
