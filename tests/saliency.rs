@@ -64,3 +64,71 @@ fn chosen_cells_are_of_the_right_kind_and_distinct() {
     let b = choose_cells(&mut rand::rngs::StdRng::seed_from_u64(5), &fg, 3, 3);
     assert_eq!(a, b, "deterministic per seed");
 }
+
+#[test]
+fn fills_touch_exactly_the_chosen_cells() {
+    use viewcraft::crop::saliency::{cell_span, fill_cells, focal_mask, Fill};
+    let (c, h, w, grid) = (3usize, 8usize, 12usize, 4usize);
+    let img: Vec<f64> = (0..c * h * w).map(|i| (i as f64 * 0.37).sin()).collect();
+    let cells = [0usize, 5, 15];
+    let in_cell = |y: usize, x: usize| {
+        cells.iter().any(|&k| {
+            cell_span(k / grid, grid, h).contains(&y) && cell_span(k % grid, grid, w).contains(&x)
+        })
+    };
+    // Cell 5 = row 1, column 1: rows 2..4, columns 3..6.
+    assert_eq!((cell_span(1, 4, 8), cell_span(1, 4, 12)), (2..4, 3..6));
+    let means: Vec<f64> = (0..c)
+        .map(|ch| img[ch * h * w..(ch + 1) * h * w].iter().sum::<f64>() / (h * w) as f64)
+        .collect();
+    let blurred: Vec<f64> = img.iter().map(|v| v * 0.5 + 1.0).collect();
+    let patch: Vec<f64> = (0..c * 2 * 3).map(|i| 100.0 + i as f64).collect();
+    for (name, fill) in [
+        ("mean", Fill::Mean),
+        ("blur", Fill::Blur(&blurred)),
+        ("noise", Fill::Noise(&patch)),
+    ] {
+        for channel in [None, Some(1)] {
+            let mut m = img.clone();
+            fill_cells(&mut m, (c, h, w), grid, &cells, channel, &fill);
+            for ch in 0..c {
+                for y in 0..h {
+                    for x in 0..w {
+                        let at = (ch * h + y) * w + x;
+                        let hit = in_cell(y, x) && channel.is_none_or(|k| k == ch);
+                        let want = if !hit {
+                            img[at]
+                        } else {
+                            match name {
+                                "mean" => means[ch],
+                                "blur" => blurred[at],
+                                _ => {
+                                    let (ry, rx) = (y % 2, x % 3);
+                                    patch[(ch * 2 + ry) * 3 + rx]
+                                }
+                            }
+                        };
+                        assert_eq!(m[at], want, "{name} {channel:?} at {ch},{y},{x}");
+                    }
+                }
+            }
+        }
+    }
+    // Focal: pos keeps the square, neg replaces it.
+    let noise: Vec<f64> = vec![-9.0; c * h * w];
+    let mut pos = img.clone();
+    focal_mask(&mut pos, (c, h, w), (2, 3, 4), true, &noise);
+    let mut neg = img.clone();
+    let sq: Vec<f64> = vec![7.0; c * 16];
+    focal_mask(&mut neg, (c, h, w), (2, 3, 4), false, &sq);
+    for ch in 0..c {
+        for y in 0..h {
+            for x in 0..w {
+                let at = (ch * h + y) * w + x;
+                let inside = (2..6).contains(&y) && (3..7).contains(&x);
+                assert_eq!(pos[at], if inside { img[at] } else { -9.0 });
+                assert_eq!(neg[at], if inside { 7.0 } else { img[at] });
+            }
+        }
+    }
+}

@@ -1,7 +1,7 @@
 //! Saliency-guided masking's cell selection (SPEC B.3; Chin et al.): which cells of a
 //! `grid`×`grid` patch grid are foreground, and how many of each kind a masked view masks.
-//! The masking itself (fills, focal masks, hard negatives in the loss) is still to come
-//! (issue 19).
+//! Fills of the chosen cells and the focal masks are below; where the masking runs and the
+//! hard negatives in the loss are still to come (issue 19).
 //!
 //! - Foreground: a cell whose saliency is ≥ mean − 0.6·std over the cells (population std, as
 //!   the reference's numpy). The reference takes the values from a row-wise sorted copy and
@@ -65,4 +65,83 @@ pub fn choose_cells(rng: &mut impl Rng, fg: &[bool], n_fg: usize, n_bg: usize) -
     let mut out = pick(rng, true, n_fg);
     out.extend(pick(rng, false, n_bg));
     out
+}
+
+/// What a masked cell is filled with.
+pub enum Fill<'a, T> {
+    /// A noise patch [c, cell_h, cell_w], the same for every cell (the reference draws one per
+    /// batch call and reuses it).
+    Noise(&'a [T]),
+    /// The image's per-channel mean (computed before any cell is filled).
+    Mean,
+    /// The same pixels of a blurred copy of the image [c, h, w] (GaussianBlur(31, σ 10)).
+    Blur(&'a [T]),
+}
+
+/// Rows (or columns) of cell `i` of `grid` along an axis of `n` pixels: [i·n/grid, (i+1)·n/grid).
+pub fn cell_span(i: usize, grid: usize, n: usize) -> std::ops::Range<usize> {
+    i * n / grid..(i + 1) * n / grid
+}
+
+/// Fill `cells` (row-major indices of a `grid`×`grid` grid) of an image [c, h, w], in every
+/// channel or only in `channel` (the channel-wise masks). With `Noise`, the patch is
+/// [c, ⌈h/grid⌉, ⌈w/grid⌉] and each cell takes its top-left part.
+pub fn fill_cells<T: Real>(
+    img: &mut [T],
+    (c, h, w): (usize, usize, usize),
+    grid: usize,
+    cells: &[usize],
+    channel: Option<usize>,
+    fill: &Fill<T>,
+) {
+    let means: Vec<T> = (0..c)
+        .map(|ch| {
+            let plane = &img[ch * h * w..(ch + 1) * h * w];
+            T::of(plane.iter().map(|v| v.to64()).sum::<f64>() / (h * w) as f64)
+        })
+        .collect();
+    let (ph, pw) = (h.div_ceil(grid), w.div_ceil(grid));
+    for &cell in cells {
+        let (rows, cols) = (
+            cell_span(cell / grid, grid, h),
+            cell_span(cell % grid, grid, w),
+        );
+        for ch in (0..c).filter(|&ch| channel.is_none_or(|k| k == ch)) {
+            for y in rows.clone() {
+                for x in cols.clone() {
+                    let at = (ch * h + y) * w + x;
+                    img[at] = match fill {
+                        Fill::Noise(p) => p[(ch * ph + y - rows.start) * pw + x - cols.start],
+                        Fill::Mean => means[ch],
+                        Fill::Blur(b) => b[at],
+                    };
+                }
+            }
+        }
+    }
+}
+
+/// The focal masks of an image [c, h, w] and a square at (`top`, `left`) of side `side`:
+/// "pos" keeps the square and replaces everything outside it with `outside` ([c, h, w]: fresh
+/// noise in the reference); "neg" replaces the square with `patch` ([c, side, side]).
+pub fn focal_mask<T: Real>(
+    img: &mut [T],
+    (c, h, w): (usize, usize, usize),
+    (top, left, side): (usize, usize, usize),
+    positive: bool,
+    noise: &[T],
+) {
+    for ch in 0..c {
+        for y in 0..h {
+            for x in 0..w {
+                let inside = (top..top + side).contains(&y) && (left..left + side).contains(&x);
+                let at = (ch * h + y) * w + x;
+                if positive && !inside {
+                    img[at] = noise[at];
+                } else if !positive && inside {
+                    img[at] = noise[(ch * side + y - top) * side + x - left];
+                }
+            }
+        }
+    }
 }
