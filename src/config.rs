@@ -804,17 +804,8 @@ impl Config {
                     ),
                 ));
             };
-            if source.is_object() && !objects {
-                return Err(cfg_err(
-                    field("crop"),
-                    format!("`{}` views need crop.kind = \"objectcrop\"", v.crop),
-                ));
-            }
-            if source == CropSource::Box && objects {
-                return Err(cfg_err(
-                    field("crop"),
-                    "objectcrop computes proposals, not boxes: use object, dilated, object_whole or scene",
-                ));
+            if let Err(m) = source.fits_kind(objects) {
+                return Err(cfg_err(field("crop"), m));
             }
             if Augment::parse(&v.augment).is_none() {
                 return Err(cfg_err(

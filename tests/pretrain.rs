@@ -325,13 +325,7 @@ fn views_of_two_sizes_train_on_the_cpu_path_and_the_adapter() {
         ..pretrain_config(1, 16, 0.3, 3)
     };
     let run = |dev: &Device, cfg: &PretrainConfig| {
-        let mut m = SimClr::new(
-            resnet18(4),
-            SimClrConfig::default(),
-            &mut rand::rngs::StdRng::seed_from_u64(1),
-            dev,
-        )
-        .unwrap();
+        let mut m = simclr(4, 1, dev);
         let mut loss = f32::NAN;
         pretrain(&mut m, data.clone(), cfg, dev, |e| {
             if let Event::Step { loss: l, .. } = e {

@@ -4,7 +4,8 @@
 use std::path::Path;
 
 use crate::autograd::Tape;
-use crate::crop::heatmap::{boxes, normalized_heat_ref, upsample_ref};
+use crate::crop::heatmap::boxes;
+use crate::crop::proposals::{from_maps, heat_maps};
 use crate::crop::sampler::{BoxF, RrcParams, WHOLE_IMAGE};
 use crate::crop::viz;
 use crate::data::{normalization, Split};
@@ -62,9 +63,7 @@ pub fn run(
         let x = tape.input(set.eval_batch(start..end, mean, std, device)?);
         let fm = tape.no_grad(|t| net.forward_features(t, &mut store, &bound, x, false))?;
         let f = tape.value(fm);
-        let &[n, c, fh, fw] = f.shape() else {
-            return Err(Error::shape("viz", "feature map is not [N, C, h, w]"));
-        };
+        let n = f.shape().first().copied().unwrap_or(0);
         // Boxes from the same kernel training uses; a constant map gets the whole image.
         let (b, v) = boxes(f, (h, w), k)?;
         let (b, v) = (b.to_vec()?, v.to_vec()?);
@@ -75,19 +74,15 @@ pub fn run(
                 WHOLE_IMAGE
             });
         }
-        // Proposals from the code objectcrop's refreshes run (none: nothing above k).
+        // The heatmaps training uses (on the device), pictured and labelled into proposals
+        // by the code objectcrop's refreshes run (none: nothing above k).
+        let maps = heat_maps(f, (h, w))?;
         props.extend(
-            crate::crop::proposals::proposals(f, (h, w), k, max_proposals)?
+            from_maps(&maps, (h, w), k, max_proposals)
                 .into_iter()
                 .map(Option::unwrap_or_default),
         );
-        // The heatmaps to look at: the same normalisation and upsampling on the CPU.
-        let host = f.to_vec()?;
-        heat.extend(
-            normalized_heat_ref(&host, n, c, fh * fw)
-                .into_iter()
-                .map(|m| m.map(|m| upsample_ref(&m, fh, fw, h, w))),
-        );
+        heat.extend(maps);
     }
     let json = serde_json::json!({
         "k": k,

@@ -13,7 +13,7 @@ use crate::gpu::{grid_1d, Kernel};
 use crate::ops::{cpu, u, Real};
 use crate::tensor::{Device, Tensor};
 
-const CHANNEL_SUM: Kernel = Kernel::new("heatmap_box", "channel_sum");
+pub(crate) const CHANNEL_SUM: Kernel = Kernel::new("heatmap_box", "channel_sum");
 const BOX: Kernel = Kernel::new("heatmap_box", "box_from_heat");
 
 /// Largest feature map (h·w) the GPU kernel takes.

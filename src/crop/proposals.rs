@@ -15,14 +15,13 @@
 use std::collections::VecDeque;
 use std::path::Path;
 
-use super::heatmap::{normalized_heat_ref, upsample_ref, MAX_CELLS};
+use super::heatmap::{normalized_heat_ref, upsample_ref, CHANNEL_SUM, MAX_CELLS};
 use super::sampler::BoxF;
 use crate::error::{Error, Result};
 use crate::gpu::{grid_1d, Kernel};
 use crate::ops::{u, Real};
 use crate::tensor::{Device, Tensor};
 
-const CHANNEL_SUM: Kernel = Kernel::new("heatmap_box", "channel_sum");
 const UPSAMPLED: Kernel = Kernel::new("heatmap_box", "upsampled_heat");
 
 /// The reference's number of proposals per image (BING's top 10).
@@ -146,13 +145,22 @@ pub fn proposals(
             msg: format!("{k} is outside (0, 1)"),
         });
     }
-    Ok(heat_maps(features, out_hw)?
-        .into_iter()
+    Ok(from_maps(&heat_maps(features, out_hw)?, out_hw, k, max))
+}
+
+/// Proposals of heatmaps from [`heat_maps`] (`None`: a constant map or no component).
+pub fn from_maps(
+    maps: &[Option<Vec<f32>>],
+    out_hw: (usize, usize),
+    k: f32,
+    max: usize,
+) -> Vec<Option<Vec<BoxF>>> {
+    maps.iter()
         .map(|m| {
-            let found = components(&m?, out_hw.0, out_hw.1, k, max);
+            let found = components(m.as_ref()?, out_hw.0, out_hw.1, k, max);
             (!found.is_empty()).then(|| found.iter().map(|c| c.bbox.map(|v| v as f32)).collect())
         })
-        .collect())
+        .collect()
 }
 
 /// A pixel box `[x1, y1, x2, y2]` (x2, y2 exclusive) in the boxes' convention.

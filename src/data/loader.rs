@@ -19,7 +19,7 @@ use rand::{Rng, SeedableRng};
 use super::augment::{hflip, normalize, resized_crop, ssl_view_after_crop, Jitter, Rgb};
 use super::ImageSet;
 use crate::crop::object::ObjectCrop;
-use crate::crop::sampler::{BoxF, ContrastiveCrop, Crop, RrcParams};
+use crate::crop::sampler::{BoxF, ContrastiveCrop, Crop, RrcParams, WHOLE_IMAGE};
 use crate::crop::semantic::SemanticCrop;
 use crate::error::Result;
 
@@ -60,6 +60,18 @@ impl CropSource {
             self,
             CropSource::Object | CropSource::Dilated | CropSource::ObjectWhole
         )
+    }
+
+    /// Whether a view of this source can be made by a run whose crop kind is objectcrop
+    /// (`objects`) or not; the error says why.
+    pub fn fits_kind(self, objects: bool) -> std::result::Result<(), &'static str> {
+        if self.is_object() && !objects {
+            Err("object-sourced views (object, dilated, object_whole) need crop.kind = \"objectcrop\"")
+        } else if self == CropSource::Box && objects {
+            Err("`box` views follow the heatmap box, which objectcrop does not compute: use object, dilated, object_whole or scene")
+        } else {
+            Ok(())
+        }
     }
 }
 
@@ -212,14 +224,11 @@ pub fn make_views(
             let mut rng = StdRng::seed_from_u64(mix(seed, epoch, i as u64, u64::MAX));
             let list = &proposals[i];
             let j = rng.random_range(0..list.len().max(1));
-            let bx = list
-                .get(j)
-                .copied()
-                .unwrap_or(crate::crop::sampler::WHOLE_IMAGE);
+            let bx = list.get(j).copied().unwrap_or(WHOLE_IMAGE);
             let same_size = cfg.views.len() >= 2 && cfg.views[0].size == cfg.views[1].size;
-            (Some(bx), *swap && same_size && rng.random_bool(0.5))
+            (bx, *swap && same_size && rng.random_bool(0.5))
         }
-        _ => (None, false),
+        _ => (WHOLE_IMAGE, false),
     };
     let mut first_uv = None;
     let mut out: Vec<Vec<f32>> = cfg
@@ -235,8 +244,7 @@ pub fn make_views(
                     c
                 }
                 (CropMode::Objects { crop, .. }, s) if s.is_object() => {
-                    let bx = proposal.unwrap_or(crate::crop::sampler::WHOLE_IMAGE);
-                    let region = crop.region(bx, hgt, wid, s == CropSource::Dilated);
+                    let region = crop.region(proposal, hgt, wid, s == CropSource::Dilated);
                     if s == CropSource::ObjectWhole {
                         region
                     } else {

@@ -1,8 +1,9 @@
 //! The pre-training loop: epochs with a per-epoch cosine learning rate, the method's views of
 //! every image from the loader (RandomResizedCrop during the warm-up, then the crop kind's
-//! boxes or object proposals), the method's loss, backward, SGD on every trainable parameter (weight decay on all, as the reference),
-//! the method's after-step hook, and box / proposal updates on schedule. On a GPU a step is recorded and
-//! submitted as one command buffer; the loss is read back only every `log_interval` steps.
+//! boxes or object proposals), the method's loss, backward, SGD on every trainable parameter
+//! (weight decay on all, as the reference), the method's after-step hook, and box / proposal
+//! updates on schedule. On a GPU a step is recorded and submitted as one command buffer; the
+//! loss is read back only every `log_interval` steps.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -170,6 +171,7 @@ impl PretrainConfig {
         if self.alpha <= 0.0 {
             return bad("crop.alpha", format!("{} must be > 0", self.alpha));
         }
+        let objects = matches!(self.crop, CropKind::ObjectCrop(_));
         for (v, spec) in self.views.iter().enumerate() {
             spec.rrc.validate().map_err(|e| Error::Config {
                 field: format!("views[{v}]"),
@@ -178,18 +180,8 @@ impl PretrainConfig {
             if spec.size == 0 {
                 return bad(&format!("views[{v}].size"), "must be at least 1".into());
             }
-            let objects = matches!(self.crop, CropKind::ObjectCrop(_));
-            if spec.source.is_object() && !objects {
-                return bad(
-                    &format!("views[{v}].crop"),
-                    format!("object-sourced views need crop.kind = \"objectcrop\" (the run's kind is `{}`)", self.crop.name()),
-                );
-            }
-            if spec.source == CropSource::Box && objects {
-                return bad(
-                    &format!("views[{v}].crop"),
-                    "`box` views follow the heatmap box, which objectcrop does not compute: use `object`, `dilated`, `object_whole` or `scene`".into(),
-                );
+            if let Err(m) = spec.source.fits_kind(objects) {
+                return bad(&format!("views[{v}].crop"), m.into());
             }
         }
         if let CropKind::ObjectCrop(o) = &self.crop {
@@ -383,8 +375,8 @@ pub fn pretrain(
         let lr = warmup_cosine_lr(cfg.lr, ep, cfg.epochs, cfg.decay_rate, cfg.lr_warmup_epochs);
         let use_box = cfg.crop != CropKind::Rcrop && sched.use_box(ep);
         let mode = match &cfg.crop {
-            _ if !use_box => CropMode::Rrc,
             CropKind::Rcrop => CropMode::Rrc,
+            _ if !use_box => CropMode::Rrc,
             CropKind::Ccrop => CropMode::boxes(&view, cfg.alpha, None, Arc::new(boxes.clone()))?,
             CropKind::SemanticCrop { sigma } => {
                 CropMode::boxes(&view, cfg.alpha, *sigma, Arc::new(boxes.clone()))?
