@@ -3,16 +3,20 @@
 // the mode's mask and the label given by the mode:
 //   mode 0 (NT-Xent, M = N = 2B): mask j = i; label (i + N/2) mod N
 //   mode 1 (MoCo, columns = [B in-batch keys | queue]): mask j < B, j ≠ i; label i
-// Backward: g_ij = scale·(softmax_ij − [j = label])·g_i on unmasked entries, 0 elsewhere.
+// The last `hard_cols` columns are hard negatives (saliency-guided masking), logits scaled by
+// alpha as well: with images > 0, blocks of `images` columns of which row i keeps only
+// column i mod images; with images = 0 every row keeps every one.
+// Backward: g_ij = scale·f_j·(softmax_ij − [j = label])·g_i on unmasked entries (f_j = alpha
+// on hard columns, 1 elsewhere), 0 elsewhere.
 struct NceParams {
     n: u32,
     m: u32,
     scale: f32,
     mode: u32,
     in_batch: u32,
-    _p0: u32,
-    _p1: u32,
-    _p2: u32,
+    hard_cols: u32,
+    images: u32,
+    alpha: f32,
 }
 
 @group(0) @binding(0) var<uniform> nce: NceParams;
@@ -21,6 +25,10 @@ struct NceParams {
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
 
 fn nce_masked(i: u32, j: u32) -> bool {
+    let first_hard = nce.m - nce.hard_cols;
+    if (j >= first_hard) {
+        return nce.images > 0u && (j - first_hard) % nce.images != i % nce.images;
+    }
     if (nce.mode == 0u) {
         return j == i;
     }
@@ -34,18 +42,23 @@ fn nce_label(i: u32) -> u32 {
     return i;
 }
 
+// The logit factor of column j.
+fn nce_factor(j: u32) -> f32 {
+    return select(1.0, nce.alpha, j >= nce.m - nce.hard_cols);
+}
+
 fn nce_lse(i: u32) -> f32 {
     let base = i * nce.m;
     var mx = -3.402823e38;
     for (var j = 0u; j < nce.m; j++) {
         if (!nce_masked(i, j)) {
-            mx = max(mx, nce.scale * logits[base + j]);
+            mx = max(mx, nce.scale * nce_factor(j) * logits[base + j]);
         }
     }
     var s = 0.0;
     for (var j = 0u; j < nce.m; j++) {
         if (!nce_masked(i, j)) {
-            s += exp(nce.scale * logits[base + j] - mx);
+            s += exp(nce.scale * nce_factor(j) * logits[base + j] - mx);
         }
     }
     return log(s) + mx;
@@ -69,7 +82,8 @@ fn info_nce_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num
     for (var j = 0u; j < nce.m; j++) {
         var v = 0.0;
         if (!nce_masked(i, j)) {
-            v = (exp(nce.scale * logits[base + j] - lse) - select(0.0, 1.0, j == label)) * gi;
+            let f = nce_factor(j);
+            v = (exp(nce.scale * f * logits[base + j] - lse) - select(0.0, 1.0, j == label)) * gi * f;
         }
         out[base + j] = v;
     }

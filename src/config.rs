@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::crop::object::{DilationMode, ObjectCrop, ObjectPair};
 use crate::crop::sampler::{BoxF, RrcParams, WHOLE_IMAGE};
 use crate::crop::{CropKind, ObjectCfg};
-use crate::data::loader::{Augment, CropSource, ViewSpec};
+use crate::data::loader::{Augment, CropSource, ViewMask, ViewSpec};
 
 /// The values of `[crop] kind`.
 pub const CROP_KINDS: [&str; 5] = ["rcrop", "ccrop", "simccrop", "semanticcrop", "objectcrop"];
@@ -37,9 +37,78 @@ pub struct Config {
     pub knn: KnnCfg,
     #[serde(default)]
     pub linear: LinearCfg,
+    #[serde(default)]
+    pub mask: MaskCfg,
     /// The views of every image (`[[views]]` tables; none: the crop kind's two views).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub views: Vec<ViewCfg>,
+}
+
+/// `[mask]`: saliency-guided masking with hard negatives (SPEC B.3, D.7).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MaskCfg {
+    /// `none` (masking off) | `hp` (high-pass views, noise fills) | `blur` | `mean`.
+    pub strategy: String,
+    /// Cells per side of the patch grid (8: 4 px cells at 32 px, 12 px at 96 px).
+    pub grid: usize,
+    /// Hard negatives per image (unset: 1 for moco and simclr, 0 for byol and simsiam).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub num_hard_negatives: Option<usize>,
+    /// Factor of the hard negatives' logits.
+    pub alpha: f32,
+    /// The reference's quirk: every query against the first image's negative, its
+    /// embedding from a batch of one.
+    pub reference_batch_negative: bool,
+    /// Saliency from a frozen backbone in this safetensors file (torchvision names and
+    /// layouts, eval mode) instead of the model's own layer-4 map.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub saliency_backbone: Option<String>,
+    /// r of the masked queries ("pos") and of the hard negatives ("neg").
+    pub pos_ratio: [f64; 2],
+    pub neg_ratio: [f64; 2],
+}
+
+impl Default for MaskCfg {
+    fn default() -> Self {
+        Self {
+            strategy: "none".into(),
+            grid: 8,
+            num_hard_negatives: None,
+            alpha: 2.0,
+            reference_batch_negative: false,
+            saliency_backbone: None,
+            pos_ratio: [0.05, 0.25],
+            neg_ratio: [0.4, 0.7],
+        }
+    }
+}
+
+impl MaskCfg {
+    /// Whether masking is on.
+    pub fn on(&self) -> bool {
+        self.strategy != "none"
+    }
+    /// The recipe the loader runs (None when masking is off).
+    pub fn recipe(&self) -> Option<crate::data::masking::MaskRecipe> {
+        let strategy = crate::data::masking::Strategy::parse(&self.strategy).flatten()?;
+        Some(crate::data::masking::MaskRecipe {
+            strategy,
+            grid: self.grid,
+            pos_ratio: (self.pos_ratio[0], self.pos_ratio[1]),
+            neg_ratio: (self.neg_ratio[0], self.neg_ratio[1]),
+        })
+    }
+    /// Hard negatives per image in effect for `method` (0 when masking is off).
+    pub fn hard_negatives(&self, method: &MethodCfg) -> usize {
+        if !self.on() {
+            return 0;
+        }
+        self.num_hard_negatives.unwrap_or(match method {
+            MethodCfg::Simclr(_) | MethodCfg::Moco(_) => 1,
+            _ => 0,
+        })
+    }
 }
 
 /// One `[[views]]` entry: `count` views from crop source `crop` at `size`.
@@ -62,6 +131,9 @@ pub struct ViewCfg {
     /// `ssl` (flip, colour jitter, greyscale, blur when data.blur) | `flip` | `none`.
     pub augment: String,
     pub count: usize,
+    /// Saliency-guided masking: `none` | `pos` (a masked query) | `neg` (a hard negative: a
+    /// masked copy of the nearest earlier `none` view).
+    pub mask: String,
 }
 
 impl Default for ViewCfg {
@@ -73,6 +145,7 @@ impl Default for ViewCfg {
             ratio: None,
             augment: "ssl".into(),
             count: 1,
+            mask: "none".into(),
         }
     }
 }
@@ -444,6 +517,11 @@ pub struct LinearCfg {
     /// split's un-augmented eval-mode features, the same fixed map at train and test time).
     pub feature_norm: String,
     pub seed: u64,
+    /// High-pass filter the probe's (and kNN's) inputs, x − GaussianBlur(11, σ 5)(x) after
+    /// normalisation, as the saliency-masking reference does for `hp` runs (unset: on when
+    /// mask.strategy = "hp").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub high_pass: Option<bool>,
 }
 
 impl Default for LinearCfg {
@@ -461,6 +539,7 @@ impl Default for LinearCfg {
             augment: true,
             feature_norm: "standardize".into(),
             seed: 42,
+            high_pass: None,
         }
     }
 }
@@ -589,13 +668,14 @@ fn parse_config(text: &str, source: &str, sets: &[String]) -> Result<Config> {
         train: section(&mut t, "train", source)?,
         knn: section(&mut t, "knn", source)?,
         linear: section(&mut t, "linear", source)?,
+        mask: section(&mut t, "mask", source)?,
         views: section(&mut t, "views", source)?,
     };
     no_other_sections(
         &t,
         source,
         &[
-            "model", "method", "data", "crop", "train", "knn", "linear", "views",
+            "model", "method", "data", "crop", "train", "knn", "linear", "mask", "views",
         ],
     )?;
     Ok(cfg.resolved())
@@ -607,6 +687,12 @@ impl Config {
     fn resolved(mut self) -> Config {
         if let MethodCfg::Simclr(m) = &mut self.method {
             m.loss_scale = Some(m.loss_scale());
+        }
+        if self.mask.on() {
+            self.mask.num_hard_negatives = Some(self.mask.hard_negatives(&self.method));
+        }
+        if self.linear.high_pass.is_none() {
+            self.linear.high_pass = Some(self.mask.strategy == "hp");
         }
         self
     }
@@ -723,6 +809,7 @@ impl Config {
                         ratio: (ratio[0], ratio[1]),
                     },
                     augment: Augment::parse(&v.augment).unwrap_or(Augment::Ssl),
+                    mask: ViewMask::parse(&v.mask).unwrap_or(ViewMask::None),
                 };
                 std::iter::repeat_n(spec, v.count)
             })
@@ -736,6 +823,93 @@ impl Config {
         } else {
             WHOLE_IMAGE
         }
+    }
+
+    /// `[mask]` and the views' `mask` keys, before any data is read.
+    fn validate_mask(&self) -> Result<()> {
+        let m = &self.mask;
+        if crate::data::masking::Strategy::parse(&m.strategy).is_none() {
+            return Err(cfg_err(
+                "mask.strategy",
+                format!(
+                    "`{}` is not one of {}",
+                    m.strategy,
+                    crate::data::masking::Strategy::NAMES.join(", ")
+                ),
+            ));
+        }
+        let max = crate::ops::saliency_mask::MAX_GRID;
+        if m.grid == 0 || m.grid > max {
+            return Err(cfg_err(
+                "mask.grid",
+                format!("{} must be in 1..={max}", m.grid),
+            ));
+        }
+        if !(m.alpha > 0.0 && m.alpha.is_finite()) {
+            return Err(cfg_err("mask.alpha", format!("{} must be > 0", m.alpha)));
+        }
+        check_range("mask.pos_ratio", m.pos_ratio, 0.0, 1.0)?;
+        check_range("mask.neg_ratio", m.neg_ratio, 0.0, 1.0)?;
+        let negatives_ok = matches!(self.method, MethodCfg::Simclr(_) | MethodCfg::Moco(_));
+        if m.num_hard_negatives.is_some_and(|n| n > 0) && !negatives_ok {
+            return Err(cfg_err(
+                "mask.num_hard_negatives",
+                format!(
+                    "{} has no negatives to add hard ones to: set it to 0 (masking alone works with {})",
+                    self.method.name(),
+                    self.method.name()
+                ),
+            ));
+        }
+        if m.saliency_backbone.as_deref() == Some("") {
+            return Err(cfg_err(
+                "mask.saliency_backbone",
+                "is empty: give a safetensors file or leave it unset (the model's own saliency)",
+            ));
+        }
+        let masks: Vec<ViewMask> = self
+            .views
+            .iter()
+            .flat_map(|v| {
+                std::iter::repeat_n(ViewMask::parse(&v.mask).unwrap_or(ViewMask::None), v.count)
+            })
+            .collect();
+        if !m.on() {
+            if masks.iter().any(|&k| k != ViewMask::None) {
+                return Err(cfg_err(
+                    "views",
+                    "a view has mask = pos or neg but mask.strategy is none: set mask.strategy",
+                ));
+            }
+            return Ok(());
+        }
+        if !self.views.is_empty() {
+            let negs = masks.iter().filter(|&&k| k == ViewMask::Neg).count();
+            if negs != m.hard_negatives(&self.method) {
+                return Err(cfg_err(
+                    "views",
+                    format!(
+                        "{negs} views have mask = neg, mask.num_hard_negatives is {}",
+                        m.hard_negatives(&self.method)
+                    ),
+                ));
+            }
+            if !masks.contains(&ViewMask::Pos) {
+                return Err(cfg_err("views", "masking is on but no view has mask = pos"));
+            }
+            if masks.first() != Some(&ViewMask::Pos) && masks.first() != Some(&ViewMask::None) {
+                return Err(cfg_err("views", "the first view cannot be a hard negative (mask = neg copies an earlier unmasked view)"));
+            }
+            for (i, &k) in masks.iter().enumerate() {
+                if k == ViewMask::Neg && !masks[..i].contains(&ViewMask::None) {
+                    return Err(cfg_err(
+                        "views",
+                        format!("view {i} has mask = neg but no earlier view has mask = none (the key it copies)"),
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     pub fn validate(&self) -> Result<()> {
@@ -823,6 +997,12 @@ impl Config {
             if v.count == 0 {
                 return Err(cfg_err(field("count"), "must be at least 1"));
             }
+            if ViewMask::parse(&v.mask).is_none() {
+                return Err(cfg_err(
+                    field("mask"),
+                    format!("`{}` is not one of {}", v.mask, ViewMask::NAMES.join(", ")),
+                ));
+            }
             if let Some(r) = v.scale {
                 check_range(&field("scale"), r, 0.0, 1.0)?;
             }
@@ -831,12 +1011,19 @@ impl Config {
             }
             count += v.count;
         }
-        if !self.views.is_empty() && count != 2 {
+        self.validate_mask()?;
+        let wanted = 2 + self.mask.hard_negatives(&self.method);
+        if !self.views.is_empty() && count != wanted {
             return Err(cfg_err(
                 "views",
                 format!(
-                    "{} takes 2 views per image; the [[views]] entries give {count}",
-                    self.method.name()
+                    "{} takes {wanted} views per image{}; the [[views]] entries give {count}",
+                    self.method.name(),
+                    if wanted > 2 {
+                        " (a query, a key and mask.num_hard_negatives hard negatives)"
+                    } else {
+                        ""
+                    }
                 ),
             ));
         }

@@ -163,6 +163,7 @@ fn spec(
         size,
         rrc: RrcParams::default(),
         augment,
+        mask: viewcraft::data::loader::ViewMask::None,
     }
 }
 

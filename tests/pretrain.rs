@@ -319,6 +319,7 @@ fn views_of_two_sizes_train_on_the_cpu_path_and_the_adapter() {
         size,
         rrc: viewcraft::crop::sampler::RrcParams::default(),
         augment: Augment::Ssl,
+        mask: viewcraft::data::loader::ViewMask::None,
     };
     let cfg = PretrainConfig {
         views: vec![spec(CropSource::Box, 32), spec(CropSource::Scene, 24)],

@@ -17,6 +17,7 @@ use crate::error::{Error, Result};
 use crate::eval::linear::{linear_probe, LinearResult};
 use crate::tensor::Device;
 use crate::train::run_dir::{RunDir, RunState};
+use crate::train::masking::MaskTraining;
 use crate::train::{pretrain, Event, KnnMonitor, PretrainConfig};
 
 #[derive(Clone, Debug, clap::Args)]
@@ -158,6 +159,19 @@ pub fn run(
     }
     // Before the run directory exists: a bad proposals file leaves nothing behind.
     let crop_kind = cfg.crop_kind(images.len(), images.height, images.width)?;
+    // Likewise a bad saliency backbone.
+    let mask = cfg.mask.recipe().map(|recipe| MaskTraining {
+        recipe,
+        hard_negatives: cfg.mask.hard_negatives(&cfg.method),
+        per_sample: !cfg.mask.reference_batch_negative,
+        saliency_backbone: cfg.mask.saliency_backbone.as_ref().map(PathBuf::from),
+    });
+    if let Some(p) = mask.as_ref().and_then(|m| m.saliency_backbone.as_ref()) {
+        crate::train::checkpoint::load_backbone(p, &Device::Cpu).map_err(|e| Error::Config {
+            field: "mask.saliency_backbone".into(),
+            msg: e.to_string(),
+        })?;
+    }
     let (dir, resume_from) = resolve_run_dir(cfg, config_path, out, resume)?;
     dir.create(cfg)?;
     let (mean, std) = normalization(&cfg.data.dataset);
@@ -191,6 +205,7 @@ pub fn run(
         log_interval: cfg.train.log_interval,
         crop: crop_kind,
         views: cfg.view_specs(images.height),
+        mask,
         alpha: cfg.crop.alpha,
         box_thresh: cfg.crop.box_thresh,
         // SimCCrop: the fixed centre box from the first epoch, never updated.
@@ -261,6 +276,7 @@ pub fn run(
                 step,
                 loss,
                 lr,
+                ..
             } => {
                 first_loss.get_or_insert(*loss);
                 last_loss = Some(*loss);

@@ -1,57 +1,15 @@
-//! Saliency-guided masking's cell selection (SPEC B.3; Chin et al.): which cells of a
-//! `grid`×`grid` patch grid are foreground, and how many of each kind a masked view masks.
-//! Fills of the chosen cells and the focal masks are below; where the masking runs and the
-//! hard negatives in the loss are still to come (issue 19).
-//!
-//! - Foreground: a cell whose saliency is ≥ mean − 0.6·std over the cells (population std, as
-//!   the reference's numpy). The reference takes the values from a row-wise sorted copy and
-//!   the indices from a global arg-sort; its evident intent, implemented here, is the rule on
-//!   each cell's own value.
-//! - "pos" (a masked query): with ratio r and foreground share f = #FG/cells, the share of
-//!   foreground cells masked is r·f, replaced by 0.55 when r·f ≥ 0.56 (the reference's cap,
-//!   thresholds included); #FG masked = round(share·cells) (half to even, Python's `round`),
-//!   #BG masked = ⌊cells·r⌋ − #FG masked (never below 0: the reference's negative count would
-//!   slice "all but the last few"), each at most the cells of its kind.
-//! - "neg" (a hard negative): only foreground cells, round(share·cells) of them with the same
-//!   share rule.
+//! Saliency-guided masking on plain images (SPEC B.3; Chin et al.): the cell rules (shared
+//! with the device op `ops::saliency_mask`, which is what training runs), a random draw of the
+//! cells, the fills of chosen cells and the focal masks. Tests use these as an independent
+//! statement of what the op must produce.
+//! The rules themselves (foreground, counts, cap) are stated in `ops::saliency_mask`.
 
 use rand::seq::SliceRandom;
 use rand::Rng;
 
 use crate::ops::Real;
 
-/// Foreground cells of one saliency grid (row-major).
-pub fn foreground<T: Real>(saliency: &[T]) -> Vec<bool> {
-    let n = saliency.len().max(1) as f64;
-    let v: Vec<f64> = saliency.iter().map(|s| s.to64()).collect();
-    let mean = v.iter().sum::<f64>() / n;
-    let std = (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n).sqrt();
-    v.iter().map(|&x| x >= mean - 0.6 * std).collect()
-}
-
-/// The masked share of foreground cells for ratio `r` and foreground share `f`.
-fn share(r: f64, f: f64) -> f64 {
-    if r * f >= 0.56 {
-        0.55
-    } else {
-        r * f
-    }
-}
-
-/// (foreground, background) cells a "pos" view masks at ratio `r`, for `fg` foreground cells
-/// out of `cells`.
-pub fn pos_counts(r: f64, fg: usize, cells: usize) -> (usize, usize) {
-    let f = fg as f64 / cells as f64;
-    let n_fg = ((share(r, f) * cells as f64).round_ties_even() as usize).min(fg);
-    let n_bg = ((cells as f64 * r) as usize).saturating_sub(n_fg);
-    (n_fg, n_bg.min(cells - fg))
-}
-
-/// Foreground cells a "neg" (hard-negative) view masks at ratio `r`.
-pub fn neg_count(r: f64, fg: usize, cells: usize) -> usize {
-    let f = fg as f64 / cells as f64;
-    ((share(r, f) * cells as f64).round_ties_even() as usize).min(fg)
-}
+pub use crate::ops::saliency_mask::{foreground, neg_count, pos_counts};
 
 /// The cells to mask: `n_fg` foreground and `n_bg` background cells drawn uniformly without
 /// replacement, in drawing order.

@@ -17,6 +17,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
 use super::augment::{hflip, normalize, resized_crop, ssl_view_after_crop, Jitter, Rgb};
+use super::masking::{high_pass_view, plan_and_fill, BatchNoise, MaskRecipe, Strategy};
 use super::ImageSet;
 use crate::crop::object::ObjectCrop;
 use crate::crop::sampler::{BoxF, ContrastiveCrop, Crop, RrcParams, WHOLE_IMAGE};
@@ -99,6 +100,31 @@ impl Augment {
     }
 }
 
+/// A view's part in saliency-guided masking.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ViewMask {
+    /// Not masked (keys, and every view of a run without masking).
+    None,
+    /// A masked query ("pos" mode), masked from its own saliency.
+    Pos,
+    /// A hard negative ("neg" mode): a copy of the nearest earlier unmasked view (the key),
+    /// masked from that view's saliency. Its own crop settings are not used.
+    Neg,
+}
+
+impl ViewMask {
+    pub const NAMES: [&'static str; 3] = ["none", "pos", "neg"];
+
+    pub fn parse(s: &str) -> Option<ViewMask> {
+        Some(match s {
+            "none" => ViewMask::None,
+            "pos" => ViewMask::Pos,
+            "neg" => ViewMask::Neg,
+            _ => return None,
+        })
+    }
+}
+
 /// One view of every image (a config's `count` repeats a spec).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct ViewSpec {
@@ -107,6 +133,7 @@ pub struct ViewSpec {
     pub size: usize,
     pub rrc: RrcParams,
     pub augment: Augment,
+    pub mask: ViewMask,
 }
 
 /// The views of a run and what they share.
@@ -116,6 +143,21 @@ pub struct ViewConfig {
     pub jitter: Jitter,
     pub mean: [f32; 3],
     pub std: [f32; 3],
+    /// Saliency-guided masking (None: off; `mask` of the specs is then ignored).
+    pub mask: Option<MaskRecipe>,
+}
+
+impl ViewConfig {
+    /// The view whose saliency decides view `v`'s mask (itself for "pos", the nearest earlier
+    /// unmasked view for "neg"), or None when `v` is not masked.
+    pub fn saliency_source(&self, v: usize) -> Option<usize> {
+        self.mask?;
+        match self.views[v].mask {
+            ViewMask::None => None,
+            ViewMask::Pos => Some(v),
+            ViewMask::Neg => (0..v).rev().find(|&u| self.views[u].mask == ViewMask::None),
+        }
+    }
 }
 
 impl ViewConfig {
@@ -132,12 +174,14 @@ impl ViewConfig {
             size,
             rrc,
             augment: Augment::Ssl,
+            mask: ViewMask::None,
         };
         Self {
             views: vec![spec; 2],
             jitter,
             mean,
             std,
+            mask: None,
         }
     }
 }
@@ -185,13 +229,78 @@ impl CropMode {
     }
 }
 
-/// One batch: `views[v]` is [B, 3, sizes[v], sizes[v]] normalised f32; `indices` are dataset
-/// indices.
+/// One batch: `views[v]` is [B, 3, sizes[v], sizes[v]] normalised f32 (high-passed when the
+/// run masks with `hp`); `indices` are dataset indices. With masking, per view (empty where
+/// it does not apply): `plain[v]` the views before the high-pass (saliency sources of `hp`
+/// runs), `plans[v]` [B, plan_len] and `fills[v]` [B, 3, S, S] of the masked views.
 pub struct Batch {
     pub views: Vec<Vec<f32>>,
     pub sizes: Vec<usize>,
     pub indices: Vec<usize>,
     pub labels: Vec<u32>,
+    pub plain: Vec<Vec<f32>>,
+    pub plans: Vec<Vec<f32>>,
+    pub fills: Vec<Vec<f32>>,
+}
+
+/// One image's masking inputs, per view (empty where they do not apply).
+#[derive(Default)]
+pub struct ImageMasks {
+    pub plain: Vec<Vec<f32>>,
+    pub plans: Vec<Vec<f32>>,
+    pub fills: Vec<Vec<f32>>,
+}
+
+/// The masking inputs of image `i`'s views `views` (high-passed in place for `hp`), with the
+/// batch's noise patches `noise` (one per view).
+pub fn mask_inputs(
+    views: &mut [Vec<f32>],
+    i: usize,
+    cfg: &ViewConfig,
+    noise: &[BatchNoise],
+    seed: u64,
+    epoch: u64,
+) -> ImageMasks {
+    let Some(recipe) = &cfg.mask else {
+        return ImageMasks::default();
+    };
+    let nv = views.len();
+    let mut out = ImageMasks {
+        plain: vec![Vec::new(); nv],
+        plans: vec![Vec::new(); nv],
+        fills: vec![Vec::new(); nv],
+    };
+    let hp = recipe.strategy == Strategy::HighPass;
+    if hp {
+        for v in 0..nv {
+            if let Some(s) = cfg.saliency_source(v) {
+                if out.plain[s].is_empty() {
+                    out.plain[s] = views[s].clone();
+                }
+            }
+        }
+        for (v, x) in views.iter_mut().enumerate() {
+            *x = high_pass_view(x, cfg.views[v].size);
+        }
+    }
+    for v in 0..nv {
+        if cfg.saliency_source(v).is_none() {
+            continue;
+        }
+        let positive = cfg.views[v].mask == ViewMask::Pos;
+        let mut rng = StdRng::seed_from_u64(mix(seed, epoch, i as u64, (1 << 32) | v as u64));
+        let (plan, fill) = plan_and_fill(
+            &views[v],
+            cfg.views[v].size,
+            recipe,
+            positive,
+            &noise[v],
+            &mut rng,
+        );
+        out.plans[v] = plan;
+        out.fills[v] = fill;
+    }
+    out
 }
 
 pub(crate) fn mix(seed: u64, epoch: u64, index: u64, view: u64) -> u64 {
@@ -231,11 +340,14 @@ pub fn make_views(
         _ => (WHOLE_IMAGE, false),
     };
     let mut first_uv = None;
-    let mut out: Vec<Vec<f32>> = cfg
-        .views
-        .iter()
-        .enumerate()
-        .map(|(v, spec)| {
+    let mut out: Vec<Vec<f32>> = Vec::with_capacity(cfg.views.len());
+    for (v, spec) in cfg.views.iter().enumerate() {
+        // A hard negative starts as a copy of its key (below, after any swap).
+        if cfg.saliency_source(v).is_some_and(|s| s != v) {
+            out.push(Vec::new());
+            continue;
+        }
+        let view = {
             let mut rng = StdRng::seed_from_u64(mix(seed, epoch, i as u64, v as u64));
             let crop = match (mode, spec.source) {
                 (CropMode::Boxes { samplers, boxes }, CropSource::Box) => {
@@ -265,10 +377,16 @@ pub fn make_views(
                 _ => view,
             };
             normalize(&view, cfg.mean, cfg.std)
-        })
-        .collect();
+        };
+        out.push(view);
+    }
     if swapped {
         out.swap(0, 1);
+    }
+    for v in 0..out.len() {
+        if let Some(s) = cfg.saliency_source(v).filter(|&s| s != v) {
+            out[v] = out[s].clone();
+        }
     }
     out
 }
@@ -350,13 +468,40 @@ pub fn epoch(
             std::thread::spawn(move || {
                 for k in (start + w..total).step_by(workers) {
                     let indices = order[k * batch..(k + 1) * batch].to_vec();
-                    let mut views = vec![Vec::new(); cfg.views.len()];
+                    let nv = cfg.views.len();
+                    let (mut views, mut plain, mut plans, mut fills) = (
+                        vec![Vec::new(); nv],
+                        vec![Vec::new(); nv],
+                        vec![Vec::new(); nv],
+                        vec![Vec::new(); nv],
+                    );
+                    let noise: Vec<BatchNoise> = match &cfg.mask {
+                        Some(recipe) => (0..nv)
+                            .map(|v| {
+                                BatchNoise::draw(
+                                    recipe,
+                                    cfg.views[v].size,
+                                    cfg.views[v].mask == ViewMask::Pos,
+                                    (seed, epoch, k as u64, v as u64),
+                                )
+                            })
+                            .collect(),
+                        None => Vec::new(),
+                    };
                     for &i in &indices {
-                        for (out, v) in views
-                            .iter_mut()
-                            .zip(make_views(&set, i, &mode, &cfg, seed, epoch))
-                        {
-                            out.extend(v);
+                        let mut vs = make_views(&set, i, &mode, &cfg, seed, epoch);
+                        let m = mask_inputs(&mut vs, i, &cfg, &noise, seed, epoch);
+                        for (v, x) in vs.into_iter().enumerate() {
+                            views[v].extend(x);
+                        }
+                        for (v, x) in m.plain.into_iter().enumerate() {
+                            plain[v].extend(x);
+                        }
+                        for (v, x) in m.plans.into_iter().enumerate() {
+                            plans[v].extend(x);
+                        }
+                        for (v, x) in m.fills.into_iter().enumerate() {
+                            fills[v].extend(x);
                         }
                     }
                     let sizes = cfg.views.iter().map(|v| v.size).collect();
@@ -369,6 +514,9 @@ pub fn epoch(
                                 sizes,
                                 indices,
                                 labels,
+                                plain,
+                                plans,
+                                fills,
                             },
                         ))
                         .is_err()

@@ -6,6 +6,7 @@ pub mod cifar;
 pub mod filters;
 pub mod image_folder;
 pub mod loader;
+pub mod masking;
 pub mod pickle;
 pub mod stl10;
 

@@ -23,6 +23,10 @@ pub const ALL: &[(&str, &str)] = &[
     ("lars", include_str!("../../shaders/lars.wgsl")),
     ("info_nce", include_str!("../../shaders/info_nce.wgsl")),
     (
+        "saliency_mask",
+        include_str!("../../shaders/saliency_mask.wgsl"),
+    ),
+    (
         "heatmap_box",
         include_str!("../../shaders/heatmap_box.wgsl"),
     ),

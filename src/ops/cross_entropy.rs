@@ -160,33 +160,100 @@ pub enum NceMode {
     Moco { in_batch: usize },
 }
 
-impl NceMode {
-    fn masked(self, i: usize, j: usize) -> bool {
-        match self {
+/// Hard negatives in the last columns of a contrastive similarity matrix (saliency-guided
+/// masking, SPEC B.3): `count` blocks, each either one column per image (`per_sample`: row
+/// i takes only the column of its own image, i mod images, where images = N for MoCo and
+/// N/2 for NT-Xent) or a single column every row takes (the reference's batch-negative
+/// quirk). Their logits are multiplied by `alpha` (which multiplies the logit, not the
+/// loss: a sharper temperature for those negatives).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct HardNegatives {
+    pub count: usize,
+    pub per_sample: bool,
+    pub alpha: f32,
+}
+
+impl HardNegatives {
+    pub const NONE: HardNegatives = HardNegatives {
+        count: 0,
+        per_sample: true,
+        alpha: 1.0,
+    };
+}
+
+/// The masking, label and logit factor of every entry, for a similarity matrix [n, m].
+#[derive(Clone, Copy, Debug)]
+struct NceRule {
+    mode: NceMode,
+    n: usize,
+    m: usize,
+    hard: HardNegatives,
+}
+
+impl NceRule {
+    /// Images per block of per-sample columns (0: one shared column per block).
+    fn images(&self) -> usize {
+        match (self.hard.per_sample, self.mode) {
+            (false, _) => 0,
+            (true, NceMode::NtXent) => self.n / 2,
+            (true, NceMode::Moco { .. }) => self.n,
+        }
+    }
+    fn hard_cols(&self) -> usize {
+        self.hard.count * self.images().max(1)
+    }
+    fn first_hard(&self) -> usize {
+        self.m - self.hard_cols()
+    }
+    fn masked(&self, i: usize, j: usize) -> bool {
+        if j >= self.first_hard() {
+            let images = self.images();
+            return images > 0 && (j - self.first_hard()) % images != i % images;
+        }
+        match self.mode {
             NceMode::NtXent => j == i,
             NceMode::Moco { in_batch } => j < in_batch && j != i,
         }
     }
-    fn label(self, i: usize, n: usize) -> usize {
-        match self {
-            NceMode::NtXent => (i + n / 2) % n,
+    fn label(&self, i: usize) -> usize {
+        match self.mode {
+            NceMode::NtXent => (i + self.n / 2) % self.n,
             NceMode::Moco { .. } => i,
         }
     }
-    fn code(self) -> (u32, u32) {
-        match self {
+    /// The logit factor of column j (α for hard negatives).
+    fn factor<T: Real>(&self, j: usize) -> T {
+        if j >= self.first_hard() {
+            T::of(self.hard.alpha as f64)
+        } else {
+            T::one()
+        }
+    }
+    /// Kernel parameters: [n, m, scale, mode, in_batch, hard_cols, images, alpha].
+    fn params(&self, scale: f32) -> [u32; 8] {
+        let (code, nb) = match self.mode {
             NceMode::NtXent => (0, 0),
             NceMode::Moco { in_batch } => (1, in_batch as u32),
-        }
+        };
+        [
+            u(self.n),
+            u(self.m),
+            scale.to_bits(),
+            code,
+            nb,
+            u(self.hard_cols()),
+            u(self.images()),
+            self.hard.alpha.to_bits(),
+        ]
     }
 }
 
-fn nce_lse<T: Real>(row: &[T], i: usize, mode: NceMode, scale: T) -> T {
+fn nce_lse<T: Real>(row: &[T], i: usize, rule: &NceRule, scale: T) -> T {
     let vals = || {
         row.iter()
             .enumerate()
-            .filter(|(j, _)| !mode.masked(i, *j))
-            .map(|(_, &v)| v * scale)
+            .filter(|(j, _)| !rule.masked(i, *j))
+            .map(|(j, &v)| v * scale * rule.factor::<T>(j))
     };
     let m = vals().fold(T::neg_infinity(), T::max);
     vals().map(|v| (v - m).exp()).sum::<T>().ln() + m
@@ -194,10 +261,22 @@ fn nce_lse<T: Real>(row: &[T], i: usize, mode: NceMode, scale: T) -> T {
 
 /// Per-row contrastive losses of `sim` [N, M].
 pub fn info_nce_ref<T: Real>(sim: &[T], n: usize, m: usize, mode: NceMode, scale: T) -> Vec<T> {
+    info_nce_hard_ref(sim, n, m, mode, scale, HardNegatives::NONE)
+}
+
+/// Per-row contrastive losses of `sim` [N, M] whose last columns are hard negatives.
+pub fn info_nce_hard_ref<T: Real>(
+    sim: &[T],
+    n: usize,
+    m: usize,
+    mode: NceMode,
+    scale: T,
+    hard: HardNegatives,
+) -> Vec<T> {
+    let rule = NceRule { mode, n, m, hard };
     (0..n)
         .map(|i| {
-            nce_lse(&sim[i * m..(i + 1) * m], i, mode, scale)
-                - scale * sim[i * m + mode.label(i, n)]
+            nce_lse(&sim[i * m..(i + 1) * m], i, &rule, scale) - scale * sim[i * m + rule.label(i)]
         })
         .collect()
 }
@@ -211,18 +290,34 @@ pub fn info_nce_backward_ref<T: Real>(
     mode: NceMode,
     scale: T,
 ) -> Vec<T> {
+    info_nce_hard_backward_ref(sim, g, n, m, mode, scale, HardNegatives::NONE)
+}
+
+/// Gradient of Σ_i g_i·loss_i with respect to `sim`, hard negatives in the last columns:
+/// ∂/∂sim_ij = (softmax_ij − [j = label_i])·g_i·scale·factor_j on unmasked entries.
+pub fn info_nce_hard_backward_ref<T: Real>(
+    sim: &[T],
+    g: &[T],
+    n: usize,
+    m: usize,
+    mode: NceMode,
+    scale: T,
+    hard: HardNegatives,
+) -> Vec<T> {
+    let rule = NceRule { mode, n, m, hard };
     let mut out = vec![T::zero(); n * m];
     for i in 0..n {
         let row = &sim[i * m..(i + 1) * m];
-        let lse = nce_lse(row, i, mode, scale);
+        let lse = nce_lse(row, i, &rule, scale);
         for j in 0..m {
-            if !mode.masked(i, j) {
-                let onehot = if j == mode.label(i, n) {
+            if !rule.masked(i, j) {
+                let onehot = if j == rule.label(i) {
                     T::one()
                 } else {
                     T::zero()
                 };
-                out[i * m + j] = ((scale * row[j] - lse).exp() - onehot) * g[i] * scale;
+                let f = rule.factor::<T>(j);
+                out[i * m + j] = ((scale * f * row[j] - lse).exp() - onehot) * g[i] * scale * f;
             }
         }
     }
@@ -232,42 +327,51 @@ pub fn info_nce_backward_ref<T: Real>(
 const NCE_FWD: Kernel = Kernel::new("info_nce", "info_nce_forward");
 const NCE_BWD: Kernel = Kernel::new("info_nce", "info_nce_backward");
 
-fn nce_check(sim: &Tensor, mode: NceMode) -> Result<(usize, usize)> {
+fn nce_check(sim: &Tensor, mode: NceMode, hard: HardNegatives) -> Result<NceRule> {
     let &[n, m] = sim.shape() else {
         return Err(Error::shape(
             "info_nce",
             format!("expects a similarity matrix [N, M], got {:?}", sim.shape()),
         ));
     };
-    let ok = match mode {
-        NceMode::NtXent => n == m && n % 2 == 0,
-        NceMode::Moco { in_batch } => in_batch == n && m > n,
-    };
+    let rule = NceRule { mode, n, m, hard };
+    let hard_cols = hard.count * rule.images().max(1);
+    let ok = hard_cols < m
+        && hard.alpha.is_finite()
+        && match mode {
+            NceMode::NtXent => m - hard_cols == n && n % 2 == 0,
+            NceMode::Moco { in_batch } => in_batch == n && m - hard_cols > n,
+        };
     if !ok {
         return Err(Error::shape(
             "info_nce",
-            format!("similarity {:?} does not fit {mode:?}", sim.shape()),
+            format!("similarity {:?} does not fit {mode:?} with {hard:?}", sim.shape()),
         ));
     }
-    Ok((n, m))
+    Ok(rule)
 }
 
 /// Per-row losses [N] of the scaled, masked similarity matrix.
 pub fn info_nce(sim: &Tensor, mode: NceMode, scale: f32) -> TResult {
-    let (n, m) = nce_check(sim, mode)?;
+    info_nce_hard(sim, mode, scale, HardNegatives::NONE)
+}
+
+/// [`info_nce`] with hard negatives in the last columns.
+pub fn info_nce_hard(sim: &Tensor, mode: NceMode, scale: f32, hard: HardNegatives) -> TResult {
+    let rule = nce_check(sim, mode, hard)?;
+    let (n, m) = (rule.n, rule.m);
     match sim.device() {
         Device::Cpu => Ok(cpu(
-            info_nce_ref(sim.cpu_data().unwrap_or_default(), n, m, mode, scale),
+            info_nce_hard_ref(sim.cpu_data().unwrap_or_default(), n, m, mode, scale, hard),
             &[n],
         )),
         Device::Gpu(g) => {
-            let (code, nb) = mode.code();
             let out = g.alloc(n);
             g.dispatch(
                 NCE_FWD,
                 &[],
                 &[buf(sim), &out],
-                &[u(n), u(m), scale.to_bits(), code, nb, 0, 0, 0],
+                &rule.params(scale),
                 grid_1d(n, 64),
             );
             Ok(Tensor::from_gpu(&g, out, &[n]))
@@ -276,27 +380,38 @@ pub fn info_nce(sim: &Tensor, mode: NceMode, scale: f32) -> TResult {
 }
 
 pub fn info_nce_backward(sim: &Tensor, grad: &Tensor, mode: NceMode, scale: f32) -> TResult {
-    let (n, m) = nce_check(sim, mode)?;
+    info_nce_hard_backward(sim, grad, mode, scale, HardNegatives::NONE)
+}
+
+pub fn info_nce_hard_backward(
+    sim: &Tensor,
+    grad: &Tensor,
+    mode: NceMode,
+    scale: f32,
+    hard: HardNegatives,
+) -> TResult {
+    let rule = nce_check(sim, mode, hard)?;
+    let (n, m) = (rule.n, rule.m);
     match same_device("info_nce_backward", &[sim, grad])? {
         Device::Cpu => Ok(cpu(
-            info_nce_backward_ref(
+            info_nce_hard_backward_ref(
                 sim.cpu_data().unwrap_or_default(),
                 grad.cpu_data().unwrap_or_default(),
                 n,
                 m,
                 mode,
                 scale,
+                hard,
             ),
             &[n, m],
         )),
         Device::Gpu(g) => {
-            let (code, nb) = mode.code();
             let out = g.alloc(n * m);
             g.dispatch(
                 NCE_BWD,
                 &[],
                 &[buf(sim), buf(grad), &out],
-                &[u(n), u(m), scale.to_bits(), code, nb, 0, 0, 0],
+                &rule.params(scale),
                 grid_1d(n, 64),
             );
             Ok(Tensor::from_gpu(&g, out, &[n, m]))
@@ -309,10 +424,21 @@ impl Tape {
     /// temperature (`scale` = 1/τ) and the softmax happen inside one kernel each way, so the
     /// similarity matrix and its gradient are the only N×M matrices.
     pub fn info_nce(&mut self, sim: Var, mode: NceMode, scale: f32) -> Result<Var> {
+        self.info_nce_hard(sim, mode, scale, HardNegatives::NONE)
+    }
+
+    /// [`Tape::info_nce`] with hard negatives in the last columns of `sim`.
+    pub fn info_nce_hard(
+        &mut self,
+        sim: Var,
+        mode: NceMode,
+        scale: f32,
+        hard: HardNegatives,
+    ) -> Result<Var> {
         let sv = self.value(sim).clone();
-        let y = info_nce(&sv, mode, scale)?;
+        let y = info_nce_hard(&sv, mode, scale, hard)?;
         Ok(self.record("info_nce", y, &[sim], move |g, _| {
-            Ok(vec![Some(info_nce_backward(&sv, g, mode, scale)?)])
+            Ok(vec![Some(info_nce_hard_backward(&sv, g, mode, scale, hard)?)])
         }))
     }
 }

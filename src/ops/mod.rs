@@ -13,6 +13,7 @@ pub mod l2norm;
 pub mod linear;
 pub mod pool;
 pub mod reduce;
+pub mod saliency_mask;
 pub mod shape_ops;
 
 use crate::error::Result;

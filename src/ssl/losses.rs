@@ -10,15 +10,61 @@
 //! - BYOL / SimSiam: scale · (mean cos(p1, z2) + mean cos(p2, z1)) with z detached
 //!   (scale −2 for BYOL, −0.5 for SimSiam).
 //!
+//! - Hard negatives (saliency-guided masking, SPEC B.3): embeddings t_m of masked views, each
+//!   [N, dim] (one per image: row i's own negative) or [1, dim] (the reference's quirk: one
+//!   negative every row takes), normalised and detached, become extra columns α·(q·t)/T of
+//!   the logits (α multiplies the logit, not the loss). For NT-Xent both views of image i
+//!   take image i's negatives.
+//!
 //! The contrastive losses use the fused `info_nce` op: the similarity matrix and its gradient
 //! are the only N×M matrices (masking, temperature and softmax happen inside the kernels).
 
 use crate::autograd::{Tape, Var};
 use crate::error::{Error, Result};
-use crate::ops::cross_entropy::NceMode;
+use crate::ops::cross_entropy::{HardNegatives, NceMode};
 use crate::tensor::Tensor;
 
 pub fn nt_xent(tape: &mut Tape, z1: Var, z2: Var, tau: f32, loss_scale: f32) -> Result<Var> {
+    nt_xent_hard(tape, z1, z2, &[], 1.0, tau, loss_scale)
+}
+
+/// The hard-negative rule of embeddings `negatives` (all [N, dim] or all [1, dim]).
+fn hard_rule(tape: &Tape, negatives: &[Var], alpha: f32, loss: &'static str) -> Result<HardNegatives> {
+    let rows: Vec<usize> = negatives.iter().map(|&t| tape.value(t).shape()[0]).collect();
+    if rows.windows(2).any(|w| w[0] != w[1]) {
+        return Err(Error::shape(
+            loss,
+            format!("hard negatives of {rows:?} rows (all must have the same)"),
+        ));
+    }
+    Ok(HardNegatives {
+        count: negatives.len(),
+        per_sample: rows.first().is_none_or(|&r| r != 1),
+        alpha,
+    })
+}
+
+/// Normalised, detached hard-negative rows appended to `keys`.
+fn with_negatives(tape: &mut Tape, keys: Vec<Var>, negatives: &[Var]) -> Result<Var> {
+    let mut all = keys;
+    for &t in negatives {
+        let t = tape.detach(t);
+        all.push(tape.l2_normalize(t)?);
+    }
+    tape.concat(&all)
+}
+
+/// NT-Xent with hard negatives `negatives` (each [N, dim] per image, or [1, dim] shared) whose
+/// logits are multiplied by `alpha`.
+pub fn nt_xent_hard(
+    tape: &mut Tape,
+    z1: Var,
+    z2: Var,
+    negatives: &[Var],
+    alpha: f32,
+    tau: f32,
+    loss_scale: f32,
+) -> Result<Var> {
     if tape.value(z2).shape() != tape.value(z1).shape() {
         return Err(Error::shape(
             "nt_xent",
@@ -29,16 +75,37 @@ pub fn nt_xent(tape: &mut Tape, z1: Var, z2: Var, tau: f32, loss_scale: f32) -> 
             ),
         ));
     }
+    let hard = hard_rule(tape, negatives, alpha, "nt_xent")?;
     let z = tape.concat(&[z1, z2])?;
     let z = tape.l2_normalize(z)?;
-    let sim = tape.matmul_t(z, z, false, true)?;
-    let rows = tape.info_nce(sim, NceMode::NtXent, 1.0 / tau)?;
+    let keys = if negatives.is_empty() {
+        z
+    } else {
+        with_negatives(tape, vec![z], negatives)?
+    };
+    let sim = tape.matmul_t(z, keys, false, true)?;
+    let rows = tape.info_nce_hard(sim, NceMode::NtXent, 1.0 / tau, hard)?;
     let ce = tape.mean(rows)?;
     tape.scale(ce, loss_scale)
 }
 
 /// `queue` holds K normalised keys, one per row ([K, dim]).
 pub fn moco_infonce(tape: &mut Tape, q: Var, k: Var, queue: &Tensor, t: f32) -> Result<Var> {
+    moco_infonce_hard(tape, q, k, queue, &[], 1.0, t)
+}
+
+/// MoCo InfoNCE with hard negatives `negatives` (key-encoder embeddings, each [N, dim] per
+/// image or [1, dim] shared) whose logits are multiplied by `alpha`.
+pub fn moco_infonce_hard(
+    tape: &mut Tape,
+    q: Var,
+    k: Var,
+    queue: &Tensor,
+    negatives: &[Var],
+    alpha: f32,
+    t: f32,
+) -> Result<Var> {
+    let hard = hard_rule(tape, negatives, alpha, "moco_infonce")?;
     let n = tape.value(q).shape()[0];
     let q = tape.l2_normalize(q)?;
     let k = tape.detach(k);
@@ -46,9 +113,9 @@ pub fn moco_infonce(tape: &mut Tape, q: Var, k: Var, queue: &Tensor, t: f32) -> 
     let qv = tape.input(queue.clone());
     // [k_0..k_{N-1}; queue] as rows; the fused op drops the other rows' keys, so each row's
     // softmax is over exactly [q·k_i, q·queue].
-    let keys = tape.concat(&[k, qv])?;
+    let keys = with_negatives(tape, vec![k, qv], negatives)?;
     let sim = tape.matmul_t(q, keys, false, true)?;
-    let rows = tape.info_nce(sim, NceMode::Moco { in_batch: n }, 1.0 / t)?;
+    let rows = tape.info_nce_hard(sim, NceMode::Moco { in_batch: n }, 1.0 / t, hard)?;
     tape.mean(rows)
 }
 

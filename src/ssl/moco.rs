@@ -14,8 +14,8 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
-use super::losses::moco_infonce;
-use super::{ema_towards_online, Method};
+use super::losses::moco_infonce_hard;
+use super::{ema_towards_online, negative_batches, views_with_negatives, HardNegCfg, Method};
 use crate::autograd::{Tape, Var};
 use crate::error::{Error, Result};
 use crate::nn::resnet::{ResNet, ResNetConfig};
@@ -33,6 +33,8 @@ pub struct MocoConfig {
     pub bn_group: usize,
     pub shuffle: bool,
     pub seed: u64,
+    /// Hard negatives (saliency-guided masking; none by default).
+    pub hard: HardNegCfg,
 }
 
 impl Default for MocoConfig {
@@ -45,6 +47,7 @@ impl Default for MocoConfig {
             bn_group: 64,
             shuffle: true,
             seed: 0,
+            hard: HardNegCfg::default(),
         }
     }
 }
@@ -153,15 +156,34 @@ impl Moco {
         let sizes: Vec<usize> = (0..n).step_by(g).map(|s| g.min(n - s)).collect();
         let parts = tape.split(x, &sizes)?;
         let mut outs = Vec::with_capacity(parts.len());
+        let frozen = self.store.freeze_running_stats;
         for (i, p) in parts.into_iter().enumerate() {
             // Running statistics follow the first group only (the reference's rank 0, whose
             // buffers DDP broadcasts at every forward).
-            self.store.freeze_running_stats = i > 0;
+            self.store.freeze_running_stats = frozen || i > 0;
             let out = f(self, tape, p);
-            self.store.freeze_running_stats = false;
+            self.store.freeze_running_stats = frozen;
             outs.push(out?);
         }
         tape.concat(&outs)
+    }
+
+    /// Key-encoder embeddings of `x` without gradient: shuffled across the ghost-BN groups
+    /// and un-shuffled after.
+    fn keys(&mut self, tape: &mut Tape, b: &Bound, x: Var) -> Result<Var> {
+        let n = tape.value(x).shape()[0];
+        let mut perm: Vec<usize> = (0..n).collect();
+        if self.cfg.shuffle {
+            perm.shuffle(&mut self.rng);
+        }
+        tape.no_grad(|t| -> Result<Var> {
+            let xs = t.permute_rows(x, &perm)?;
+            let k = self.grouped(t, xs, |m, t, x| {
+                let f = m.k_backbone.forward(t, &mut m.store, b, x, true)?;
+                m.k_head.forward(t, &mut m.store, b, f, true)
+            })?;
+            t.permute_rows(k, &inverse_permutation(&perm))
+        })
     }
 
     /// Enqueue `keys` [B, dim] at the pointer, wrapping around.
@@ -221,28 +243,30 @@ impl Method for Moco {
         self.ptr = ptr;
         Ok(())
     }
+    fn view_count(&self) -> usize {
+        2 + self.cfg.hard.count
+    }
     fn loss(&mut self, tape: &mut Tape, b: &Bound, views: &[Var]) -> Result<Var> {
-        let (v1, v2) = super::two_views("moco", views)?;
+        let hard = self.cfg.hard;
+        let (v1, v2, negs) = views_with_negatives("moco", views, &hard)?;
         let q = self.grouped(tape, v1, |m, t, x| {
             let f = m.backbone.forward(t, &mut m.store, b, x, true)?;
             m.head.forward(t, &mut m.store, b, f, true)
         })?;
-        let n = tape.value(v2).shape()[0];
-        let mut perm: Vec<usize> = (0..n).collect();
-        if self.cfg.shuffle {
-            perm.shuffle(&mut self.rng);
-        }
-        let k = tape.no_grad(|t| -> Result<Var> {
-            let xs = t.permute_rows(v2, &perm)?;
-            let k = self.grouped(t, xs, |m, t, x| {
-                let f = m.k_backbone.forward(t, &mut m.store, b, x, true)?;
-                m.k_head.forward(t, &mut m.store, b, f, true)
-            })?;
-            t.permute_rows(k, &inverse_permutation(&perm))
-        })?;
+        let k = self.keys(tape, b, v2)?;
         self.pending = Some(crate::ops::l2norm::l2_normalize(tape.value(k))?);
+        // Hard negatives through the key encoder as the keys (shuffled ghost BN), not
+        // enqueued, its running statistics left to the keys.
+        let negs = negative_batches(tape, negs, &hard)?;
+        let mut t = Vec::with_capacity(negs.len());
+        for x in negs {
+            let frozen = std::mem::replace(&mut self.store.freeze_running_stats, true);
+            let e = self.keys(tape, b, x);
+            self.store.freeze_running_stats = frozen;
+            t.push(e?);
+        }
         let queue = self.queue().clone();
-        moco_infonce(tape, q, k, &queue, self.cfg.temperature)
+        moco_infonce_hard(tape, q, k, &queue, &t, hard.alpha, self.cfg.temperature)
     }
     fn after_step(&mut self) -> Result<()> {
         if let Some(keys) = self.pending.take() {

@@ -70,6 +70,66 @@ pub trait Method {
     }
 }
 
+/// The hard negatives a contrastive method adds to its loss (saliency-guided masking): the
+/// views after the query and the key, each forwarded without gradient.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct HardNegCfg {
+    /// Hard-negative views per image.
+    pub count: usize,
+    /// Factor of their logits.
+    pub alpha: f32,
+    /// One negative per image (false: the reference's quirk, every query against image m's
+    /// negative m, embedded from a batch of one).
+    pub per_sample: bool,
+}
+
+impl Default for HardNegCfg {
+    fn default() -> Self {
+        Self {
+            count: 0,
+            alpha: 2.0,
+            per_sample: true,
+        }
+    }
+}
+
+/// The query, the key and the hard-negative views of a contrastive method's loss, or a shape
+/// error naming the method.
+pub(crate) fn views_with_negatives<'a>(
+    method: &'static str,
+    views: &'a [Var],
+    hard: &HardNegCfg,
+) -> Result<(Var, Var, &'a [Var])> {
+    if views.len() != 2 + hard.count {
+        return Err(crate::error::Error::shape(
+            method,
+            format!(
+                "takes {} views per step (a query, a key, {} hard negatives), got {}",
+                2 + hard.count,
+                hard.count,
+                views.len()
+            ),
+        ));
+    }
+    Ok((views[0], views[1], &views[2..]))
+}
+
+/// The hard-negative images the loss embeds: every image of each view (per sample), or image
+/// m of view m alone (the reference's quirk).
+pub(crate) fn negative_batches(tape: &mut Tape, negs: &[Var], hard: &HardNegCfg) -> Result<Vec<Var>> {
+    negs.iter()
+        .enumerate()
+        .map(|(m, &t)| {
+            if hard.per_sample {
+                Ok(t)
+            } else {
+                let n = tape.value(t).shape()[0];
+                tape.slice_batch(t, m.min(n - 1), 1)
+            }
+        })
+        .collect()
+}
+
 /// The two views of a two-view method's loss, or a shape error naming the method.
 pub(crate) fn two_views(method: &'static str, views: &[Var]) -> Result<(Var, Var)> {
     match views {
@@ -119,6 +179,15 @@ pub fn ema_towards_online(store: &mut crate::nn::ParamStore, prefix: &str, m: f3
     Ok(())
 }
 
+/// The hard negatives of a run configuration.
+fn hard_negatives(cfg: &crate::config::Config) -> HardNegCfg {
+    HardNegCfg {
+        count: cfg.mask.hard_negatives(&cfg.method),
+        alpha: cfg.mask.alpha,
+        per_sample: !cfg.mask.reference_batch_negative,
+    }
+}
+
 /// The method a run configuration asks for, freshly initialised from `rng` on `device`.
 pub fn build(
     cfg: &crate::config::Config,
@@ -134,6 +203,7 @@ pub fn build(
                 dim: m.dim,
                 temperature: m.temperature,
                 loss_scale: m.loss_scale(),
+                hard: hard_negatives(cfg),
             },
             rng,
             device,
@@ -148,6 +218,7 @@ pub fn build(
                 bn_group: m.bn_group,
                 shuffle: m.shuffle,
                 seed: cfg.train.seed,
+                hard: hard_negatives(cfg),
             },
             rng,
             device,

@@ -3,11 +3,13 @@
 //! both views forwarded as one batch of 2B (shared BN statistics, as the reference; views of
 //! two sizes are forwarded one after the other), with
 //! temperature τ and the `loss_scale` factor (τ/base_τ with base_τ = 0.07, as the reference).
+//! With saliency-guided masking, hard-negative views follow the two views: each is embedded
+//! by the same encoder without gradient and enters both views' denominators as α·(z·t)/τ.
 
 use rand::Rng;
 
-use super::losses::nt_xent;
-use super::Method;
+use super::losses::nt_xent_hard;
+use super::{negative_batches, views_with_negatives, HardNegCfg, Method};
 use crate::autograd::{Tape, Var};
 use crate::error::Result;
 use crate::nn::resnet::{ResNet, ResNetConfig};
@@ -22,6 +24,8 @@ pub struct SimClrConfig {
     pub dim: usize,
     pub temperature: f32,
     pub loss_scale: f32,
+    /// Hard negatives in the denominator (saliency-guided masking; none by default).
+    pub hard: HardNegCfg,
 }
 
 impl SimClrConfig {
@@ -37,6 +41,7 @@ impl Default for SimClrConfig {
             dim: 128,
             temperature: 0.5,
             loss_scale: Self::reference_loss_scale(0.5),
+            hard: HardNegCfg::default(),
         }
     }
 }
@@ -92,8 +97,12 @@ impl SimClr {
 
 impl Method for SimClr {
     method_accessors!("simclr");
+    fn view_count(&self) -> usize {
+        2 + self.cfg.hard.count
+    }
     fn loss(&mut self, tape: &mut Tape, bound: &Bound, views: &[Var]) -> Result<Var> {
-        let (v1, v2) = super::two_views("simclr", views)?;
+        let hard = self.cfg.hard;
+        let (v1, v2, negs) = views_with_negatives("simclr", views, &hard)?;
         let b = tape.value(v1).shape()[0];
         let parts = if tape.value(v1).shape() == tape.value(v2).shape() {
             // Both views as one batch of 2B: shared BN statistics, as the reference.
@@ -107,10 +116,22 @@ impl Method for SimClr {
                 self.project(tape, bound, v2, true)?,
             ]
         };
-        nt_xent(
+        // Hard negatives: embedded by the same encoder without gradient, BN on their own
+        // batch statistics without touching the running ones.
+        let negs = negative_batches(tape, negs, &hard)?;
+        let mut t = Vec::with_capacity(negs.len());
+        for x in negs {
+            self.store.freeze_running_stats = true;
+            let z = tape.no_grad(|tp| self.project(tp, bound, x, true));
+            self.store.freeze_running_stats = false;
+            t.push(z?);
+        }
+        nt_xent_hard(
             tape,
             parts[0],
             parts[1],
+            &t,
+            hard.alpha,
             self.cfg.temperature,
             self.cfg.loss_scale,
         )

@@ -412,9 +412,19 @@ fn backbone_from(
     device: &Device,
 ) -> Result<(crate::nn::resnet::ResNet, crate::nn::ParamStore)> {
     use crate::nn::resnet::{Arch, ResNet, ResNetConfig, Stem};
-    let conv1 = st
-        .tensor("param/conv1.weight")
-        .map_err(|_| Error::file(ckpt, "no `param/conv1.weight`: not a viewcraft checkpoint"))?;
+    // A viewcraft checkpoint names its tensors `param/…`; an exported backbone (or a
+    // torchvision state dict saved as safetensors) uses the bare names.
+    let prefix = if st.tensor("param/conv1.weight").is_ok() {
+        "param/"
+    } else {
+        ""
+    };
+    let conv1 = st.tensor(&format!("{prefix}conv1.weight")).map_err(|_| {
+        Error::file(
+            ckpt,
+            "no `param/conv1.weight` or `conv1.weight`: neither a viewcraft checkpoint nor a ResNet state dict in torchvision names",
+        )
+    })?;
     // The shape decides the architecture, so it is checked before anything is built on it.
     let (width, k) = match *conv1.shape() {
         [w, 3, k, k2] if k == k2 && (k == 3 || k == 7) && w > 0 && w % 4 == 0 => (w, k),
@@ -422,15 +432,15 @@ fn backbone_from(
             return Err(Error::file(
                 ckpt,
                 format!(
-                    "tensor `param/conv1.weight` has shape {other:?}, not a ResNet stem [width, 3, 3 or 7, 3 or 7] with a width that is a positive multiple of 4"
+                    "tensor `{prefix}conv1.weight` has shape {other:?}, not a ResNet stem [width, 3, 3 or 7, 3 or 7] with a width that is a positive multiple of 4"
                 ),
             ))
         }
     };
-    let has = |n: &str| st.tensor(n).is_ok();
-    let arch = if has("param/layer1.0.conv3.weight") {
+    let has = |n: &str| st.tensor(&format!("{prefix}{n}")).is_ok();
+    let arch = if has("layer1.0.conv3.weight") {
         Arch::Resnet50
-    } else if has("param/layer3.5.conv1.weight") {
+    } else if has("layer3.5.conv1.weight") {
         Arch::Resnet34
     } else {
         Arch::Resnet18
@@ -451,7 +461,7 @@ fn backbone_from(
         device,
     )?;
     for p in &mut store.params {
-        let name = format!("param/{}", p.name);
+        let name = format!("{prefix}{}", p.name);
         let t = st
             .tensor(&name)
             .map_err(|_| Error::file(ckpt, format!("tensor `{name}` missing")))?;

@@ -13,6 +13,7 @@ use serde::Serialize;
 
 pub mod atomic;
 pub mod checkpoint;
+pub mod masking;
 pub mod run_dir;
 
 use crate::autograd::Tape;
@@ -21,7 +22,7 @@ use crate::crop::sampler::{BoxF, RrcParams, WHOLE_IMAGE};
 use crate::crop::schedule::{update_boxes, update_proposals, BoxPass, BoxStats, Schedule};
 use crate::crop::CropKind;
 use crate::data::augment::Jitter;
-use crate::data::loader::{epoch, Augment, CropMode, CropSource, ViewConfig, ViewSpec};
+use crate::data::loader::{epoch, Augment, CropMode, CropSource, ViewConfig, ViewMask, ViewSpec};
 use crate::data::ImageSet;
 use crate::error::{Error, Result};
 use crate::optim::{momentum_buffers, update_store, warmup_cosine_lr};
@@ -52,6 +53,8 @@ pub struct PretrainConfig {
     pub crop: CropKind,
     /// The views of every image (empty: the crop kind's defaults, [`default_views`]).
     pub views: Vec<ViewSpec>,
+    /// Saliency-guided masking (None: off).
+    pub mask: Option<masking::MaskTraining>,
     pub alpha: f64,
     pub box_thresh: f32,
     pub warmup_epochs: usize,
@@ -85,21 +88,37 @@ pub struct PretrainConfig {
 
 /// The views a run makes when its config lists none: two `box` views at the image size with
 /// the run's RRC (every kind but objectcrop: today's two views); for objectcrop the pair's
-/// two views (object + dilated, or scene + the whole object region).
-pub fn default_views(kind: &CropKind, size: usize, rrc: RrcParams) -> Vec<ViewSpec> {
+/// two views (object + dilated, or scene + the whole object region). With masking, the first
+/// view is the masked query and `hard_negatives` masked copies of the second follow.
+pub fn default_views(
+    kind: &CropKind,
+    size: usize,
+    rrc: RrcParams,
+    mask: Option<&masking::MaskTraining>,
+) -> Vec<ViewSpec> {
     let view = |source| ViewSpec {
         source,
         size,
         rrc,
         augment: Augment::Ssl,
+        mask: ViewMask::None,
     };
-    match kind {
+    let mut views = match kind {
         CropKind::ObjectCrop(o) if o.pair == ObjectPair::Dilate => {
             vec![view(CropSource::Object), view(CropSource::Dilated)]
         }
         CropKind::ObjectCrop(_) => vec![view(CropSource::Scene), view(CropSource::ObjectWhole)],
         _ => vec![view(CropSource::Box); 2],
+    };
+    if let Some(m) = mask {
+        views[0].mask = ViewMask::Pos;
+        let neg = ViewSpec {
+            mask: ViewMask::Neg,
+            ..views[1]
+        };
+        views.extend(std::iter::repeat_n(neg, m.hard_negatives));
     }
+    views
 }
 
 /// Weighted kNN of the online backbone's features (eval mode): the labelled `train` images
@@ -121,6 +140,9 @@ pub enum Event {
         step: usize,
         loss: f32,
         lr: f64,
+        /// Hard-negative logits that entered the step's loss (runs with masking).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        hard_negatives: Option<usize>,
     },
     Epoch {
         epoch: usize,
@@ -240,10 +262,28 @@ pub fn pretrain(
     let rrc = cfg.rrc;
     rrc.validate()?;
     let specs = if cfg.views.is_empty() {
-        default_views(&cfg.crop, data.height, rrc)
+        default_views(&cfg.crop, data.height, rrc, cfg.mask.as_ref())
     } else {
         cfg.views.clone()
     };
+    if let Some(m) = &cfg.mask {
+        let min = m.recipe.strategy.min_size().max(m.recipe.grid);
+        if let Some(s) = specs.iter().find(|s| s.size < min) {
+            return Err(Error::Config {
+                field: if cfg.views.is_empty() {
+                    "mask.grid".into()
+                } else {
+                    "views".into()
+                },
+                msg: format!(
+                    "views of {} px are below the {min} px that mask.strategy = \"{}\" with mask.grid = {} needs",
+                    s.size,
+                    m.recipe.strategy.name(),
+                    m.recipe.grid
+                ),
+            });
+        }
+    }
     if specs.len() != method.view_count() {
         return Err(Error::Config {
             field: "views".into(),
@@ -263,7 +303,13 @@ pub fn pretrain(
         },
         mean: cfg.mean,
         std: cfg.std,
+        mask: cfg.mask.as_ref().map(|m| m.recipe),
     };
+    let mut masker = match &cfg.mask {
+        Some(m) => Some(masking::Masker::new(m, device)?),
+        None => None,
+    };
+    let hard_negatives = cfg.mask.as_ref().map(|m| m.negatives_per_step(cfg.batch_size));
     let mut boxes = vec![cfg.init_box; data.len()];
     let mut proposals: Vec<Vec<BoxF>> = match &cfg.crop {
         CropKind::ObjectCrop(o) => match &o.fixed {
@@ -391,7 +437,7 @@ pub fn pretrain(
         let mut seen = 0;
         let skip = std::mem::take(&mut pos.batch);
         let mut last_loss: Option<Tensor> = None;
-        for (k, batch) in epoch(
+        for (k, mut batch) in epoch(
             data.clone(),
             mode,
             view.clone(),
@@ -409,10 +455,15 @@ pub fn pretrain(
             method.before_step(step - 1, total_steps)?;
             let mut tape = Tape::new();
             let store_bound = method.store().bind(&mut tape, true);
-            let mut inputs = Vec::with_capacity(batch.views.len());
-            for (v, s) in batch.views.into_iter().zip(batch.sizes) {
-                inputs.push(tape.input(Tensor::from_vec(v, &[b, 3, s, s], device)?));
+            let mut xs = Vec::with_capacity(batch.views.len());
+            for (v, &s) in std::mem::take(&mut batch.views).into_iter().zip(&batch.sizes) {
+                xs.push(Tensor::from_vec(v, &[b, 3, s, s], device)?);
             }
+            if let Some(m) = &mut masker {
+                m.apply(method, &view, &batch, &mut xs, device)?;
+            }
+            drop(batch);
+            let inputs: Vec<_> = xs.into_iter().map(|x| tape.input(x)).collect();
             let loss = method.loss(&mut tape, &store_bound, &inputs)?;
             let loss_value = tape.value(loss).clone();
             let grads = tape.backward(loss)?;
@@ -451,6 +502,7 @@ pub fn pretrain(
                     step,
                     loss: l,
                     lr,
+                    hard_negatives,
                 });
             }
             last_loss = Some(loss_value);

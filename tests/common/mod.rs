@@ -278,6 +278,7 @@ pub fn pretrain_config(
         log_interval: 1,
         crop: viewcraft::crop::CropKind::Rcrop,
         views: Vec::new(),
+        mask: None,
         alpha: 0.1,
         box_thresh: 0.1,
         warmup_epochs: epochs,

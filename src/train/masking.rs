@@ -1,0 +1,112 @@
+//! The step's half of saliency-guided masking (SPEC B.3, D.7): the saliency of each masked
+//! view's source (the model's own layer-4 map in eval mode — the map ContrastiveCrop's
+//! heatmaps use — or a frozen external backbone's), then the device op that masks the view
+//! from the loader's plan and fill. Everything stays on the run's device: no readback.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use crate::autograd::Tape;
+use crate::data::loader::{Batch, ViewConfig, ViewMask};
+use crate::data::masking::MaskRecipe;
+use crate::error::Result;
+use crate::nn::resnet::ResNet;
+use crate::nn::ParamStore;
+use crate::ops::saliency_mask::{mask_views, plan_len};
+use crate::ssl::{feature_map, Method};
+use crate::tensor::{Device, Tensor};
+
+/// A run's masking: the loader's recipe, the hard negatives the loss takes, and where the
+/// saliency comes from.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MaskTraining {
+    pub recipe: MaskRecipe,
+    /// Hard negatives per image (views with mask = neg).
+    pub hard_negatives: usize,
+    /// One negative per image (false: the reference's one-per-batch quirk).
+    pub per_sample: bool,
+    /// A frozen backbone file for the saliency (None: the model's own layer-4 map).
+    pub saliency_backbone: Option<PathBuf>,
+}
+
+impl MaskTraining {
+    /// Hard-negative logits per step that enter the loss, for a batch of `b` images.
+    pub fn negatives_per_step(&self, b: usize) -> usize {
+        if self.per_sample {
+            self.hard_negatives * b
+        } else {
+            self.hard_negatives
+        }
+    }
+}
+
+/// Masks a batch's views in the step.
+pub struct Masker {
+    recipe: MaskRecipe,
+    external: Option<(ResNet, ParamStore)>,
+}
+
+impl Masker {
+    pub fn new(cfg: &MaskTraining, device: &Device) -> Result<Masker> {
+        let external = match &cfg.saliency_backbone {
+            Some(p) => Some(crate::train::checkpoint::load_backbone(p, device)?),
+            None => None,
+        };
+        Ok(Masker {
+            recipe: cfg.recipe,
+            external,
+        })
+    }
+
+    /// The last-stage feature map [N, C, h, w] of images `x`, eval mode, no gradients.
+    fn features(&mut self, method: &mut dyn Method, x: Tensor) -> Result<Tensor> {
+        let mut tape = Tape::new();
+        let xv = tape.input(x);
+        let f = match &mut self.external {
+            Some((net, store)) => {
+                let b = store.bind(&mut tape, false);
+                tape.no_grad(|t| net.forward_features(t, store, &b, xv, false))?
+            }
+            None => feature_map(method, &mut tape, xv)?,
+        };
+        Ok(tape.value(f).clone())
+    }
+
+    /// Replace the masked views of `inputs` (the batch's views on `device`, in spec order)
+    /// with their masked versions.
+    pub fn apply(
+        &mut self,
+        method: &mut dyn Method,
+        view: &ViewConfig,
+        batch: &Batch,
+        inputs: &mut [Tensor],
+        device: &Device,
+    ) -> Result<()> {
+        let b = batch.indices.len();
+        let g = self.recipe.grid;
+        let mut features: HashMap<usize, Tensor> = HashMap::new();
+        for v in 0..inputs.len() {
+            let Some(s) = view.saliency_source(v) else {
+                continue;
+            };
+            if !features.contains_key(&s) {
+                let size = batch.sizes[s];
+                let src = if batch.plain[s].is_empty() {
+                    inputs[s].clone()
+                } else {
+                    Tensor::from_vec(batch.plain[s].clone(), &[b, 3, size, size], device)?
+                };
+                let f = self.features(method, src)?;
+                features.insert(s, f);
+            }
+            let size = batch.sizes[v];
+            let rule = self
+                .recipe
+                .rule(size, view.views[v].mask == ViewMask::Pos);
+            let plan = Tensor::from_vec(batch.plans[v].clone(), &[b, plan_len(g)], device)?;
+            let fill = Tensor::from_vec(batch.fills[v].clone(), &[b, 3, size, size], device)?;
+            inputs[v] = mask_views(&inputs[v], &features[&s], &fill, &plan, g, rule)?;
+        }
+        Ok(())
+    }
+}
