@@ -16,8 +16,8 @@ use crate::data::{normalization, Split};
 use crate::error::{Error, Result};
 use crate::eval::linear::{linear_probe, LinearResult};
 use crate::tensor::Device;
-use crate::train::run_dir::{RunDir, RunState};
 use crate::train::masking::MaskTraining;
+use crate::train::run_dir::{RunDir, RunState};
 use crate::train::{pretrain, Event, KnnMonitor, PretrainConfig};
 
 #[derive(Clone, Debug, clap::Args)]

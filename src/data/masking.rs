@@ -143,13 +143,12 @@ impl BatchNoise {
         if recipe.strategy != Strategy::HighPass {
             return BatchNoise::default();
         }
-        let mut rng = StdRng::seed_from_u64(mix(
-            seed,
-            epoch,
-            u64::MAX - 1,
-            (batch << 16) ^ view,
-        ));
-        let std = if positive { POS_NOISE_STD } else { NEG_NOISE_STD };
+        let mut rng = StdRng::seed_from_u64(mix(seed, epoch, u64::MAX - 1, (batch << 16) ^ view));
+        let std = if positive {
+            POS_NOISE_STD
+        } else {
+            NEG_NOISE_STD
+        };
         let p = size.div_ceil(recipe.grid);
         let spatial = noise(&mut rng, 3 * p * p, std);
         let channel = noise(&mut rng, 3 * p * p, std);
@@ -211,9 +210,7 @@ pub fn plan_and_fill(
         }
     }
     let fill = match recipe.strategy {
-        Strategy::HighPass if kind == FOCAL && positive => {
-            noise(rng, 3 * hw, POS_NOISE_STD)
-        }
+        Strategy::HighPass if kind == FOCAL && positive => noise(rng, 3 * hw, POS_NOISE_STD),
         Strategy::HighPass if kind == FOCAL => {
             let (top, left) = (plan[2] as usize, plan[3] as usize);
             let mut f = vec![0f32; 3 * hw];
@@ -251,8 +248,9 @@ pub fn plan_and_fill(
             }
             f
         }
-        Strategy::Blur => gaussian_blur(x, (3, size, size), (31, 31), (10.0, 10.0))
-            .unwrap_or_else(|_| x.to_vec()),
+        Strategy::Blur => {
+            gaussian_blur(x, (3, size, size), (31, 31), (10.0, 10.0)).unwrap_or_else(|_| x.to_vec())
+        }
         Strategy::Mean => {
             let mut f = vec![0f32; 3 * hw];
             for ch in 0..3 {

@@ -345,7 +345,10 @@ fn nce_check(sim: &Tensor, mode: NceMode, hard: HardNegatives) -> Result<NceRule
     if !ok {
         return Err(Error::shape(
             "info_nce",
-            format!("similarity {:?} does not fit {mode:?} with {hard:?}", sim.shape()),
+            format!(
+                "similarity {:?} does not fit {mode:?} with {hard:?}",
+                sim.shape()
+            ),
         ));
     }
     Ok(rule)
@@ -438,7 +441,9 @@ impl Tape {
         let sv = self.value(sim).clone();
         let y = info_nce_hard(&sv, mode, scale, hard)?;
         Ok(self.record("info_nce", y, &[sim], move |g, _| {
-            Ok(vec![Some(info_nce_hard_backward(&sv, g, mode, scale, hard)?)])
+            Ok(vec![Some(info_nce_hard_backward(
+                &sv, g, mode, scale, hard,
+            )?)])
         }))
     }
 }

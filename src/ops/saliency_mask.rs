@@ -71,11 +71,7 @@ pub struct MaskRule {
 pub fn foreground<T: Real>(saliency: &[T]) -> Vec<bool> {
     let n = T::of(saliency.len().max(1) as f64);
     let mean = saliency.iter().copied().sum::<T>() / n;
-    let var = saliency
-        .iter()
-        .map(|&x| (x - mean) * (x - mean))
-        .sum::<T>()
-        / n;
+    let var = saliency.iter().map(|&x| (x - mean) * (x - mean)).sum::<T>() / n;
     let thr = mean - T::of(0.6) * var.sqrt();
     saliency.iter().map(|&x| x >= thr).collect()
 }
@@ -144,7 +140,13 @@ pub fn cell_saliency_ref<T: Real>(
 }
 
 /// The cell masks [N, 3, G²] of saliency [N, G²] and plans [N, plan_len(G)].
-pub fn mask_cells_ref<T: Real>(sal: &[T], plan: &[T], n: usize, grid: usize, rule: MaskRule) -> Vec<T> {
+pub fn mask_cells_ref<T: Real>(
+    sal: &[T],
+    plan: &[T],
+    n: usize,
+    grid: usize,
+    rule: MaskRule,
+) -> Vec<T> {
     let cells = grid * grid;
     let pl = plan_len(grid);
     let mut out = vec![T::zero(); n * 3 * cells];
@@ -164,7 +166,11 @@ pub fn mask_cells_ref<T: Real>(sal: &[T], plan: &[T], n: usize, grid: usize, rul
             };
             let prio = &row[PLAN_HEAD + pch * cells..PLAN_HEAD + (pch + 1) * cells];
             let mut order: Vec<usize> = (0..cells).collect();
-            order.sort_by(|&a, &b| prio[a].partial_cmp(&prio[b]).unwrap_or(std::cmp::Ordering::Equal));
+            order.sort_by(|&a, &b| {
+                prio[a]
+                    .partial_cmp(&prio[b])
+                    .unwrap_or(std::cmp::Ordering::Equal)
+            });
             let (mut took_fg, mut took_bg) = (0, 0);
             for c in order {
                 let take = if fg[c] {
@@ -320,7 +326,16 @@ pub fn mask_cells(sal: &Tensor, plan: &Tensor, grid: usize, rule: MaskRule) -> T
                 MASK,
                 &[],
                 &[buf(sal), buf(plan), &out],
-                &[u(n), 0, 0, 0, u(grid), u(rule.positive as usize), u(rule.cap as usize), 0],
+                &[
+                    u(n),
+                    0,
+                    0,
+                    0,
+                    u(grid),
+                    u(rule.positive as usize),
+                    u(rule.cap as usize),
+                    0,
+                ],
                 grid_1d(n * 3 * cells, 256),
             );
             Ok(Tensor::from_gpu(&g, out, &[n, 3, cells]))

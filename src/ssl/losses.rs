@@ -29,8 +29,16 @@ pub fn nt_xent(tape: &mut Tape, z1: Var, z2: Var, tau: f32, loss_scale: f32) -> 
 }
 
 /// The hard-negative rule of embeddings `negatives` (all [N, dim] or all [1, dim]).
-fn hard_rule(tape: &Tape, negatives: &[Var], alpha: f32, loss: &'static str) -> Result<HardNegatives> {
-    let rows: Vec<usize> = negatives.iter().map(|&t| tape.value(t).shape()[0]).collect();
+fn hard_rule(
+    tape: &Tape,
+    negatives: &[Var],
+    alpha: f32,
+    loss: &'static str,
+) -> Result<HardNegatives> {
+    let rows: Vec<usize> = negatives
+        .iter()
+        .map(|&t| tape.value(t).shape()[0])
+        .collect();
     if rows.windows(2).any(|w| w[0] != w[1]) {
         return Err(Error::shape(
             loss,

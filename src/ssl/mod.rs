@@ -116,7 +116,11 @@ pub(crate) fn views_with_negatives<'a>(
 
 /// The hard-negative images the loss embeds: every image of each view (per sample), or image
 /// m of view m alone (the reference's quirk).
-pub(crate) fn negative_batches(tape: &mut Tape, negs: &[Var], hard: &HardNegCfg) -> Result<Vec<Var>> {
+pub(crate) fn negative_batches(
+    tape: &mut Tape,
+    negs: &[Var],
+    hard: &HardNegCfg,
+) -> Result<Vec<Var>> {
     negs.iter()
         .enumerate()
         .map(|(m, &t)| {

@@ -100,9 +100,7 @@ impl Masker {
                 features.insert(s, f);
             }
             let size = batch.sizes[v];
-            let rule = self
-                .recipe
-                .rule(size, view.views[v].mask == ViewMask::Pos);
+            let rule = self.recipe.rule(size, view.views[v].mask == ViewMask::Pos);
             let plan = Tensor::from_vec(batch.plans[v].clone(), &[b, plan_len(g)], device)?;
             let fill = Tensor::from_vec(batch.fills[v].clone(), &[b, 3, size, size], device)?;
             inputs[v] = mask_views(&inputs[v], &features[&s], &fill, &plan, g, rule)?;

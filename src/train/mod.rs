@@ -309,7 +309,10 @@ pub fn pretrain(
         Some(m) => Some(masking::Masker::new(m, device)?),
         None => None,
     };
-    let hard_negatives = cfg.mask.as_ref().map(|m| m.negatives_per_step(cfg.batch_size));
+    let hard_negatives = cfg
+        .mask
+        .as_ref()
+        .map(|m| m.negatives_per_step(cfg.batch_size));
     let mut boxes = vec![cfg.init_box; data.len()];
     let mut proposals: Vec<Vec<BoxF>> = match &cfg.crop {
         CropKind::ObjectCrop(o) => match &o.fixed {
@@ -456,7 +459,10 @@ pub fn pretrain(
             let mut tape = Tape::new();
             let store_bound = method.store().bind(&mut tape, true);
             let mut xs = Vec::with_capacity(batch.views.len());
-            for (v, &s) in std::mem::take(&mut batch.views).into_iter().zip(&batch.sizes) {
+            for (v, &s) in std::mem::take(&mut batch.views)
+                .into_iter()
+                .zip(&batch.sizes)
+            {
                 xs.push(Tensor::from_vec(v, &[b, 3, s, s], device)?);
             }
             if let Some(m) = &mut masker {
