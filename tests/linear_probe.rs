@@ -331,8 +331,8 @@ fn checkpoint() -> &'static (std::path::PathBuf, Vec<f32>, Vec<f32>, usize) {
         let (mean, std) = viewcraft::data::normalization("cifar10");
         let net = m.backbone().clone();
         let bf = viewcraft::eval::knn::backbone_features;
-        let (ftr, dim) = bf(&net, m.store_mut(), &train, mean, std, &dev).unwrap();
-        let (fte, _) = bf(&net, m.store_mut(), &cifar_test(), mean, std, &dev).unwrap();
+        let (ftr, dim) = bf(&net, m.store_mut(), &train, (mean, std, false), &dev).unwrap();
+        let (fte, _) = bf(&net, m.store_mut(), &cifar_test(), (mean, std, false), &dev).unwrap();
         (dir.join("last.safetensors"), ftr, fte, dim)
     })
 }

@@ -239,6 +239,7 @@ fn knn_monitor_scores_the_labelled_split() {
             temperature: 0.1,
             train: labelled.clone(),
             test: test.clone(),
+            high_pass: false,
         }),
         ..pretrain_config(1, 32, 0.1, 3)
     };
@@ -250,8 +251,8 @@ fn knn_monitor_scores_the_labelled_split() {
     })
     .unwrap();
     let (mean, std) = viewcraft::data::augment::mean_std("cifar10").unwrap();
-    let (ftr, d) = features(&mut m, &labelled, mean, std, 64, &dev).unwrap();
-    let (fte, _) = features(&mut m, &test, mean, std, 64, &dev).unwrap();
+    let (ftr, d) = features(&mut m, &labelled, (mean, std, false), 64, &dev).unwrap();
+    let (fte, _) = features(&mut m, &test, (mean, std, false), 64, &dev).unwrap();
     let want = knn_accuracy(ftr, &labelled.labels, fte, &test.labels, d, 10, 5, 0.1);
     assert_eq!(reported, Some(want), "monitor vs kNN of the labelled split");
 }

@@ -54,7 +54,8 @@ pub fn embed(
     let set = crate::data::open(&d.dataset, &d.root_path(), split, 0, d.image_size)?;
     let (mean, std) = normalization(&d.dataset);
     let (net, mut store) = load_backbone(ckpt, device)?;
-    let (mut feats, dim) = backbone_features(&net, &mut store, &set, mean, std, device)?;
+    let input = (mean, std, run_high_pass(ckpt)?);
+    let (mut feats, dim) = backbone_features(&net, &mut store, &set, input, device)?;
     let Some(subset) = standardize else {
         write_features(out, &feats, dim, &set.labels, &[])?;
         println!(
@@ -76,7 +77,7 @@ pub fn embed(
         Standardizer::fit(&feats, dim)
     } else {
         Standardizer::fit(
-            &backbone_features(&net, &mut store, &stats_set, mean, std, device)?.0,
+            &backbone_features(&net, &mut store, &stats_set, input, device)?.0,
             dim,
         )
     };
@@ -124,8 +125,9 @@ pub fn knn(
     let test = crate::data::open(&d.dataset, &root, Split::Test, 0, d.image_size)?;
     let (mean, std) = normalization(&d.dataset);
     let (net, mut store) = load_backbone(ckpt, device)?;
-    let (ftr, dim) = backbone_features(&net, &mut store, &train, mean, std, device)?;
-    let (fte, _) = backbone_features(&net, &mut store, &test, mean, std, device)?;
+    let input = (mean, std, run_high_pass(ckpt)?);
+    let (ftr, dim) = backbone_features(&net, &mut store, &train, input, device)?;
+    let (fte, _) = backbone_features(&net, &mut store, &test, input, device)?;
     let classes = train.classes.len().max(test.classes.len());
     let acc = knn_accuracy(
         ftr,
@@ -166,6 +168,13 @@ pub fn default_result_path(ckpt: &Path, name: &str) -> PathBuf {
     dir.join(name)
 }
 
+/// Whether the checkpoint's run high-passed its inputs (masking with `hp`; its
+/// `linear.high_pass`): evaluation then does the same.
+pub fn run_high_pass(ckpt: &Path) -> Result<bool> {
+    Ok(checkpoint_config(ckpt)?
+        .is_some_and(|c| c.linear.high_pass.unwrap_or(c.mask.strategy == "hp")))
+}
+
 pub fn linear_eval(
     ckpt: &Path,
     config: Option<&Path>,
@@ -174,7 +183,10 @@ pub fn linear_eval(
     device_flag: Option<&str>,
 ) -> Result<()> {
     let base = checkpoint_config(ckpt)?.map(|c| c.data);
-    let cfg = LinearEvalConfig::load(config, sets, base.as_ref())?;
+    let mut cfg = LinearEvalConfig::load(config, sets, base.as_ref())?;
+    if cfg.linear.high_pass.is_none() {
+        cfg.linear.high_pass = Some(run_high_pass(ckpt)?);
+    }
     let device = super::select_device_or(device_flag, &cfg.train.device)?;
     let root = cfg.data.root_path();
     let train = crate::data::open(
@@ -194,7 +206,7 @@ pub fn linear_eval(
     let (mean, std) = normalization(&cfg.data.dataset);
     let (net, mut store) = load_backbone(ckpt, &device)?;
     eprintln!(
-        "linear probe of {}: {} {} train / {} test images, {} epochs, lr {}, milestones {:?}, feature_norm {}, on {}",
+        "linear probe of {}: {} {} train / {} test images, {} epochs, lr {}, milestones {:?}, feature_norm {}, high_pass {}, on {}",
         ckpt.display(),
         train.len(),
         cfg.data.dataset,
@@ -203,6 +215,7 @@ pub fn linear_eval(
         cfg.linear.lr,
         cfg.linear.milestones,
         cfg.linear.feature_norm,
+        cfg.linear.high_pass == Some(true),
         device.name()
     );
     let r = crate::eval::linear::linear_probe(

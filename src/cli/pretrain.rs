@@ -237,6 +237,7 @@ pub fn run(
             temperature: cfg.knn.temperature,
             train: train.clone(),
             test: test.clone(),
+            high_pass: cfg.linear.high_pass == Some(true),
         }),
         stop: Some(stop_flag()),
         stop_at_step: std::env::var("VIEWCRAFT_STOP_AT_STEP")

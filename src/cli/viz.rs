@@ -4,14 +4,25 @@
 use std::path::Path;
 
 use crate::autograd::Tape;
+use crate::config::Config;
 use crate::crop::heatmap::boxes;
 use crate::crop::proposals::{from_maps, heat_maps};
 use crate::crop::sampler::{BoxF, RrcParams, WHOLE_IMAGE};
-use crate::crop::viz;
+use crate::crop::viz::{self, input_rgb, MaskPanel};
+use crate::crop::CropKind;
+use crate::data::augment::Jitter;
+use crate::data::loader::{make_views, mask_inputs, Batch, CropMode, ViewConfig, ViewMask};
+use crate::data::masking::{BatchNoise, Strategy};
+use crate::data::ImageSet;
 use crate::data::{normalization, Split};
 use crate::error::{Error, Result};
+use crate::nn::resnet::ResNet;
+use crate::nn::ParamStore;
+use crate::ops::saliency_mask::{cell_saliency, foreground};
 use crate::tensor::Device;
+use crate::tensor::Tensor;
 use crate::train::checkpoint::load_backbone;
+use crate::train::masking::{MaskTraining, Masker};
 
 pub fn run(
     ckpt: &Path,
@@ -123,10 +134,149 @@ pub fn run(
         .sum::<f64>()
         / bxs.len().max(1) as f64;
     let per_image = props.iter().map(Vec::len).sum::<usize>() as f64 / props.len().max(1) as f64;
+    let masks = match run_cfg.as_ref().filter(|c| c.mask.on()) {
+        Some(c) => {
+            let own = (net.clone(), store.clone());
+            masks_png(c, &set, own, (mean, std), device, &out.join("masks.png"))?;
+            ", masks.png"
+        }
+        None => "",
+    };
     println!(
-        "wrote heatmaps.png, boxes.png, proposals.png, views.png, boxes.json and proposals.json ({} images, k = {k}, mean box area {area:.3}, {per_image:.2} proposals per image) to {}",
+        "wrote heatmaps.png, boxes.png, proposals.png, views.png{masks}, boxes.json and proposals.json ({} images, k = {k}, mean box area {area:.3}, {per_image:.2} proposals per image) to {}",
         set.len(),
         out.display()
     );
     Ok(())
+}
+
+/// `masks.png` of a run that masked: for the first 8 images, the views its loader makes
+/// (epoch 1, RandomResizedCrop) masked as its steps mask them, by the checkpoint's backbone
+/// (or the run's saliency backbone).
+fn masks_png(
+    c: &Config,
+    set: &ImageSet,
+    own: (ResNet, ParamStore),
+    (mean, std): ([f32; 3], [f32; 3]),
+    device: &Device,
+    path: &Path,
+) -> Result<()> {
+    let Some(recipe) = c.mask.recipe() else {
+        return Ok(());
+    };
+    let size = set.height;
+    let rrc = RrcParams {
+        scale: (c.crop.scale[0], c.crop.scale[1]),
+        ratio: (c.crop.ratio[0], c.crop.ratio[1]),
+    };
+    let training = MaskTraining {
+        recipe,
+        hard_negatives: c.mask.hard_negatives(&c.method),
+        per_sample: !c.mask.reference_batch_negative,
+        saliency_backbone: c.mask.saliency_backbone.as_ref().map(Into::into),
+    };
+    let specs = c.view_specs(size);
+    let specs = if specs.is_empty() {
+        crate::train::default_views(&CropKind::Rcrop, size, rrc, Some(&training))
+    } else {
+        specs
+    };
+    let view = ViewConfig {
+        views: specs,
+        jitter: Jitter {
+            blur: c.data.blur,
+            ..Jitter::default()
+        },
+        mean,
+        std,
+        mask: Some(recipe),
+    };
+    let (seed, n, nv) = (c.train.seed, set.len().min(8), view.views.len());
+    let noise: Vec<BatchNoise> = (0..nv)
+        .map(|v| {
+            let s = &view.views[v];
+            BatchNoise::draw(
+                &recipe,
+                s.size,
+                s.mask == ViewMask::Pos,
+                (seed, 1, 0, v as u64),
+            )
+        })
+        .collect();
+    let mut batch = Batch {
+        views: vec![Vec::new(); nv],
+        sizes: view.views.iter().map(|v| v.size).collect(),
+        indices: (0..n).collect(),
+        labels: set.labels[..n].to_vec(),
+        plain: vec![Vec::new(); nv],
+        plans: vec![Vec::new(); nv],
+        fills: vec![Vec::new(); nv],
+    };
+    for i in 0..n {
+        let mut vs = make_views(set, i, &CropMode::Rrc, &view, seed, 1);
+        let m = mask_inputs(&mut vs, i, &view, &noise, seed, 1);
+        for (v, x) in vs.into_iter().enumerate() {
+            batch.views[v].extend(x);
+            batch.plain[v].extend(&m.plain[v]);
+            batch.plans[v].extend(&m.plans[v]);
+            batch.fills[v].extend(&m.fills[v]);
+        }
+    }
+    let mut masker = match &training.saliency_backbone {
+        Some(p) => {
+            let (net, store) = load_backbone(p, device)?;
+            Masker::with_backbone(recipe, net, store)
+        }
+        None => Masker::with_backbone(recipe, own.0, own.1),
+    };
+    let shape = |v: usize| [n, 3, batch.sizes[v], batch.sizes[v]];
+    let mut xs = (0..nv)
+        .map(|v| Tensor::from_vec(batch.views[v].clone(), &shape(v), device))
+        .collect::<Result<Vec<_>>>()?;
+    masker.apply(None, &view, &batch, &mut xs, device)?;
+    // The unmasked picture of a view (its plain version for hp) and its foreground cells.
+    let g = recipe.grid;
+    let hp = recipe.strategy == Strategy::HighPass;
+    let plain = |v: usize| -> &Vec<f32> {
+        if batch.plain[v].is_empty() {
+            &batch.views[v]
+        } else {
+            &batch.plain[v]
+        }
+    };
+    let mut fg: Vec<Option<Vec<f32>>> = vec![None; nv];
+    for (v, slot) in fg.iter_mut().enumerate() {
+        if view.saliency_source(v) == Some(v) || (0..nv).any(|u| view.saliency_source(u) == Some(v))
+        {
+            let f =
+                masker.features(None, Tensor::from_vec(plain(v).clone(), &shape(v), device)?)?;
+            *slot = Some(cell_saliency(&f, g)?.to_vec()?);
+        }
+    }
+    let cells = g * g;
+    let rows: Vec<Vec<MaskPanel>> = (0..n)
+        .map(|i| -> Result<Vec<MaskPanel>> {
+            let mut panels = Vec::new();
+            for v in 0..nv {
+                let sz = batch.sizes[v];
+                let hw = 3 * sz * sz;
+                let one = |t: &[f32]| t[i * hw..(i + 1) * hw].to_vec();
+                // Sources first (with their foreground cells), then the masked view.
+                if let Some(sal) = &fg[v] {
+                    panels.push(MaskPanel {
+                        img: input_rgb(&one(plain(v)), sz, mean, std, false),
+                        foreground: Some((foreground(&sal[i * cells..(i + 1) * cells]), g)),
+                    });
+                }
+                if view.saliency_source(v).is_some() {
+                    panels.push(MaskPanel {
+                        img: input_rgb(&one(&xs[v].to_vec()?), sz, mean, std, hp),
+                        foreground: None,
+                    });
+                }
+            }
+            Ok(panels)
+        })
+        .collect::<Result<_>>()?;
+    crate::crop::viz::masks_png(&rows, path)
 }

@@ -217,11 +217,125 @@ pub fn views_png(
             row(&tiles)
         })
         .collect();
-    // Stack the rows.
+    save(&stack(&rows), path)
+}
+
+/// Rows of one size stacked top to bottom.
+fn stack(rows: &[RgbImage]) -> RgbImage {
     let (rw, rh) = rows.first().map_or((1, 1), |r| r.dimensions());
     let mut out = RgbImage::from_pixel(rw, rh * rows.len().max(1) as u32, Px([48, 48, 48]));
     for (k, r) in rows.iter().enumerate() {
         image::imageops::overlay(&mut out, r, 0, (k as u32 * rh) as i64);
     }
-    save(&out, path)
+    out
+}
+
+/// A model input [3, S, S] as a picture: normalisation undone (`mean`, `std`), or, for
+/// high-passed views (`stretch`), the image's own range mapped to 0..255.
+pub fn input_rgb(x: &[f32], size: usize, mean: [f32; 3], std: [f32; 3], stretch: bool) -> Rgb {
+    let hw = size * size;
+    let (lo, hi) = x
+        .iter()
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| {
+            (a.min(v), b.max(v))
+        });
+    let data = x
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| {
+            let u = if stretch {
+                (v - lo) / (hi - lo).max(1e-12)
+            } else {
+                v * std[i / hw] + mean[i / hw]
+            };
+            (u * 255.0).round().clamp(0.0, 255.0) as u8
+        })
+        .collect();
+    Rgb::new(size, size, data)
+}
+
+/// The boundary of the foreground cells of a `g`×`g` grid over a tile of a `size`-pixel
+/// image enlarged `s` times: the cell edges between a foreground cell and a background cell
+/// or the image border.
+fn outline_cells(t: &mut RgbImage, fg: &[bool], g: usize, size: usize, s: u32) {
+    let on = |r: i64, c: i64| {
+        r >= 0 && c >= 0 && r < g as i64 && c < g as i64 && fg[r as usize * g + c as usize]
+    };
+    let span = |i: usize| super::saliency::cell_span(i, g, size);
+    let (w, h) = t.dimensions();
+    let mut put = |x: u32, y: u32| {
+        if x < w && y < h {
+            t.put_pixel(x, y, BOX);
+        }
+    };
+    for r in 0..g as i64 {
+        for c in 0..g as i64 {
+            if !on(r, c) {
+                continue;
+            }
+            let (ys, xs) = (span(r as usize), span(c as usize));
+            let (y0, y1, x0, x1) = (
+                ys.start as u32 * s,
+                ys.end as u32 * s,
+                xs.start as u32 * s,
+                xs.end as u32 * s,
+            );
+            for k in 0..2 {
+                if !on(r - 1, c) {
+                    (x0..x1).for_each(|x| put(x, y0 + k));
+                }
+                if !on(r + 1, c) {
+                    (x0..x1).for_each(|x| put(x, (y1 - 1).saturating_sub(k)));
+                }
+                if !on(r, c - 1) {
+                    (y0..y1).for_each(|y| put(x0 + k, y));
+                }
+                if !on(r, c + 1) {
+                    (y0..y1).for_each(|y| put((x1 - 1).saturating_sub(k), y));
+                }
+            }
+        }
+    }
+}
+
+/// One picture of `masks.png`: an input and, optionally, the foreground cells of a
+/// `grid`×`grid` grid to outline.
+pub struct MaskPanel {
+    pub img: Rgb,
+    pub foreground: Option<(Vec<bool>, usize)>,
+}
+
+/// `masks.png`: one row per image (the query with its foreground cells outlined, the masked
+/// query, the key with its foreground cells, the hard negatives), all panels of one size.
+pub fn masks_png(rows: &[Vec<MaskPanel>], path: &Path) -> Result<()> {
+    let size = rows.first().and_then(|r| r.first()).map_or(1, |p| p.img.h);
+    let s = scale_for(size);
+    let tiles: Vec<RgbImage> = rows
+        .iter()
+        .map(|r| {
+            let panels: Vec<RgbImage> = r
+                .iter()
+                .map(|p| {
+                    let resized = if p.img.h == size {
+                        p.img.clone()
+                    } else {
+                        let c = Crop {
+                            top: 0,
+                            left: 0,
+                            height: p.img.h,
+                            width: p.img.w,
+                        };
+                        resized_crop(&p.img, c, size, size)
+                    };
+                    let mut t = tile(&resized, s);
+                    if let Some((fg, g)) = &p.foreground {
+                        outline_cells(&mut t, fg, *g, size, s);
+                    }
+                    t
+                })
+                .collect();
+            row(&panels)
+        })
+        .collect();
+    save(&stack(&tiles), path)
 }

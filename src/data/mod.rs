@@ -46,14 +46,28 @@ impl ImageSet {
         std: [f32; 3],
         device: &crate::tensor::Device,
     ) -> Result<crate::tensor::Tensor> {
+        self.eval_batch_with(range, mean, std, false, device)
+    }
+
+    /// [`ImageSet::eval_batch`], each image high-passed after normalisation when
+    /// `high_pass` (the inputs of a run that masked with `hp`, SPEC B.3).
+    pub fn eval_batch_with(
+        &self,
+        range: std::ops::Range<usize>,
+        mean: [f32; 3],
+        std: [f32; 3],
+        high_pass: bool,
+        device: &crate::tensor::Device,
+    ) -> Result<crate::tensor::Tensor> {
         let (h, w, n) = (self.height, self.width, range.len());
         let mut x = Vec::with_capacity(n * 3 * h * w);
         for i in range {
-            x.extend(augment::normalize(
-                &augment::Rgb::new(h, w, self.image(i).to_vec()),
-                mean,
-                std,
-            ));
+            let v = augment::normalize(&augment::Rgb::new(h, w, self.image(i).to_vec()), mean, std);
+            if high_pass {
+                x.extend(filters::high_pass(&v, (3, h, w))?);
+            } else {
+                x.extend(v);
+            }
         }
         crate::tensor::Tensor::from_vec(x, &[n, 3, h, w], device)
     }

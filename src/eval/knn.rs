@@ -13,8 +13,7 @@ use crate::tensor::Device;
 pub fn features(
     method: &mut dyn Method,
     data: &ImageSet,
-    mean: [f32; 3],
-    std: [f32; 3],
+    (mean, std, high_pass): ([f32; 3], [f32; 3], bool),
     batch: usize,
     device: &Device,
 ) -> Result<(Vec<f32>, usize)> {
@@ -23,7 +22,7 @@ pub fn features(
     for start in (0..data.len()).step_by(batch.max(1)) {
         let end = (start + batch).min(data.len());
         let mut tape = Tape::new();
-        let xv = tape.input(data.eval_batch(start..end, mean, std, device)?);
+        let xv = tape.input(data.eval_batch_with(start..end, mean, std, high_pass, device)?);
         let f = embed(method, &mut tape, xv)?;
         dim = tape.value(f).shape()[1];
         out.extend(tape.value(f).to_vec()?);
@@ -73,17 +72,17 @@ pub fn knn_accuracy(
 }
 
 /// Pooled features [N, D] of a bare backbone (e.g. rebuilt from a checkpoint), eval mode, in
-/// dataset order, images normalised with `mean` / `std` only.
+/// dataset order, images normalised with `mean` / `std` only (and high-passed when
+/// `high_pass`: the inputs of an `hp` masking run).
 pub fn backbone_features(
     net: &crate::nn::resnet::ResNet,
     store: &mut crate::nn::ParamStore,
     data: &ImageSet,
-    mean: [f32; 3],
-    std: [f32; 3],
+    (mean, std, high_pass): ([f32; 3], [f32; 3], bool),
     device: &Device,
 ) -> Result<(Vec<f32>, usize)> {
     backbone_features_of(net, store, data.len(), |r| {
-        data.eval_batch(r, mean, std, device)
+        data.eval_batch_with(r, mean, std, high_pass, device)
     })
 }
 

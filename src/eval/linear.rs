@@ -57,6 +57,8 @@ pub struct LinearResult {
     pub diverging: bool,
     /// `none` | `standardize` (`linear.feature_norm`).
     pub feature_norm: String,
+    /// The inputs were high-passed (`linear.high_pass`: a run that masked with `hp`).
+    pub high_pass: bool,
     pub epochs: usize,
     pub train_images: usize,
     pub test_images: usize,
@@ -351,6 +353,7 @@ pub fn train_probe_on_features(
         train_top1: last.map_or(0.0, |e| e.train_top1),
         diverging,
         feature_norm: cfg.feature_norm.clone(),
+        high_pass: cfg.high_pass == Some(true),
         epochs: cfg.epochs,
         train_images: n,
         test_images: f.test_labels.len(),
@@ -393,10 +396,11 @@ pub fn linear_probe(
     device: &Device,
     on: impl FnMut(&LinearEpoch),
 ) -> Result<LinearResult> {
-    let (test_feats, dim) = backbone_features(net, backbone, test, mean, std, device)?;
+    let hp = cfg.high_pass == Some(true);
+    let (test_feats, dim) = backbone_features(net, backbone, test, (mean, std, hp), device)?;
     // The un-augmented training features: the inputs on fixed features, the standardisation
     // statistics either way (one extra pass over the split with augmented views).
-    let (train_feats, _) = backbone_features(net, backbone, train, mean, std, device)?;
+    let (train_feats, _) = backbone_features(net, backbone, train, (mean, std, hp), device)?;
     let rrc = RrcParams {
         scale: (cfg.scale[0], cfg.scale[1]),
         ..RrcParams::default()
@@ -408,7 +412,14 @@ pub fn linear_probe(
             let n = r.len();
             let x: Vec<f32> = r
                 .into_par_iter()
-                .flat_map_iter(|i| linear_view(train, i, rrc, cfg.seed, ep as u64, mean, std))
+                .flat_map_iter(|i| {
+                    let v = linear_view(train, i, rrc, cfg.seed, ep as u64, mean, std);
+                    if hp {
+                        crate::data::filters::high_pass(&v, (3, h, w)).unwrap_or(v)
+                    } else {
+                        v
+                    }
+                })
                 .collect();
             Tensor::from_vec(x, &[n, 3, h, w], device)
         })?

@@ -58,16 +58,34 @@ impl Masker {
         })
     }
 
-    /// The last-stage feature map [N, C, h, w] of images `x`, eval mode, no gradients.
-    fn features(&mut self, method: &mut dyn Method, x: Tensor) -> Result<Tensor> {
+    /// A masker whose saliency comes from `net` (e.g. a checkpoint's backbone in `viz`).
+    pub fn with_backbone(recipe: MaskRecipe, net: ResNet, store: ParamStore) -> Masker {
+        Masker {
+            recipe,
+            external: Some((net, store)),
+        }
+    }
+
+    /// The last-stage feature map [N, C, h, w] of images `x`, eval mode, no gradients: the
+    /// external backbone's, else `method`'s.
+    pub fn features<'m>(
+        &mut self,
+        method: Option<&mut (dyn Method + 'm)>,
+        x: Tensor,
+    ) -> Result<Tensor> {
         let mut tape = Tape::new();
         let xv = tape.input(x);
-        let f = match &mut self.external {
-            Some((net, store)) => {
+        let f = match (&mut self.external, method) {
+            (Some((net, store)), _) => {
                 let b = store.bind(&mut tape, false);
                 tape.no_grad(|t| net.forward_features(t, store, &b, xv, false))?
             }
-            None => feature_map(method, &mut tape, xv)?,
+            (None, Some(m)) => feature_map(m, &mut tape, xv)?,
+            (None, None) => {
+                return Err(crate::error::Error::Autograd(
+                    "saliency masking needs a model or a saliency backbone".into(),
+                ))
+            }
         };
         Ok(tape.value(f).clone())
     }
@@ -76,7 +94,7 @@ impl Masker {
     /// with their masked versions.
     pub fn apply(
         &mut self,
-        method: &mut dyn Method,
+        mut method: Option<&mut dyn Method>,
         view: &ViewConfig,
         batch: &Batch,
         inputs: &mut [Tensor],
@@ -96,7 +114,7 @@ impl Masker {
                 } else {
                     Tensor::from_vec(batch.plain[s].clone(), &[b, 3, size, size], device)?
                 };
-                let f = self.features(method, src)?;
+                let f = self.features(method.as_deref_mut(), src)?;
                 features.insert(s, f);
             }
             let size = batch.sizes[v];

@@ -130,6 +130,8 @@ pub struct KnnMonitor {
     pub temperature: f32,
     pub train: Arc<ImageSet>,
     pub test: Arc<ImageSet>,
+    /// High-pass the inputs (a run masking with `hp`).
+    pub high_pass: bool,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -466,7 +468,7 @@ pub fn pretrain(
                 xs.push(Tensor::from_vec(v, &[b, 3, s, s], device)?);
             }
             if let Some(m) = &mut masker {
-                m.apply(method, &view, &batch, &mut xs, device)?;
+                m.apply(Some(&mut *method), &view, &batch, &mut xs, device)?;
             }
             drop(batch);
             let inputs: Vec<_> = xs.into_iter().map(|x| tape.input(x)).collect();
@@ -577,12 +579,11 @@ pub fn pretrain(
                 let eval_batch = b.clamp(64, 256);
                 // The labelled split's own images: the pre-training set may hold others
                 // (STL-10's unlabeled images) or another order.
-                let (ftr, d) = crate::eval::knn::features(
-                    method, &m.train, cfg.mean, cfg.std, eval_batch, device,
-                )?;
-                let (fte, _) = crate::eval::knn::features(
-                    method, &m.test, cfg.mean, cfg.std, eval_batch, device,
-                )?;
+                let input = (cfg.mean, cfg.std, m.high_pass);
+                let (ftr, d) =
+                    crate::eval::knn::features(method, &m.train, input, eval_batch, device)?;
+                let (fte, _) =
+                    crate::eval::knn::features(method, &m.test, input, eval_batch, device)?;
                 let classes = m.train.classes.len().max(m.test.classes.len());
                 let acc = crate::eval::knn::knn_accuracy(
                     ftr,
