@@ -430,7 +430,7 @@ fn the_step_masks_each_view_from_its_source_saliency() {
         .unwrap();
     let mut masker = viewcraft::train::masking::Masker::new(&mt, &dev).unwrap();
     masker
-        .apply(m.as_mut(), &cfg, &batch, &mut xs, &dev)
+        .apply(Some(m.as_mut()), &cfg, &batch, &mut xs, &dev)
         .unwrap();
     assert_eq!(
         xs[1].to_vec().unwrap(),
@@ -468,4 +468,73 @@ fn the_step_masks_each_view_from_its_source_saliency() {
         assert_eq!(got, want, "view {v}");
         assert_ne!(got, batch.views[v], "view {v} was masked");
     }
+}
+
+/// Views narrower than the blur fill's 31-tap filter are refused before training, naming the
+/// field.
+#[test]
+fn views_too_small_for_the_strategy_are_refused() {
+    let dev = Device::Cpu;
+    let mut m = masked_method("byol", HardNegCfg::default(), &dev);
+    let mut cfg = masked_config(1, 0.1, Strategy::Blur, 0, true);
+    let vc = view_config(Strategy::Blur, 0);
+    cfg.views = vc
+        .views
+        .iter()
+        .map(|v| viewcraft::data::loader::ViewSpec { size: 12, ..*v })
+        .collect();
+    let e = pretrain(m.as_mut(), cifar_train(64), &cfg, &dev, |_| {}).unwrap_err();
+    assert!(
+        e.to_string().contains("views") && e.to_string().contains("12 px"),
+        "{e}"
+    );
+}
+
+/// With a saliency backbone file, the masker's features are that network's (eval mode),
+/// whatever the model being trained.
+#[test]
+fn an_external_saliency_backbone_gives_the_features() {
+    use viewcraft::autograd::Tape;
+    let dev = Device::Cpu;
+    let dir = std::env::temp_dir().join(format!("viewcraft-masking-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // A checkpoint of another network, exported to bare torchvision names.
+    let mut other = masked_method("simclr", HardNegCfg::default(), &dev);
+    let ckpt = dir.join("other.safetensors");
+    let bufs = viewcraft::optim::momentum_buffers(other.store(), &dev).unwrap();
+    viewcraft::train::checkpoint::save(
+        &ckpt,
+        other.as_ref(),
+        &bufs,
+        &[],
+        &[],
+        Default::default(),
+        8,
+        "",
+    )
+    .unwrap();
+    let file = dir.join("backbone.safetensors");
+    viewcraft::train::checkpoint::export_backbone(&ckpt, &file).unwrap();
+    let mut mt = masked_config(1, 0.1, Strategy::HighPass, 1, true)
+        .mask
+        .unwrap();
+    mt.saliency_backbone = Some(file.clone());
+    let mut masker = viewcraft::train::masking::Masker::new(&mt, &dev).unwrap();
+    let (mut r, _) = rng();
+    let x =
+        viewcraft::tensor::Tensor::from_vec(randn(&mut r, 2 * 3 * 32 * 32), &[2, 3, 32, 32], &dev)
+            .unwrap();
+    let got = masker.features(None, x.clone()).unwrap().to_vec().unwrap();
+    let mut tape = Tape::new();
+    let xv = tape.input(x);
+    let f = viewcraft::ssl::feature_map(other.as_mut(), &mut tape, xv).unwrap();
+    let want = tape.value(f).to_vec().unwrap();
+    assert_close("external saliency features", &got, &want, 1e-5, 1e-5);
+    // A file that is not a ResNet state dict is an error naming it.
+    std::fs::write(dir.join("junk.safetensors"), b"junk").unwrap();
+    mt.saliency_backbone = Some(dir.join("junk.safetensors"));
+    let e = viewcraft::train::masking::Masker::new(&mt, &dev)
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("junk.safetensors"), "{e}");
 }

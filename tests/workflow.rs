@@ -656,3 +656,160 @@ fn checkpoints_with_misshapen_tensors_are_rejected_by_every_command() {
         &["last.safetensors", "param/layer1.0.conv1.weight"],
     );
 }
+
+/// A run that masks with `hp`: hard negatives in every step record, the probe and
+/// `linear-eval` on high-passed inputs (and saying so), `viz` pictures the masks; an exported
+/// backbone as the saliency source; masking errors as one line before anything is written.
+#[test]
+fn a_masked_run_evaluates_high_passed_and_pictures_its_masks() {
+    let out = tmp().join("masked");
+    let _ = std::fs::remove_dir_all(&out);
+    let (code, o, e) = pretrain(
+        &out,
+        &["--set", "mask.strategy=hp", "--set", "train.epochs=2"],
+    );
+    assert_eq!(code, 0, "{o}{e}");
+    assert!(
+        o.contains("saliency masking: hp, 8×8 cells, 1 hard negative per image"),
+        "{o}"
+    );
+    let recs = records(&out);
+    let steps: Vec<_> = recs.iter().filter(|r| r["event"] == "step").collect();
+    assert!(
+        !steps.is_empty() && steps.iter().all(|r| r["hard_negatives"] == 16),
+        "{steps:?}"
+    );
+    let lin = recs.iter().find(|r| r["event"] == "linear").unwrap();
+    assert_eq!(lin["high_pass"], true, "{lin}");
+    let ckpt = out.join("checkpoints/last.safetensors");
+    let c = ckpt.to_str().unwrap();
+    let (code, o, e) = run_cmd(&[
+        "--device",
+        "cpu",
+        "linear-eval",
+        "--checkpoint",
+        c,
+        "--set",
+        "linear.epochs=1",
+        "--set",
+        "data.subset=64",
+        "--set",
+        "linear.batch_size=32",
+    ]);
+    assert_eq!(code, 0, "{o}{e}");
+    let v: serde_json::Value = serde_json::from_str(o.trim()).unwrap();
+    assert_eq!(v["high_pass"], true, "{v}");
+    let full: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("linear_eval.json")).unwrap())
+            .unwrap();
+    assert_eq!(full["config"]["linear"]["high_pass"], true);
+    // Asked off explicitly, the probe runs on plain inputs and says so.
+    let (code, o, e) = run_cmd(&[
+        "--device",
+        "cpu",
+        "linear-eval",
+        "--checkpoint",
+        c,
+        "--set",
+        "linear.epochs=1",
+        "--set",
+        "data.subset=64",
+        "--set",
+        "linear.high_pass=false",
+        "--out",
+        tmp().join("plain.json").to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{o}{e}");
+    let w: serde_json::Value = serde_json::from_str(o.trim()).unwrap();
+    assert_eq!(w["high_pass"], false, "{w}");
+    let viz = tmp().join("viz-masked");
+    let (code, o, e) = run_cmd(&[
+        "--device",
+        "cpu",
+        "viz",
+        "--checkpoint",
+        c,
+        "--out",
+        viz.to_str().unwrap(),
+        "--limit",
+        "4",
+    ]);
+    assert_eq!(code, 0, "{o}{e}");
+    let img = image::open(viz.join("masks.png")).unwrap();
+    // 4 rows of query, masked query, key, hard negative.
+    assert!(
+        img.width() > 3 * img.height() / 4 && img.height() > 400,
+        "{}x{}",
+        img.width(),
+        img.height()
+    );
+
+    // The exported backbone as the saliency source.
+    let exported = tmp().join("saliency-backbone.safetensors");
+    let (code, o, e) = run_cmd(&[
+        "export",
+        "--checkpoint",
+        c,
+        "--out",
+        exported.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{o}{e}");
+    let out2 = tmp().join("masked-external");
+    let _ = std::fs::remove_dir_all(&out2);
+    let ext = format!("mask.saliency_backbone=\"{}\"", exported.display());
+    let (code, o, e) = pretrain(
+        &out2,
+        &[
+            "--set",
+            "mask.strategy=blur",
+            "--set",
+            "train.epochs=1",
+            "--set",
+            &ext,
+        ],
+    );
+    assert_eq!(code, 0, "{o}{e}");
+    assert!(
+        o.contains("saliency from") && o.contains("saliency-backbone.safetensors"),
+        "{o}"
+    );
+
+    // Errors: one line, exit 2, no run directory.
+    let cfg = tiny_config();
+    let bad = tmp().join("masked-bad");
+    let _ = std::fs::remove_dir_all(&bad);
+    for (sets, words) in [
+        (
+            vec![
+                "method.name=byol",
+                "mask.strategy=hp",
+                "mask.num_hard_negatives=1",
+            ],
+            vec!["mask.num_hard_negatives", "byol"],
+        ),
+        (
+            vec![
+                "mask.strategy=hp",
+                "mask.saliency_backbone=\"/nonexistent/r50.safetensors\"",
+            ],
+            vec!["mask.saliency_backbone", "r50.safetensors"],
+        ),
+        (
+            vec!["mask.strategy=blur", "mask.grid=17"],
+            vec!["mask.grid", "1..=16"],
+        ),
+    ] {
+        let mut args = vec![
+            "pretrain",
+            cfg.to_str().unwrap(),
+            "--out",
+            bad.to_str().unwrap(),
+        ];
+        for s in &sets {
+            args.push("--set");
+            args.push(s);
+        }
+        user_error(&args, &words);
+        assert!(!bad.exists(), "{sets:?}: nothing written");
+    }
+}

@@ -166,6 +166,19 @@ pub fn run(
         per_sample: !cfg.mask.reference_batch_negative,
         saliency_backbone: cfg.mask.saliency_backbone.as_ref().map(PathBuf::from),
     });
+    if let Some(m) = &mask {
+        let specs = cfg.view_specs(images.height);
+        let specs = if specs.is_empty() {
+            let rrc = RrcParams {
+                scale: (cfg.crop.scale[0], cfg.crop.scale[1]),
+                ratio: (cfg.crop.ratio[0], cfg.crop.ratio[1]),
+            };
+            crate::train::default_views(&crop_kind, images.height, rrc, Some(m))
+        } else {
+            specs
+        };
+        m.check_view_sizes(&specs, cfg.views.is_empty())?;
+    }
     if let Some(p) = mask.as_ref().and_then(|m| m.saliency_backbone.as_ref()) {
         crate::train::checkpoint::load_backbone(p, &Device::Cpu).map_err(|e| Error::Config {
             field: "mask.saliency_backbone".into(),
@@ -257,6 +270,21 @@ pub fn run(
         device.name(),
         dir.root.display()
     );
+    if let Some(m) = &pcfg.mask {
+        println!(
+            "saliency masking: {}, {}×{} cells, {} hard negative{} per {} (alpha {}), saliency from {}",
+            m.recipe.strategy.name(),
+            m.recipe.grid,
+            m.recipe.grid,
+            m.hard_negatives,
+            if m.hard_negatives == 1 { "" } else { "s" },
+            if m.per_sample { "image" } else { "batch (the reference's quirk)" },
+            cfg.mask.alpha,
+            m.saliency_backbone
+                .as_ref()
+                .map_or("the model's layer-4 map".to_string(), |p| p.display().to_string())
+        );
+    }
     let steps_per_epoch = (images.len() / cfg.train.batch_size) as u64;
     let bar = indicatif::ProgressBar::new(steps_per_epoch * cfg.train.epochs as u64);
     bar.set_style(

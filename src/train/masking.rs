@@ -7,9 +7,9 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use crate::autograd::Tape;
-use crate::data::loader::{Batch, ViewConfig, ViewMask};
+use crate::data::loader::{Batch, ViewConfig, ViewMask, ViewSpec};
 use crate::data::masking::MaskRecipe;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::nn::resnet::ResNet;
 use crate::nn::ParamStore;
 use crate::ops::saliency_mask::{mask_views, plan_len};
@@ -30,6 +30,23 @@ pub struct MaskTraining {
 }
 
 impl MaskTraining {
+    /// Every view must be at least the grid and the strategy's filters wide.
+    pub fn check_view_sizes(&self, specs: &[ViewSpec], defaults: bool) -> Result<()> {
+        let min = self.recipe.strategy.min_size().max(self.recipe.grid);
+        match specs.iter().find(|s| s.size < min) {
+            Some(s) => Err(Error::Config {
+                field: if defaults { "mask.grid" } else { "views" }.into(),
+                msg: format!(
+                    "views of {} px are below the {min} px that mask.strategy = \"{}\" with mask.grid = {} needs",
+                    s.size,
+                    self.recipe.strategy.name(),
+                    self.recipe.grid
+                ),
+            }),
+            None => Ok(()),
+        }
+    }
+
     /// Hard-negative logits per step that enter the loss, for a batch of `b` images.
     pub fn negatives_per_step(&self, b: usize) -> usize {
         if self.per_sample {

@@ -269,22 +269,7 @@ pub fn pretrain(
         cfg.views.clone()
     };
     if let Some(m) = &cfg.mask {
-        let min = m.recipe.strategy.min_size().max(m.recipe.grid);
-        if let Some(s) = specs.iter().find(|s| s.size < min) {
-            return Err(Error::Config {
-                field: if cfg.views.is_empty() {
-                    "mask.grid".into()
-                } else {
-                    "views".into()
-                },
-                msg: format!(
-                    "views of {} px are below the {min} px that mask.strategy = \"{}\" with mask.grid = {} needs",
-                    s.size,
-                    m.recipe.strategy.name(),
-                    m.recipe.grid
-                ),
-            });
-        }
+        m.check_view_sizes(&specs, cfg.views.is_empty())?;
     }
     if specs.len() != method.view_count() {
         return Err(Error::Config {
