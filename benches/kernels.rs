@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use viewcraft::bench::{conv_inputs, kernel_suite, resnet18_cifar_convs, run_conv, CONV_KERNELS};
-use viewcraft::ops::linear;
+use viewcraft::ops::{linear, saliency_mask};
 use viewcraft::tensor::{Device, Tensor};
 
 fn device() -> Device {
@@ -65,6 +65,32 @@ fn kernels(c: &mut Criterion) {
     group.throughput(Throughput::Elements(2 * (n * n * n) as u64));
     group.bench_function("matmul/512x512x512", |b| {
         b.iter_custom(|iters| timed(&dev, iters, || linear::matmul(&a, &b2).expect("matmul")))
+    });
+    // Saliency-guided masking of one batch of 256 CIFAR views (8×8 cells) from layer-4
+    // features [256, 512, 4, 4]: cell saliency, cell masks, masked views.
+    let (nb, g) = (256, 8);
+    let feat = Tensor::randn(&[nb, 512, 4, 4], 1.0, &mut rng, &dev).expect("features");
+    let x = Tensor::randn(&[nb, 3, 32, 32], 1.0, &mut rng, &dev).expect("views");
+    let plans: Vec<f32> = (0..nb)
+        .flat_map(|i| {
+            let mut row = vec![(i % 3) as f32, 0.2, 1.0, 2.0];
+            row.extend((0..3 * g * g).map(|c| ((c * 37 + i) % (g * g)) as f32));
+            row
+        })
+        .collect();
+    let plan = Tensor::from_vec(plans, &[nb, saliency_mask::plan_len(g)], &dev).expect("plans");
+    let rule = saliency_mask::MaskRule {
+        positive: true,
+        cap: true,
+        focal_side: 29,
+    };
+    group.throughput(Throughput::Elements(nb as u64));
+    group.bench_function("saliency_mask/256x32x32 (images)", |b| {
+        b.iter_custom(|iters| {
+            timed(&dev, iters, || {
+                saliency_mask::mask_views(&x, &feat, &x, &plan, g, rule).expect("mask")
+            })
+        })
     });
     group.finish();
 }

@@ -8,6 +8,7 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use serde::Serialize;
 
+use crate::data::masking::{MaskRecipe, Strategy};
 use crate::error::{Error, Result};
 use crate::ops::conv2d::{self, Conv2d, Dims};
 use crate::ops::linear;
@@ -187,23 +188,55 @@ pub fn kernel_suite(dev: &Device, reps: usize) -> Result<Vec<KernelResult>> {
 
 /// Two-view loader throughput on the shipped CIFAR-10 subset (RandomResizedCrop + flip +
 /// jitter + greyscale + normalise, both views): images per second (one image = two views).
-pub fn loader_throughput(workers: usize, batch: usize) -> Result<(f64, usize)> {
-    use crate::crop::sampler::RrcParams;
-    use crate::data::augment::{mean_std, Jitter};
+pub fn loader_throughput(
+    workers: usize,
+    batch: usize,
+    mask: Option<Strategy>,
+) -> Result<(f64, usize)> {
     use crate::data::cifar::{self, Split, Variant};
-    use crate::data::loader::{epoch, CropMode, ViewConfig};
+    use crate::data::loader::{epoch, CropMode};
     let set = std::sync::Arc::new(cifar::load(
         &cifar::embedded_root(),
         Variant::Cifar10,
         Split::Train,
     )?);
-    let (mean, std) = mean_std("cifar10").expect("known dataset");
-    let cfg = ViewConfig::two_views(32, RrcParams::default(), Jitter::default(), mean, std);
+    let cfg = view_config(mask);
     let t0 = Instant::now();
     let n: usize = epoch(set, CropMode::Rrc, cfg, batch, 0, 0, workers, 4, 0)
         .map(|b| b.indices.len())
         .sum();
     Ok((n as f64 / t0.elapsed().as_secs_f64(), n))
+}
+
+/// `--mask`: a masking strategy (none for masking off).
+pub fn mask_strategy(name: Option<&str>) -> Result<Option<Strategy>> {
+    match name {
+        None => Ok(None),
+        Some(n) => Strategy::parse(n).ok_or_else(|| Error::Config {
+            field: "--mask".into(),
+            msg: format!("`{n}` is not one of {}", Strategy::NAMES.join(", ")),
+        }),
+    }
+}
+
+/// The CIFAR views of a benchmark: two, or with masking a masked query, a key and one hard
+/// negative (8×8 cells).
+fn view_config(mask: Option<Strategy>) -> crate::data::loader::ViewConfig {
+    use crate::crop::sampler::RrcParams;
+    use crate::data::augment::{mean_std, Jitter};
+    use crate::data::loader::{ViewConfig, ViewMask};
+    let (mean, std) = mean_std("cifar10").expect("known dataset");
+    let mut cfg = ViewConfig::two_views(32, RrcParams::default(), Jitter::default(), mean, std);
+    if let Some(s) = mask {
+        cfg.views[0].mask = ViewMask::Pos;
+        let neg = crate::data::loader::ViewSpec {
+            mask: ViewMask::Neg,
+            ..cfg.views[1]
+        };
+        cfg.views.push(neg);
+        cfg.mask = Some(MaskRecipe::new(s, 8));
+    }
+    cfg
 }
 
 /// One training-step benchmark.
@@ -214,6 +247,9 @@ pub struct StepResult {
     pub batch: usize,
     pub width: usize,
     pub views: usize,
+    /// The masking strategy of the measured steps (masking, its saliency forwards and the
+    /// per-step upload of the loader's batch included).
+    pub mask: Option<&'static str>,
     pub steps: usize,
     pub seconds_per_step: f64,
     pub images_per_s: f64,
@@ -231,12 +267,14 @@ pub fn train_step(
     batch: usize,
     width: usize,
     steps: usize,
+    mask: Option<Strategy>,
 ) -> Result<StepResult> {
     use crate::autograd::Tape;
     use crate::nn::resnet::{Arch, ResNet, ResNetConfig, Stem};
     use crate::nn::ParamStore;
     use crate::optim::{momentum_buffers, sgd_store};
-    use crate::ssl::{byol::*, moco::*, simclr::*, simsiam::*, Method};
+    use crate::ssl::{byol::*, moco::*, simclr::*, simsiam::*, HardNegCfg, Method};
+    use crate::train::masking::Masker;
     let model = ResNetConfig {
         arch: Arch::Resnet18,
         stem: Stem::Cifar,
@@ -281,12 +319,25 @@ pub fn train_step(
             }),
         )
     } else {
+        let hard = HardNegCfg {
+            count: (mask.is_some() && ["simclr", "moco"].contains(&method)) as usize,
+            ..HardNegCfg::default()
+        };
         let mut m: Box<dyn Method> = match method {
-            "simclr" => Box::new(SimClr::new(model, SimClrConfig::default(), &mut rng, dev)?),
+            "simclr" => Box::new(SimClr::new(
+                model,
+                SimClrConfig {
+                    hard,
+                    ..Default::default()
+                },
+                &mut rng,
+                dev,
+            )?),
             "moco" => Box::new(Moco::new(
                 model,
                 MocoConfig {
                     k: 4096.max(batch),
+                    hard,
                     ..Default::default()
                 },
                 &mut rng,
@@ -308,15 +359,63 @@ pub fn train_step(
         };
         let mut bufs = momentum_buffers(m.store(), dev)?;
         let dev = dev.clone();
+        // With masking, one real loader batch (views, plans, fills) uploaded and masked in
+        // every step, as the trainer does.
+        let mut masked = match mask {
+            Some(s) => {
+                use crate::data::cifar::{self, Split, Variant};
+                let set = std::sync::Arc::new(
+                    cifar::load(&cifar::embedded_root(), Variant::Cifar10, Split::Train)?
+                        .truncate(batch),
+                );
+                let mut cfg = view_config(Some(s));
+                if hard.count == 0 {
+                    cfg.views.pop();
+                }
+                let batch = crate::data::loader::epoch(
+                    set,
+                    crate::data::loader::CropMode::Rrc,
+                    cfg.clone(),
+                    batch,
+                    0,
+                    0,
+                    1,
+                    1,
+                    0,
+                )
+                .next()
+                .ok_or_else(|| Error::Config {
+                    field: "--batch".into(),
+                    msg: "larger than the shipped CIFAR-10 subset".into(),
+                })?;
+                let masker = Masker::with_recipe(MaskRecipe::new(s, 8));
+                Some((cfg, batch, masker))
+            }
+            None => None,
+        };
         (
-            2,
+            2 + hard.count,
             Box::new(move || {
                 m.before_step(1, 2)?;
                 let mut tape = Tape::new();
                 let b = m.store().bind(&mut tape, true);
-                let v1 = tape.input(Tensor::from_slice(&x1, &[batch, 3, 32, 32], &dev)?);
-                let v2 = tape.input(Tensor::from_slice(&x2, &[batch, 3, 32, 32], &dev)?);
-                let loss = m.loss(&mut tape, &b, &[v1, v2])?;
+                let shape = [batch, 3, 32, 32];
+                let inputs = match &mut masked {
+                    Some((cfg, bt, masker)) => {
+                        let mut xs = bt
+                            .views
+                            .iter()
+                            .map(|v| Tensor::from_slice(v, &shape, &dev))
+                            .collect::<Result<Vec<_>>>()?;
+                        masker.apply(Some(m.as_mut()), cfg, bt, &mut xs, &dev)?;
+                        xs.into_iter().map(|x| tape.input(x)).collect::<Vec<_>>()
+                    }
+                    None => vec![
+                        tape.input(Tensor::from_slice(&x1, &shape, &dev)?),
+                        tape.input(Tensor::from_slice(&x2, &shape, &dev)?),
+                    ],
+                };
+                let loss = m.loss(&mut tape, &b, &inputs)?;
                 let g = tape.backward(loss)?;
                 drop(tape);
                 sgd_store(m.store_mut(), &b, &g, &mut bufs, |_| (0.1, 1e-4), 0.9)?;
@@ -360,6 +459,7 @@ pub fn train_step(
         batch,
         width,
         views,
+        mask: mask.map(Strategy::name),
         steps,
         seconds_per_step: secs,
         images_per_s: batch as f64 / secs,

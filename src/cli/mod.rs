@@ -163,6 +163,10 @@ pub enum Command {
         /// Timed steps for --method (after one warm-up step).
         #[arg(long, default_value_t = 3)]
         steps: usize,
+        /// Saliency-guided masking in the measured loader / steps: hp | blur | mean (moco and
+        /// simclr steps take one hard negative per image).
+        #[arg(long)]
+        mask: Option<String>,
     },
     /// A short end-to-end check of the selected device: a small CNN trained for a few SGD
     /// steps, its first gradients compared with the CPU reference.
@@ -292,19 +296,24 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Bench {
-            json, loader: true, ..
+            json,
+            loader: true,
+            mask,
+            ..
         } => {
             let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
-            let (ips, n) = bench::loader_throughput(workers, 256)?;
+            let strategy = bench::mask_strategy(mask.as_deref())?;
+            let (ips, n) = bench::loader_throughput(workers, 256, strategy)?;
+            let what = strategy.map_or("two-view loader".to_string(), |s| {
+                format!("masked loader ({}: query, key, hard negative)", s.name())
+            });
             if json {
                 println!(
                     "{}",
-                    serde_json::json!({ "loader_images_per_s": ips, "images": n, "workers": workers })
+                    serde_json::json!({ "loader_images_per_s": ips, "images": n, "workers": workers, "mask": strategy.map(|s| s.name()) })
                 );
             } else {
-                println!(
-                    "two-view loader: {ips:.0} images/s ({n} CIFAR images, {workers} workers)"
-                );
+                println!("{what}: {ips:.0} images/s ({n} CIFAR images, {workers} workers)");
             }
             Ok(())
         }
@@ -314,10 +323,12 @@ pub fn run(cli: Cli) -> Result<()> {
             batch,
             width,
             steps,
+            mask,
             ..
         } => {
             let dev = select_device_or(cli.device.as_deref(), "gpu")?;
-            let r = bench::train_step(&dev, &method, batch, width, steps)?;
+            let strategy = bench::mask_strategy(mask.as_deref())?;
+            let r = bench::train_step(&dev, &method, batch, width, steps, strategy)?;
             if json {
                 println!(
                     "{}",

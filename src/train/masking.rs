@@ -3,7 +3,7 @@
 //! heatmaps use — or a frozen external backbone's), then the device op that masks the view
 //! from the loader's plan and fill. Everything stays on the run's device: no readback.
 
-use std::collections::HashMap;
+use std::collections::hash_map::{Entry, HashMap};
 use std::path::PathBuf;
 
 use crate::autograd::Tape;
@@ -75,6 +75,14 @@ impl Masker {
         })
     }
 
+    /// A masker whose saliency comes from the trained model (`apply`'s method).
+    pub fn with_recipe(recipe: MaskRecipe) -> Masker {
+        Masker {
+            recipe,
+            external: None,
+        }
+    }
+
     /// A masker whose saliency comes from `net` (e.g. a checkpoint's backbone in `viz`).
     pub fn with_backbone(recipe: MaskRecipe, net: ResNet, store: ParamStore) -> Masker {
         Masker {
@@ -124,21 +132,23 @@ impl Masker {
             let Some(s) = view.saliency_source(v) else {
                 continue;
             };
-            if !features.contains_key(&s) {
-                let size = batch.sizes[s];
-                let src = if batch.plain[s].is_empty() {
-                    inputs[s].clone()
-                } else {
-                    Tensor::from_vec(batch.plain[s].clone(), &[b, 3, size, size], device)?
-                };
-                let f = self.features(method.as_deref_mut(), src)?;
-                features.insert(s, f);
-            }
+            let f = match features.entry(s) {
+                Entry::Occupied(e) => e.into_mut(),
+                Entry::Vacant(e) => {
+                    let size = batch.sizes[s];
+                    let src = if batch.plain[s].is_empty() {
+                        inputs[s].clone()
+                    } else {
+                        Tensor::from_vec(batch.plain[s].clone(), &[b, 3, size, size], device)?
+                    };
+                    e.insert(self.features(method.as_deref_mut(), src)?)
+                }
+            };
             let size = batch.sizes[v];
             let rule = self.recipe.rule(size, view.views[v].mask == ViewMask::Pos);
             let plan = Tensor::from_vec(batch.plans[v].clone(), &[b, plan_len(g)], device)?;
             let fill = Tensor::from_vec(batch.fills[v].clone(), &[b, 3, size, size], device)?;
-            inputs[v] = mask_views(&inputs[v], &features[&s], &fill, &plan, g, rule)?;
+            inputs[v] = mask_views(&inputs[v], f, &fill, &plan, g, rule)?;
         }
         Ok(())
     }
