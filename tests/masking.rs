@@ -538,3 +538,90 @@ fn an_external_saliency_backbone_gives_the_features() {
         .unwrap();
     assert!(e.to_string().contains("junk.safetensors"), "{e}");
 }
+
+/// The reference's quirk (`reference_batch_negative`): every query's hard-negative logit is
+/// against the embedding of image m's negative m alone (a batch of one, BN on it), here for
+/// SimCLR whose projection is public: the method's loss equals NT-Xent with that single
+/// shared negative built by hand, and differs from the per-sample negatives'.
+#[test]
+fn the_batch_negative_quirk_embeds_the_first_image_alone() {
+    use viewcraft::autograd::Tape;
+    use viewcraft::ssl::simclr::{SimClr, SimClrConfig};
+    let dev = Device::Cpu;
+    let (mut r, seed) = rng();
+    let n = 6;
+    let views: Vec<Vec<f32>> = (0..3).map(|_| randn(&mut r, n * 3 * 32 * 32)).collect();
+    let shape = [n, 3, 32, 32];
+    let build = |per_sample: bool| {
+        let hard = HardNegCfg {
+            count: 1,
+            alpha: 2.0,
+            per_sample,
+        };
+        let cfg = SimClrConfig {
+            hard,
+            ..Default::default()
+        };
+        SimClr::new(
+            resnet18(8),
+            cfg,
+            &mut rand::rngs::StdRng::seed_from_u64(9),
+            &dev,
+        )
+        .unwrap()
+    };
+    let loss_of = |m: &mut SimClr| {
+        let mut tape = Tape::new();
+        let b = m.store().bind(&mut tape, true);
+        let vs: Vec<_> = views
+            .iter()
+            .map(|v| tape.input(viewcraft::tensor::Tensor::from_slice(v, &shape, &dev).unwrap()))
+            .collect();
+        let l = m.loss(&mut tape, &b, &vs).unwrap();
+        tape.value(l).item().unwrap()
+    };
+    let quirk = loss_of(&mut build(false));
+    let per_sample = loss_of(&mut build(true));
+    // By hand: the two views as one batch, the first image's negative as a batch of one.
+    let mut m = build(false);
+    let mut tape = Tape::new();
+    let b = m.store().bind(&mut tape, true);
+    let x = tape.input(
+        viewcraft::tensor::Tensor::from_slice(
+            &[&views[0][..], &views[1][..]].concat(),
+            &[2 * n, 3, 32, 32],
+            &dev,
+        )
+        .unwrap(),
+    );
+    let z = m.project(&mut tape, &b, x, true).unwrap();
+    let parts = tape.split(z, &[n, n]).unwrap();
+    let first = tape.input(
+        viewcraft::tensor::Tensor::from_slice(&views[2][..3 * 32 * 32], &[1, 3, 32, 32], &dev)
+            .unwrap(),
+    );
+    let t = m.project(&mut tape, &b, first, true).unwrap();
+    let cfg = SimClrConfig::default();
+    let l = viewcraft::ssl::losses::nt_xent_hard(
+        &mut tape,
+        parts[0],
+        parts[1],
+        &[t],
+        2.0,
+        cfg.temperature,
+        cfg.loss_scale,
+    )
+    .unwrap();
+    let want = tape.value(l).item().unwrap();
+    assert_close(
+        &format!("quirk loss seed {seed}"),
+        &[quirk],
+        &[want],
+        1e-5,
+        1e-5,
+    );
+    assert!(
+        (quirk - per_sample).abs() > 1e-4,
+        "quirk {quirk} = per-sample {per_sample}"
+    );
+}

@@ -258,17 +258,7 @@ fn linear_eval_knn_and_viz_read_the_checkpoint() {
     assert!(knn_out.exists());
 
     let viz = tmp().join("viz");
-    let (code, o, e) = run_cmd(&[
-        "--device",
-        "cpu",
-        "viz",
-        "--checkpoint",
-        c,
-        "--out",
-        viz.to_str().unwrap(),
-        "--limit",
-        "8",
-    ]);
+    let (code, o, e) = viz_cmd(c, &viz, 8);
     assert_eq!(code, 0, "{o}{e}");
     let b: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(viz.join("boxes.json")).unwrap()).unwrap();
@@ -321,6 +311,23 @@ fn linear_eval_knn_and_viz_read_the_checkpoint() {
 
 fn run_cmd(args: &[&str]) -> (i32, String, String) {
     run(viewcraft().args(args))
+}
+
+/// `viewcraft viz` of checkpoint `ckpt` into `out` for `limit` images, on the CPU path.
+fn viz_cmd(ckpt: &str, out: &Path, limit: usize) -> (i32, String, String) {
+    let limit = limit.to_string();
+    let out = out.to_str().unwrap();
+    run_cmd(&[
+        "--device",
+        "cpu",
+        "viz",
+        "--checkpoint",
+        ckpt,
+        "--out",
+        out,
+        "--limit",
+        &limit,
+    ])
 }
 
 /// A user error: exit 2, one line on stderr naming `words`, no panic.
@@ -723,17 +730,7 @@ fn a_masked_run_evaluates_high_passed_and_pictures_its_masks() {
     let w: serde_json::Value = serde_json::from_str(o.trim()).unwrap();
     assert_eq!(w["high_pass"], false, "{w}");
     let viz = tmp().join("viz-masked");
-    let (code, o, e) = run_cmd(&[
-        "--device",
-        "cpu",
-        "viz",
-        "--checkpoint",
-        c,
-        "--out",
-        viz.to_str().unwrap(),
-        "--limit",
-        "4",
-    ]);
+    let (code, o, e) = viz_cmd(c, &viz, 4);
     assert_eq!(code, 0, "{o}{e}");
     let img = image::open(viz.join("masks.png")).unwrap();
     // 4 rows of query, masked query, key, hard negative.
