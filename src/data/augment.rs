@@ -128,12 +128,14 @@ pub fn grayscale(img: &Rgb) -> Rgb {
     Rgb::new(img.h, img.w, [l.clone(), l.clone(), l].concat())
 }
 
-/// PIL Image.blend(a, b, α) = a + α·(b − a), truncated to uint8 (clipped when α leaves [0, 1]).
-fn blend(a: &[u8], b: &[u8], alpha: f64) -> Vec<u8> {
+/// PIL Image.blend(a, b, α) = a + α·(b − a) in C float (α is passed as a float), truncated
+/// to uint8 (clipped when α leaves [0, 1]).
+pub(crate) fn blend(a: &[u8], b: &[u8], alpha: f64) -> Vec<u8> {
+    let alpha = alpha as f32;
     a.iter()
         .zip(b)
         .map(|(&x, &y)| {
-            let v = x as f64 + alpha * (y as f64 - x as f64);
+            let v = x as i32 as f32 + alpha * (y as i32 - x as i32) as f32;
             v.clamp(0.0, 255.0) as u8
         })
         .collect()

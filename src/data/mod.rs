@@ -9,6 +9,7 @@ pub mod loader;
 pub mod masking;
 pub mod pickle;
 pub mod stl10;
+pub mod strong;
 
 use std::path::Path;
 
