@@ -222,11 +222,7 @@ fn equalize_lut(h: &[u32; 256]) -> [u8; 256] {
     };
     let mut n = step / 2;
     for (i, l) in lut.iter_mut().enumerate() {
-        *l = if step == 0 {
-            i as u8
-        } else {
-            (n / step).min(255) as u8
-        };
+        *l = n.checked_div(step).map_or(i as u8, |q| q.min(255) as u8);
         n += h[i] as u64;
     }
     lut
@@ -297,8 +293,9 @@ fn rotate(img: &Rgb, degrees: f64) -> Rgb {
         0.0,
     ];
     let (cx, cy) = (w / 2.0, h / 2.0);
-    m[2] = m[0] * -cx + m[1] * -cy + m[2];
-    m[5] = m[3] * -cx + m[4] * -cy + m[5];
+    // Python's transform(-cx, -cy) of the matrix (whose translation is still 0).
+    m[2] = m[0] * -cx + m[1] * -cy;
+    m[5] = m[3] * -cx + m[4] * -cy;
     m[2] += cx;
     m[5] += cy;
     affine(img, m)
