@@ -3,6 +3,7 @@
 // the mode's mask and the label given by the mode:
 //   mode 0 (NT-Xent, M = N = 2B): mask j = i; label (i + N/2) mod N
 //   mode 1 (MoCo, columns = [B in-batch keys | queue]): mask j < B, j ≠ i; label i
+//   mode 2 (CLSA's weak term, same columns): nothing masked (other keys are negatives); label i
 // The last `hard_cols` columns are hard negatives (saliency-guided masking), logits scaled by
 // alpha as well: with images > 0, blocks of `images` columns of which row i keeps only
 // column i mod images; with images = 0 every row keeps every one.
@@ -31,6 +32,9 @@ fn nce_masked(i: u32, j: u32) -> bool {
     }
     if (nce.mode == 0u) {
         return j == i;
+    }
+    if (nce.mode == 2u) {
+        return false;
     }
     return j < nce.in_batch && j != i;
 }

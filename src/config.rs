@@ -182,6 +182,7 @@ pub enum MethodCfg {
     Moco(MocoCfg),
     Byol(ByolCfg),
     Simsiam(SimsiamCfg),
+    Clsa(ClsaCfg),
 }
 
 impl Default for MethodCfg {
@@ -197,6 +198,7 @@ impl MethodCfg {
             MethodCfg::Moco(_) => "moco",
             MethodCfg::Byol(_) => "byol",
             MethodCfg::Simsiam(_) => "simsiam",
+            MethodCfg::Clsa(_) => "clsa",
         }
     }
 }
@@ -256,6 +258,57 @@ impl Default for MocoCfg {
             temperature: d.temperature,
             bn_group: d.bn_group,
             shuffle: d.shuffle,
+        }
+    }
+}
+
+/// `[method] name = "clsa"`: MoCo's keys plus the DDM's weight and temperature and the crop
+/// recipe (SPEC B.4, D.10).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClsaCfg {
+    pub dim: usize,
+    pub queue: usize,
+    pub momentum: f32,
+    pub temperature: f32,
+    pub bn_group: usize,
+    pub shuffle: bool,
+    /// Weight α of the DDM terms.
+    pub alpha: f32,
+    /// DDM temperature T₂.
+    pub t2: f32,
+    /// `single` (a weak query at the image size, a strong one at 96/224 of it) | `multi` (five
+    /// weak and five strong queries at five sizes).
+    pub crops: String,
+}
+
+impl Default for ClsaCfg {
+    fn default() -> Self {
+        let m = MocoCfg::default();
+        Self {
+            dim: m.dim,
+            queue: m.queue,
+            momentum: m.momentum,
+            temperature: m.temperature,
+            bn_group: m.bn_group,
+            shuffle: m.shuffle,
+            alpha: 1.0,
+            t2: 0.2,
+            crops: "single".into(),
+        }
+    }
+}
+
+impl ClsaCfg {
+    /// The MoCo v2 base.
+    pub fn moco(&self) -> MocoCfg {
+        MocoCfg {
+            dim: self.dim,
+            queue: self.queue,
+            momentum: self.momentum,
+            temperature: self.temperature,
+            bn_group: self.bn_group,
+            shuffle: self.shuffle,
         }
     }
 }
@@ -793,9 +846,22 @@ impl Config {
         })
     }
 
-    /// The run's view specs (empty when the config lists none: the crop kind's defaults).
+    /// The run's view specs (empty when the config lists none: the crop kind's defaults; CLSA
+    /// without `[[views]]`: its crop recipe's).
     pub fn view_specs(&self, image_size: usize) -> Vec<ViewSpec> {
         let c = &self.crop;
+        if let (MethodCfg::Clsa(m), true) = (&self.method, self.views.is_empty()) {
+            let key = RrcParams {
+                scale: (c.scale[0], c.scale[1]),
+                ratio: (c.ratio[0], c.ratio[1]),
+            };
+            let source = if c.kind == "objectcrop" {
+                CropSource::Scene
+            } else {
+                CropSource::Box
+            };
+            return crate::ssl::clsa::recipe_views(m.crops == "multi", image_size, key, source);
+        }
         self.views
             .iter()
             .flat_map(|v| {
@@ -1013,7 +1079,8 @@ impl Config {
         }
         self.validate_mask()?;
         let wanted = 2 + self.mask.hard_negatives(&self.method);
-        if !self.views.is_empty() && count != wanted {
+        let clsa = matches!(self.method, MethodCfg::Clsa(_));
+        if !self.views.is_empty() && count != wanted && !clsa {
             return Err(cfg_err(
                 "views",
                 format!(
@@ -1110,27 +1177,51 @@ impl Config {
                 positive_f("method.temperature", m.temperature)?;
                 positive_f("method.loss_scale", m.loss_scale())?;
             }
-            MethodCfg::Moco(m) => {
-                positive("method.dim", m.dim)?;
-                positive_f("method.temperature", m.temperature)?;
-                momentum("method.momentum", m.momentum)?;
-                if m.queue == 0 || !m.queue.is_multiple_of(t.batch_size) {
+            MethodCfg::Moco(m) => validate_moco(m, t.batch_size)?,
+            MethodCfg::Clsa(m) => {
+                validate_moco(&m.moco(), t.batch_size)?;
+                positive_f("method.t2", m.t2)?;
+                if !(m.alpha >= 0.0 && m.alpha.is_finite()) {
+                    return Err(cfg_err("method.alpha", format!("{} must be ≥ 0", m.alpha)));
+                }
+                if !["single", "multi"].contains(&m.crops.as_str()) {
                     return Err(cfg_err(
-                        "method.queue",
-                        format!(
-                            "{} must be a positive multiple of train.batch_size ({})",
-                            m.queue, t.batch_size
-                        ),
+                        "method.crops",
+                        format!("`{}` is not one of single, multi", m.crops),
                     ));
                 }
-                if m.bn_group < 2 || !t.batch_size.is_multiple_of(m.bn_group) {
+                if self.mask.on() {
                     return Err(cfg_err(
-                        "method.bn_group",
-                        format!(
-                            "{} must be ≥ 2 and divide train.batch_size ({})",
-                            m.bn_group, t.batch_size
-                        ),
+                        "mask.strategy",
+                        "CLSA does not combine with saliency masking yet: set it to none",
                     ));
+                }
+                if !self.views.is_empty() {
+                    let kinds: Vec<Augment> = self
+                        .views
+                        .iter()
+                        .flat_map(|v| {
+                            std::iter::repeat_n(
+                                Augment::parse(&v.augment).unwrap_or(Augment::Ssl),
+                                v.count,
+                            )
+                        })
+                        .collect();
+                    let weak = kinds[1..]
+                        .iter()
+                        .take_while(|&&a| a != Augment::Strong)
+                        .count();
+                    let strong = kinds.len() - 1 - weak;
+                    if kinds[0] == Augment::Strong
+                        || weak == 0
+                        || strong == 0
+                        || kinds[1 + weak..].iter().any(|&a| a != Augment::Strong)
+                    {
+                        return Err(cfg_err(
+                            "views",
+                            "CLSA takes a key view, then its weak queries, then its strong ones (augment = \"strong\"), at least one of each",
+                        ));
+                    }
                 }
             }
             MethodCfg::Byol(m) => {
@@ -1158,6 +1249,32 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// MoCo's `[method]` keys against the batch size (MoCo and CLSA).
+fn validate_moco(m: &MocoCfg, batch_size: usize) -> Result<()> {
+    positive("method.dim", m.dim)?;
+    positive_f("method.temperature", m.temperature)?;
+    momentum("method.momentum", m.momentum)?;
+    if m.queue == 0 || !m.queue.is_multiple_of(batch_size) {
+        return Err(cfg_err(
+            "method.queue",
+            format!(
+                "{} must be a positive multiple of train.batch_size ({batch_size})",
+                m.queue
+            ),
+        ));
+    }
+    if m.bn_group < 2 || !batch_size.is_multiple_of(m.bn_group) {
+        return Err(cfg_err(
+            "method.bn_group",
+            format!(
+                "{} must be ≥ 2 and divide train.batch_size ({batch_size})",
+                m.bn_group
+            ),
+        ));
+    }
+    Ok(())
 }
 
 impl LinearEvalConfig {

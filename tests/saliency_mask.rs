@@ -298,7 +298,7 @@ fn explicit_rows(
     let images = match (hard.per_sample, mode) {
         (false, _) => 0,
         (true, NceMode::NtXent) => n / 2,
-        (true, NceMode::Moco { .. }) => n,
+        (true, NceMode::Moco { .. } | NceMode::Keys { .. }) => n,
     };
     let first_hard = m - hard.count * images.max(1);
     (0..n)
@@ -317,6 +317,11 @@ fn explicit_rows(
                 NceMode::Moco { in_batch } => {
                     let mut v = vec![sim[i * m + i]];
                     v.extend((in_batch..first_hard).map(|j| sim[i * m + j]));
+                    (0, v)
+                }
+                NceMode::Keys { .. } => {
+                    let mut v = vec![sim[i * m + i]];
+                    v.extend((0..first_hard).filter(|&j| j != i).map(|j| sim[i * m + j]));
                     (0, v)
                 }
             };

@@ -18,6 +18,7 @@ use rand::{Rng, SeedableRng};
 
 use super::augment::{hflip, normalize, resized_crop, ssl_view_after_crop, Jitter, Rgb};
 use super::masking::{high_pass_view, plan_and_fill, BatchNoise, MaskRecipe, Strategy};
+use super::strong::rand_augment;
 use super::ImageSet;
 use crate::crop::object::ObjectCrop;
 use crate::crop::sampler::{BoxF, ContrastiveCrop, Crop, RrcParams, WHOLE_IMAGE};
@@ -79,8 +80,11 @@ impl CropSource {
 /// What happens to a view after its crop is resized.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Augment {
-    /// The pre-training recipe: flip, colour jitter, greyscale (and blur when enabled).
+    /// The pre-training recipe (`ssl`, also called `weak`): flip, colour jitter, greyscale
+    /// (and blur when enabled).
     Ssl,
+    /// CLSA's strong recipe: the weak one, then RandAugment (5 of 14 ops, `data::strong`).
+    Strong,
     /// Horizontal flip (p 0.5) only.
     Flip,
     /// Nothing (normalisation only).
@@ -88,11 +92,12 @@ pub enum Augment {
 }
 
 impl Augment {
-    pub const NAMES: [&'static str; 3] = ["ssl", "flip", "none"];
+    pub const NAMES: [&'static str; 5] = ["ssl", "weak", "strong", "flip", "none"];
 
     pub fn parse(s: &str) -> Option<Augment> {
         Some(match s {
-            "ssl" => Augment::Ssl,
+            "ssl" | "weak" => Augment::Ssl,
+            "strong" => Augment::Strong,
             "flip" => Augment::Flip,
             "none" => Augment::None,
             _ => return None,
@@ -373,6 +378,10 @@ pub fn make_views(
             let view = resized_crop(&img, crop, spec.size, spec.size);
             let view = match spec.augment {
                 Augment::Ssl => ssl_view_after_crop(&view, &cfg.jitter, &mut rng),
+                Augment::Strong => {
+                    let weak = ssl_view_after_crop(&view, &cfg.jitter, &mut rng);
+                    rand_augment(&weak, &mut rng)
+                }
                 Augment::Flip if rng.random_bool(0.5) => hflip(&view),
                 _ => view,
             };

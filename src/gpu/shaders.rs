@@ -22,6 +22,7 @@ pub const ALL: &[(&str, &str)] = &[
     ("optim", include_str!("../../shaders/optim.wgsl")),
     ("lars", include_str!("../../shaders/lars.wgsl")),
     ("info_nce", include_str!("../../shaders/info_nce.wgsl")),
+    ("ddm", include_str!("../../shaders/ddm.wgsl")),
     (
         "saliency_mask",
         include_str!("../../shaders/saliency_mask.wgsl"),

@@ -158,6 +158,9 @@ pub enum NceMode {
     /// MoCo (sim [B, B + K], columns = [in-batch keys | queue]): other rows' keys are removed,
     /// the positive of row i is column i.
     Moco { in_batch: usize },
+    /// CLSA's weak term (sim [B, B + K], columns = [in-batch keys | queue]): every entry takes
+    /// part — the other rows' keys are extra negatives — and the positive of row i is column i.
+    Keys { in_batch: usize },
 }
 
 /// Hard negatives in the last columns of a contrastive similarity matrix (saliency-guided
@@ -196,7 +199,7 @@ impl NceRule {
         match (self.hard.per_sample, self.mode) {
             (false, _) => 0,
             (true, NceMode::NtXent) => self.n / 2,
-            (true, NceMode::Moco { .. }) => self.n,
+            (true, NceMode::Moco { .. } | NceMode::Keys { .. }) => self.n,
         }
     }
     fn hard_cols(&self) -> usize {
@@ -213,12 +216,13 @@ impl NceRule {
         match self.mode {
             NceMode::NtXent => j == i,
             NceMode::Moco { in_batch } => j < in_batch && j != i,
+            NceMode::Keys { .. } => false,
         }
     }
     fn label(&self, i: usize) -> usize {
         match self.mode {
             NceMode::NtXent => (i + self.n / 2) % self.n,
-            NceMode::Moco { .. } => i,
+            NceMode::Moco { .. } | NceMode::Keys { .. } => i,
         }
     }
     /// The logit factor of column j (α for hard negatives).
@@ -234,6 +238,7 @@ impl NceRule {
         let (code, nb) = match self.mode {
             NceMode::NtXent => (0, 0),
             NceMode::Moco { in_batch } => (1, in_batch as u32),
+            NceMode::Keys { in_batch } => (2, in_batch as u32),
         };
         [
             u(self.n),
@@ -340,7 +345,9 @@ fn nce_check(sim: &Tensor, mode: NceMode, hard: HardNegatives) -> Result<NceRule
         && hard.alpha.is_finite()
         && match mode {
             NceMode::NtXent => m - hard_cols == n && n % 2 == 0,
-            NceMode::Moco { in_batch } => in_batch == n && m - hard_cols > n,
+            NceMode::Moco { in_batch } | NceMode::Keys { in_batch } => {
+                in_batch == n && m - hard_cols > n
+            }
         };
     if !ok {
         return Err(Error::shape(

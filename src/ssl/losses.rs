@@ -7,6 +7,8 @@
 //! - MoCo InfoNCE: q, k normalised; logits_i = [q_i·k_i, q_i·queue] / T; CE with target 0.
 //!   k is detached, the queue is constant. The queue is stored one key per row ([K, dim]) so
 //!   enqueueing is a row copy.
+//! - CLSA: [`clsa_loss`] (weak InfoNCE over all in-batch keys + the queue, DDM of the strong
+//!   queries against the weak ones).
 //! - BYOL / SimSiam: scale · (mean cos(p1, z2) + mean cos(p2, z1)) with z detached
 //!   (scale −2 for BYOL, −0.5 for SimSiam).
 //!
@@ -125,6 +127,68 @@ pub fn moco_infonce_hard(
     let sim = tape.matmul_t(q, keys, false, true)?;
     let rows = tape.info_nce_hard(sim, NceMode::Moco { in_batch: n }, 1.0 / t, hard)?;
     tape.mean(rows)
+}
+
+/// CLSA (SPEC B.4): keys = [k (the batch's keys) | queue], both normalised and constant.
+/// Every weak query q_w: CE over q_w·keysᵀ/T with its own key the positive and the other
+/// in-batch keys extra negatives (`NceMode::Keys`); every (weak, strong) pair: DDM of the
+/// strong row against the weak one at T₂ (`Tape::ddm`, the weak side detached). Returns
+/// (Σ CE + α·Σ DDM, Σ DDM), each term the mean over the batch.
+pub fn clsa_loss(
+    tape: &mut Tape,
+    weak: &[Var],
+    strong: &[Var],
+    k: Var,
+    queue: &Tensor,
+    (t, t2, alpha): (f32, f32, f32),
+) -> Result<(Var, Var)> {
+    if weak.is_empty() || strong.is_empty() {
+        return Err(Error::shape(
+            "clsa_loss",
+            format!(
+                "needs at least one weak and one strong query, got {} and {}",
+                weak.len(),
+                strong.len()
+            ),
+        ));
+    }
+    let n = tape.value(k).shape()[0];
+    let k = tape.detach(k);
+    let k = tape.l2_normalize(k)?;
+    let qv = tape.input(queue.clone());
+    let keys = tape.concat(&[k, qv])?;
+    let sims = |tape: &mut Tape, qs: &[Var]| -> Result<Vec<Var>> {
+        qs.iter()
+            .map(|&q| {
+                let q = tape.l2_normalize(q)?;
+                tape.matmul_t(q, keys, false, true)
+            })
+            .collect()
+    };
+    let (sw, ss) = (sims(tape, weak)?, sims(tape, strong)?);
+    let mut ce = Vec::with_capacity(sw.len());
+    for &s in &sw {
+        let rows = tape.info_nce(s, NceMode::Keys { in_batch: n }, 1.0 / t)?;
+        ce.push(tape.mean(rows)?);
+    }
+    let mut ddm = Vec::with_capacity(sw.len() * ss.len());
+    for &w in &sw {
+        for &s in &ss {
+            let rows = tape.ddm(w, s, 1.0 / t2)?;
+            ddm.push(tape.mean(rows)?);
+        }
+    }
+    let sum = |tape: &mut Tape, v: &[Var]| -> Result<Var> {
+        let mut acc = v[0];
+        for &x in &v[1..] {
+            acc = tape.add(acc, x)?;
+        }
+        Ok(acc)
+    };
+    let ce = sum(tape, &ce)?;
+    let ddm = sum(tape, &ddm)?;
+    let weighted = tape.scale(ddm, alpha)?;
+    Ok((tape.add(ce, weighted)?, ddm))
 }
 
 /// scale · (mean cos(p1, stopgrad z2) + mean cos(p2, stopgrad z1)).

@@ -168,9 +168,23 @@ impl Moco {
         tape.concat(&outs)
     }
 
+    /// Query-encoder embeddings of `x` (backbone + head, ghost-BN groups), with gradient.
+    pub(crate) fn queries(&mut self, tape: &mut Tape, b: &Bound, x: Var) -> Result<Var> {
+        self.grouped(tape, x, |m, t, x| {
+            let f = m.backbone.forward(t, &mut m.store, b, x, true)?;
+            m.head.forward(t, &mut m.store, b, f, true)
+        })
+    }
+
+    /// Remember the step's keys (un-normalised embeddings [B, dim]) for the enqueue after it.
+    pub(crate) fn set_pending(&mut self, keys: &Tensor) -> Result<()> {
+        self.pending = Some(crate::ops::l2norm::l2_normalize(keys)?);
+        Ok(())
+    }
+
     /// Key-encoder embeddings of `x` without gradient: shuffled across the ghost-BN groups
     /// and un-shuffled after.
-    fn keys(&mut self, tape: &mut Tape, b: &Bound, x: Var) -> Result<Var> {
+    pub(crate) fn keys(&mut self, tape: &mut Tape, b: &Bound, x: Var) -> Result<Var> {
         let n = tape.value(x).shape()[0];
         let mut perm: Vec<usize> = (0..n).collect();
         if self.cfg.shuffle {
@@ -249,12 +263,9 @@ impl Method for Moco {
     fn loss(&mut self, tape: &mut Tape, b: &Bound, views: &[Var]) -> Result<Var> {
         let hard = self.cfg.hard;
         let (v1, v2, negs) = views_with_negatives("moco", views, &hard)?;
-        let q = self.grouped(tape, v1, |m, t, x| {
-            let f = m.backbone.forward(t, &mut m.store, b, x, true)?;
-            m.head.forward(t, &mut m.store, b, f, true)
-        })?;
+        let q = self.queries(tape, b, v1)?;
         let k = self.keys(tape, b, v2)?;
-        self.pending = Some(crate::ops::l2norm::l2_normalize(tape.value(k))?);
+        self.set_pending(tape.value(k))?;
         // Hard negatives through the key encoder as the keys (shuffled ghost BN), not
         // enqueued, its running statistics left to the keys.
         let negs = negative_batches(tape, negs, &hard)?;

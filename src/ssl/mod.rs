@@ -22,6 +22,7 @@ macro_rules! method_accessors {
 }
 
 pub mod byol;
+pub mod clsa;
 pub mod losses;
 pub mod moco;
 pub mod simclr;
@@ -63,6 +64,11 @@ pub trait Method {
     /// Hook after the optimiser step (queues).
     fn after_step(&mut self) -> Result<()> {
         Ok(())
+    }
+    /// Named parts of the last step's loss, as one-element tensors on the run's device (read
+    /// back only when a step is logged): CLSA's `loss_ddm`.
+    fn loss_parts(&self) -> Vec<(&'static str, crate::tensor::Tensor)> {
+        Vec::new()
     }
     /// Parameters whose learning rate stays at its initial value (SimSiam's predictor).
     fn fixed_lr(&self, _name: &str) -> bool {
@@ -248,6 +254,32 @@ pub fn build(
             rng,
             device,
         )?),
+        MethodCfg::Clsa(m) => {
+            // The counts do not depend on the image size.
+            let (weak, strong) = clsa::query_counts(&cfg.view_specs(32));
+            let moco = m.moco();
+            Box::new(clsa::Clsa::new(
+                model,
+                clsa::ClsaConfig {
+                    moco: moco::MocoConfig {
+                        dim: moco.dim,
+                        k: moco.queue,
+                        momentum: moco.momentum,
+                        temperature: moco.temperature,
+                        bn_group: moco.bn_group,
+                        shuffle: moco.shuffle,
+                        seed: cfg.train.seed,
+                        hard: HardNegCfg::default(),
+                    },
+                    alpha: m.alpha,
+                    t2: m.t2,
+                    weak,
+                    strong,
+                },
+                rng,
+                device,
+            )?)
+        }
         MethodCfg::Simsiam(m) => Box::new(simsiam::SimSiam::new(
             model,
             simsiam::SimSiamConfig {

@@ -145,6 +145,9 @@ pub enum Event {
         /// Hard-negative logits that entered the step's loss (runs with masking).
         #[serde(skip_serializing_if = "Option::is_none")]
         hard_negatives: Option<usize>,
+        /// CLSA's Σ DDM (the part of `loss` it weighs by α).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        loss_ddm: Option<f32>,
     },
     Epoch {
         epoch: usize,
@@ -490,12 +493,19 @@ pub fn pretrain(
                 if !l.is_finite() {
                     return Err(not_finite(l, ep, step, &last_saved));
                 }
+                let mut loss_ddm = None;
+                for (name, t) in method.loss_parts() {
+                    if name == "loss_ddm" {
+                        loss_ddm = Some(t.item()?);
+                    }
+                }
                 on(&Event::Step {
                     epoch: ep,
                     step,
                     loss: l,
                     lr,
                     hard_negatives,
+                    loss_ddm,
                 });
             }
             last_loss = Some(loss_value);
