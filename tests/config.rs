@@ -323,7 +323,7 @@ augment = "flip"
             "views[0].crop",
         ),
         (
-            "[[views]]\naugment = \"strong\"\ncount = 2\n",
+            "[[views]]\naugment = \"stronger\"\ncount = 2\n",
             "views[0].augment",
         ),
         ("[[views]]\nsize = 0\ncount = 2\n", "views[0].size"),
