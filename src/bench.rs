@@ -192,6 +192,7 @@ pub fn loader_throughput(
     workers: usize,
     batch: usize,
     mask: Option<Strategy>,
+    method: Option<&str>,
 ) -> Result<(f64, usize)> {
     use crate::data::cifar::{self, Split, Variant};
     use crate::data::loader::{epoch, CropMode};
@@ -200,7 +201,15 @@ pub fn loader_throughput(
         Variant::Cifar10,
         Split::Train,
     )?);
-    let cfg = view_config(mask);
+    let mut cfg = view_config(mask);
+    if let Some(m @ ("clsa" | "clsa_multi")) = method {
+        cfg.views = crate::ssl::clsa::recipe_views(
+            m == "clsa_multi",
+            32,
+            crate::crop::sampler::RrcParams::default(),
+            crate::data::loader::CropSource::Box,
+        );
+    }
     let t0 = Instant::now();
     let n: usize = epoch(set, CropMode::Rrc, cfg, batch, 0, 0, workers, 4, 0)
         .map(|b| b.indices.len())
@@ -350,12 +359,46 @@ pub fn train_step(
                 &mut rng,
                 dev,
             )?),
+            "clsa" | "clsa_multi" => {
+                let n = if method == "clsa" { 1 } else { 5 };
+                Box::new(crate::ssl::clsa::Clsa::new(
+                    model,
+                    crate::ssl::clsa::ClsaConfig {
+                        moco: MocoConfig {
+                            k: 4096.max(batch),
+                            ..Default::default()
+                        },
+                        weak: n,
+                        strong: n,
+                        ..Default::default()
+                    },
+                    &mut rng,
+                    dev,
+                )?)
+            }
             other => {
                 return Err(Error::Config {
                     field: "--method".into(),
-                    msg: format!("unknown method `{other}` (simclr, moco, byol, simsiam, single)"),
+                    msg: format!("unknown method `{other}` (simclr, moco, byol, simsiam, clsa, clsa_multi, single)"),
                 })
             }
+        };
+        // CLSA: fixed random inputs at its recipe's view sizes.
+        let clsa_inputs: Vec<(Vec<f32>, usize)> = if method.starts_with("clsa") {
+            crate::ssl::clsa::recipe_views(
+                method == "clsa_multi",
+                32,
+                crate::crop::sampler::RrcParams::default(),
+                crate::data::loader::CropSource::Box,
+            )
+            .iter()
+            .map(|v| {
+                let t = Tensor::randn(&[batch, 3, v.size, v.size], 1.0, &mut rng, &Device::Cpu)?;
+                Ok((t.to_vec()?, v.size))
+            })
+            .collect::<Result<_>>()?
+        } else {
+            Vec::new()
         };
         let mut bufs = momentum_buffers(m.store(), dev)?;
         let dev = dev.clone();
@@ -393,8 +436,13 @@ pub fn train_step(
             }
             None => None,
         };
+        let views = if clsa_inputs.is_empty() {
+            2 + hard.count
+        } else {
+            clsa_inputs.len()
+        };
         (
-            2 + hard.count,
+            views,
             Box::new(move || {
                 m.before_step(1, 2)?;
                 let mut tape = Tape::new();
@@ -410,6 +458,12 @@ pub fn train_step(
                         masker.apply(Some(m.as_mut()), cfg, bt, &mut xs, &dev)?;
                         xs.into_iter().map(|x| tape.input(x)).collect::<Vec<_>>()
                     }
+                    None if !clsa_inputs.is_empty() => clsa_inputs
+                        .iter()
+                        .map(|(x, s)| {
+                            Ok(tape.input(Tensor::from_slice(x, &[batch, 3, *s, *s], &dev)?))
+                        })
+                        .collect::<Result<Vec<_>>>()?,
                     None => vec![
                         tape.input(Tensor::from_slice(&x1, &shape, &dev)?),
                         tape.input(Tensor::from_slice(&x2, &shape, &dev)?),
@@ -452,7 +506,22 @@ pub fn train_step(
         t0.elapsed().as_secs_f64() / steps.max(1) as f64
     };
     print_profile(dev, &format!("{method} step"), steps.max(1));
-    let flops = 3.0 * 2.0 * model_macs(width) as f64 * (batch * views) as f64;
+    // 3 × forward per view at its size (CLSA's recipe sizes; 32 px otherwise).
+    let sizes: Vec<usize> = if method.starts_with("clsa") {
+        crate::ssl::clsa::recipe_views(
+            method == "clsa_multi",
+            32,
+            crate::crop::sampler::RrcParams::default(),
+            crate::data::loader::CropSource::Box,
+        )
+        .iter()
+        .map(|v| v.size)
+        .collect()
+    } else {
+        vec![32; views]
+    };
+    let macs: usize = sizes.iter().map(|&s| model_macs(width, s)).sum();
+    let flops = 3.0 * 2.0 * macs as f64 * batch as f64;
     Ok(StepResult {
         method: method.into(),
         device: dev.name(),
@@ -495,7 +564,7 @@ fn print_profile(dev: &Device, title: &str, reps: usize) {
     }
 }
 
-fn model_macs(width: usize) -> usize {
+fn model_macs(width: usize, size: usize) -> usize {
     use crate::nn::resnet::{Arch, ResNetConfig, Stem};
     ResNetConfig {
         arch: Arch::Resnet18,
@@ -504,5 +573,5 @@ fn model_macs(width: usize) -> usize {
         zero_init_residual: false,
         num_classes: None,
     }
-    .forward_macs(32, 32)
+    .forward_macs(size, size)
 }

@@ -304,3 +304,73 @@ fn a_multi_size_step_on_the_adapter_equals_the_cpu_path() {
         1e-3,
     );
 }
+
+#[test]
+fn clsa_config_rules() {
+    use viewcraft::config::{Config, MethodCfg};
+    let load = |sets: &[&str]| {
+        let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+        Config::load(None, &sets)
+    };
+    // MoCo's keys plus alpha, t2, crops; the recipe's views (key, weak, strong).
+    let c = load(&[
+        "method.name=clsa",
+        "method.queue=512",
+        "train.batch_size=64",
+    ])
+    .unwrap();
+    let MethodCfg::Clsa(m) = &c.method else {
+        panic!("{:?}", c.method)
+    };
+    assert_eq!((m.alpha, m.t2, m.crops.as_str()), (1.0, 0.2, "single"));
+    assert_eq!(c.view_specs(32).len(), 3);
+    let c = load(&[
+        "method.name=clsa",
+        "method.crops=multi",
+        "method.queue=512",
+        "train.batch_size=64",
+    ])
+    .unwrap();
+    assert_eq!(
+        c.view_specs(96).iter().map(|v| v.size).collect::<Vec<_>>(),
+        [96, 96, 82, 69, 55, 41, 96, 82, 69, 55, 41]
+    );
+    for (sets, field) in [
+        (
+            vec!["method.name=clsa", "method.crops=triple"],
+            "method.crops",
+        ),
+        (vec!["method.name=clsa", "method.t2=0"], "method.t2"),
+        (vec!["method.name=clsa", "method.alpha=-1"], "method.alpha"),
+        (vec!["method.name=clsa", "method.queue=100"], "method.queue"),
+        (
+            vec!["method.name=clsa", "mask.strategy=hp"],
+            "mask.strategy",
+        ),
+    ] {
+        let e = load(&sets).unwrap_err().to_string();
+        assert!(e.contains(field), "{sets:?}: {e}");
+    }
+    // [[views]] in the CLSA order: key, weak queries, strong queries.
+    let toml = |views: &str| {
+        format!("[method]\nname = \"clsa\"\nqueue = 512\n[train]\nbatch_size = 64\n{views}")
+    };
+    let ok = "[[views]]\n[[views]]\ncount = 2\n[[views]]\naugment = \"strong\"\nsize = 16\n";
+    let c = Config::from_toml(&toml(ok), "t").unwrap();
+    c.validate().unwrap();
+    assert_eq!(
+        viewcraft::ssl::clsa::query_counts(&c.view_specs(32)),
+        (2, 1)
+    );
+    for bad in [
+        "[[views]]\naugment = \"strong\"\n[[views]]\n[[views]]\naugment = \"strong\"\n",
+        "[[views]]\n[[views]]\naugment = \"strong\"\n[[views]]\n",
+        "[[views]]\n[[views]]\n",
+    ] {
+        let e = Config::from_toml(&toml(bad), "t")
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(e.to_string().contains("views"), "{bad}: {e}");
+    }
+}

@@ -810,3 +810,46 @@ fn a_masked_run_evaluates_high_passed_and_pictures_its_masks() {
         assert!(!bad.exists(), "{sets:?}: nothing written");
     }
 }
+
+/// CLSA through the binary: `--set method.name=clsa` switches a MoCo-shaped config, the step
+/// records carry `loss_ddm`, and `viz` pictures strong views.
+#[test]
+fn a_clsa_run_logs_its_ddm_and_pictures_strong_views() {
+    let out = tmp().join("clsa");
+    let _ = std::fs::remove_dir_all(&out);
+    let (code, o, e) = pretrain(
+        &out,
+        &[
+            "--set",
+            "method.name=clsa",
+            "--set",
+            "method.queue=64",
+            "--set",
+            "method.bn_group=8",
+            "--set",
+            "train.epochs=1",
+            "--set",
+            "linear.epochs=0",
+        ],
+    );
+    assert_eq!(code, 0, "{o}{e}");
+    let recs = records(&out);
+    let steps: Vec<_> = recs.iter().filter(|r| r["event"] == "step").collect();
+    assert!(!steps.is_empty());
+    for r in &steps {
+        let (l, d) = (r["loss"].as_f64().unwrap(), r["loss_ddm"].as_f64().unwrap());
+        assert!(d > 0.0 && d < l, "{r}");
+    }
+    let ckpt = out.join("checkpoints/last.safetensors");
+    let viz = tmp().join("viz-clsa");
+    let (code, o, e) = viz_cmd(ckpt.to_str().unwrap(), &viz, 4);
+    assert_eq!(code, 0, "{o}{e}");
+    assert!(o.contains("strong.png"), "{o}");
+    let img = image::open(viz.join("strong.png")).unwrap();
+    assert!(
+        img.width() > img.height(),
+        "{}x{}",
+        img.width(),
+        img.height()
+    );
+}

@@ -299,18 +299,23 @@ pub fn run(cli: Cli) -> Result<()> {
             json,
             loader: true,
             mask,
+            method,
             ..
         } => {
             let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
             let strategy = bench::mask_strategy(mask.as_deref())?;
-            let (ips, n) = bench::loader_throughput(workers, 256, strategy)?;
-            let what = strategy.map_or("two-view loader".to_string(), |s| {
-                format!("masked loader ({}: query, key, hard negative)", s.name())
-            });
+            let (ips, n) = bench::loader_throughput(workers, 256, strategy, method.as_deref())?;
+            let what = match (strategy, method.as_deref()) {
+                (_, Some(m @ ("clsa" | "clsa_multi"))) => {
+                    format!("{m} loader (key, weak and strong views)")
+                }
+                (Some(s), _) => format!("masked loader ({}: query, key, hard negative)", s.name()),
+                _ => "two-view loader".to_string(),
+            };
             if json {
                 println!(
                     "{}",
-                    serde_json::json!({ "loader_images_per_s": ips, "images": n, "workers": workers, "mask": strategy.map(|s| s.name()) })
+                    serde_json::json!({ "loader_images_per_s": ips, "images": n, "workers": workers, "mask": strategy.map(|s| s.name()), "method": method })
                 );
             } else {
                 println!("{what}: {ips:.0} images/s ({n} CIFAR images, {workers} workers)");

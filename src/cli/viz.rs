@@ -4,14 +4,16 @@
 use std::path::Path;
 
 use crate::autograd::Tape;
-use crate::config::Config;
+use crate::config::{Config, MethodCfg};
 use crate::crop::heatmap::boxes;
 use crate::crop::proposals::{from_maps, heat_maps};
 use crate::crop::sampler::{BoxF, RrcParams, WHOLE_IMAGE};
-use crate::crop::viz::{self, input_rgb, MaskPanel};
+use crate::crop::viz::{self, input_rgb, Panel};
 use crate::crop::CropKind;
 use crate::data::augment::Jitter;
-use crate::data::loader::{make_views, mask_inputs, Batch, CropMode, ViewConfig, ViewMask};
+use crate::data::loader::{
+    make_views, mask_inputs, Augment, Batch, CropMode, ViewConfig, ViewMask,
+};
 use crate::data::masking::{BatchNoise, Strategy};
 use crate::data::ImageSet;
 use crate::data::{normalization, Split};
@@ -134,6 +136,13 @@ pub fn run(
         .sum::<f64>()
         / bxs.len().max(1) as f64;
     let per_image = props.iter().map(Vec::len).sum::<usize>() as f64 / props.len().max(1) as f64;
+    let strong = match run_cfg.as_ref() {
+        Some(c) if matches!(c.method, MethodCfg::Clsa(_)) => {
+            strong_png(c, &set, (mean, std), &out.join("strong.png"))?;
+            ", strong.png"
+        }
+        _ => "",
+    };
     let masks = match run_cfg.as_ref().filter(|c| c.mask.on()) {
         Some(c) => {
             let own = (net.clone(), store.clone());
@@ -143,11 +152,57 @@ pub fn run(
         None => "",
     };
     println!(
-        "wrote heatmaps.png, boxes.png, proposals.png, views.png{masks}, boxes.json and proposals.json ({} images, k = {k}, mean box area {area:.3}, {per_image:.2} proposals per image) to {}",
+        "wrote heatmaps.png, boxes.png, proposals.png, views.png{masks}{strong}, boxes.json and proposals.json ({} images, k = {k}, mean box area {area:.3}, {per_image:.2} proposals per image) to {}",
         set.len(),
         out.display()
     );
     Ok(())
+}
+
+/// `strong.png` of a CLSA run: for the first 8 images, the image and 6 views of its first
+/// strong spec (RandomResizedCrop, the weak recipe, RandAugment), as its loader makes them.
+fn strong_png(
+    c: &Config,
+    set: &ImageSet,
+    (mean, std): ([f32; 3], [f32; 3]),
+    path: &Path,
+) -> Result<()> {
+    let size = set.height;
+    let Some(spec) = c
+        .view_specs(size)
+        .into_iter()
+        .find(|v| v.augment == Augment::Strong)
+    else {
+        return Ok(());
+    };
+    let view = ViewConfig {
+        views: vec![spec; 6],
+        jitter: Jitter {
+            blur: c.data.blur,
+            ..Jitter::default()
+        },
+        mean,
+        std,
+        mask: None,
+    };
+    let rows: Vec<Vec<Panel>> = (0..set.len().min(8))
+        .map(|i| {
+            let mut r = vec![Panel {
+                img: crate::data::augment::Rgb::new(set.height, set.width, set.image(i).to_vec()),
+                foreground: None,
+            }];
+            r.extend(
+                make_views(set, i, &CropMode::Rrc, &view, c.train.seed, 1)
+                    .iter()
+                    .map(|x| Panel {
+                        img: input_rgb(x, spec.size, mean, std, false),
+                        foreground: None,
+                    }),
+            );
+            r
+        })
+        .collect();
+    viz::panels_png(&rows, path)
 }
 
 /// `masks.png` of a run that masked: for the first 8 images, the views its loader makes
@@ -254,8 +309,8 @@ fn masks_png(
         }
     }
     let cells = g * g;
-    let rows: Vec<Vec<MaskPanel>> = (0..n)
-        .map(|i| -> Result<Vec<MaskPanel>> {
+    let rows: Vec<Vec<Panel>> = (0..n)
+        .map(|i| -> Result<Vec<Panel>> {
             let mut panels = Vec::new();
             for v in 0..nv {
                 let sz = batch.sizes[v];
@@ -263,13 +318,13 @@ fn masks_png(
                 let one = |t: &[f32]| t[i * hw..(i + 1) * hw].to_vec();
                 // Sources first (with their foreground cells), then the masked view.
                 if let Some(sal) = &fg[v] {
-                    panels.push(MaskPanel {
+                    panels.push(Panel {
                         img: input_rgb(&one(plain(v)), sz, mean, std, false),
                         foreground: Some((foreground(&sal[i * cells..(i + 1) * cells]), g)),
                     });
                 }
                 if view.saliency_source(v).is_some() {
-                    panels.push(MaskPanel {
+                    panels.push(Panel {
                         img: input_rgb(&one(&xs[v].to_vec()?), sz, mean, std, hp),
                         foreground: None,
                     });
@@ -278,5 +333,5 @@ fn masks_png(
             Ok(panels)
         })
         .collect::<Result<_>>()?;
-    crate::crop::viz::masks_png(&rows, path)
+    viz::panels_png(&rows, path)
 }

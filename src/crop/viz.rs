@@ -298,16 +298,17 @@ fn outline_cells(t: &mut RgbImage, fg: &[bool], g: usize, size: usize, s: u32) {
     }
 }
 
-/// One picture of `masks.png`: an input and, optionally, the foreground cells of a
-/// `grid`×`grid` grid to outline.
-pub struct MaskPanel {
+/// One picture of a panel grid (`masks.png`, `strong.png`): an image and, optionally, the
+/// foreground cells of a `grid`×`grid` grid to outline.
+pub struct Panel {
     pub img: Rgb,
     pub foreground: Option<(Vec<bool>, usize)>,
 }
 
-/// `masks.png`: one row per image (the query with its foreground cells outlined, the masked
-/// query, the key with its foreground cells, the hard negatives), all panels of one size.
-pub fn masks_png(rows: &[Vec<MaskPanel>], path: &Path) -> Result<()> {
+/// Rows of panels (`masks.png`: per image the query with its foreground cells outlined, the
+/// masked query, the key with its foreground cells, the hard negatives; `strong.png`: per image
+/// the image and strong views), every panel enlarged to the first one's size.
+pub fn panels_png(rows: &[Vec<Panel>], path: &Path) -> Result<()> {
     let size = rows.first().and_then(|r| r.first()).map_or(1, |p| p.img.h);
     let s = scale_for(size);
     let tiles: Vec<RgbImage> = rows
