@@ -42,6 +42,9 @@ pub struct Config {
     /// The views of every image (`[[views]]` tables; none: the crop kind's two views).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub views: Vec<ViewCfg>,
+    /// The file set the old `method.bn_group` (moved to `train.bn_group`; `load` says so).
+    #[serde(skip)]
+    pub moved_bn_group: bool,
 }
 
 /// `[mask]`: saliency-guided masking with hard negatives (SPEC B.3, D.7).
@@ -242,8 +245,9 @@ pub struct MocoCfg {
     pub queue: usize,
     pub momentum: f32,
     pub temperature: f32,
-    /// Images per BatchNorm group (the reference's per-GPU batch).
-    pub bn_group: usize,
+    /// Moved to `train.bn_group` (still accepted here, with a notice).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bn_group: Option<usize>,
     /// Shuffle keys across BN groups (shuffle BN).
     pub shuffle: bool,
 }
@@ -256,7 +260,7 @@ impl Default for MocoCfg {
             queue: d.k,
             momentum: d.momentum,
             temperature: d.temperature,
-            bn_group: d.bn_group,
+            bn_group: None,
             shuffle: d.shuffle,
         }
     }
@@ -271,7 +275,9 @@ pub struct ClsaCfg {
     pub queue: usize,
     pub momentum: f32,
     pub temperature: f32,
-    pub bn_group: usize,
+    /// Moved to `train.bn_group` (still accepted here, with a notice).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bn_group: Option<usize>,
     pub shuffle: bool,
     /// Weight α of the DDM terms.
     pub alpha: f32,
@@ -506,6 +512,22 @@ pub struct TrainCfg {
     pub save_interval: usize,
     /// `cpu`, `gpu`, `auto` or an adapter-name substring; the `--device` flag wins.
     pub device: String,
+    /// BatchNorm statistics over groups of this many consecutive images of each rank's batch
+    /// (ghost BN; unset: the method's default — MoCo's and CLSA's 64, the reference's per-GPU
+    /// batch; the whole batch for the others). A one-process run with batch B and
+    /// `bn_group = B/N` computes what N ranks with B/N images each compute.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bn_group: Option<usize>,
+}
+
+impl TrainCfg {
+    /// The ghost-BN group in effect for `method` (`usize::MAX`: the whole batch).
+    pub fn bn_group_for(&self, method: &MethodCfg) -> usize {
+        self.bn_group.unwrap_or(match method {
+            MethodCfg::Moco(_) | MethodCfg::Clsa(_) => 64,
+            _ => usize::MAX,
+        })
+    }
 }
 
 impl Default for TrainCfg {
@@ -524,6 +546,7 @@ impl Default for TrainCfg {
             log_interval: 20,
             save_interval: 250,
             device: "auto".into(),
+            bn_group: None,
         }
     }
 }
@@ -723,6 +746,7 @@ fn parse_config(text: &str, source: &str, sets: &[String]) -> Result<Config> {
         linear: section(&mut t, "linear", source)?,
         mask: section(&mut t, "mask", source)?,
         views: section(&mut t, "views", source)?,
+        moved_bn_group: false,
     };
     no_other_sections(
         &t,
@@ -747,6 +771,19 @@ impl Config {
         if self.linear.high_pass.is_none() {
             self.linear.high_pass = Some(self.mask.strategy == "hp");
         }
+        // MoCo's (and CLSA's) old `method.bn_group` is `train.bn_group` now.
+        let old = match &mut self.method {
+            MethodCfg::Moco(m) => m.bn_group.take(),
+            MethodCfg::Clsa(m) => m.bn_group.take(),
+            _ => None,
+        };
+        if let Some(g) = old {
+            self.moved_bn_group = true;
+            self.train.bn_group.get_or_insert(g);
+        }
+        if matches!(self.method, MethodCfg::Moco(_) | MethodCfg::Clsa(_)) {
+            self.train.bn_group = Some(self.train.bn_group_for(&self.method));
+        }
         self
     }
 
@@ -764,6 +801,12 @@ impl Config {
             ),
         };
         let cfg = parse_config(&text, &source, sets)?;
+        if cfg.moved_bn_group {
+            eprintln!(
+                "viewcraft: {source}: `method.bn_group` is now `train.bn_group` (read as train.bn_group = {})",
+                cfg.train.bn_group.unwrap_or_default()
+            );
+        }
         cfg.validate()?;
         Ok(cfg)
     }
@@ -1161,6 +1204,17 @@ impl Config {
         if t.save_interval == 0 {
             return Err(cfg_err("train.save_interval", "must be at least 1"));
         }
+        if let Some(g) = t.bn_group {
+            if g < 2 || !t.batch_size.is_multiple_of(g) {
+                return Err(cfg_err(
+                    "train.bn_group",
+                    format!(
+                        "{g} must be ≥ 2 and divide train.batch_size ({})",
+                        t.batch_size
+                    ),
+                ));
+            }
+        }
         if self.knn.k == 0 {
             return Err(cfg_err("knn.k", "must be at least 1"));
         }
@@ -1262,15 +1316,6 @@ fn validate_moco(m: &MocoCfg, batch_size: usize) -> Result<()> {
             format!(
                 "{} must be a positive multiple of train.batch_size ({batch_size})",
                 m.queue
-            ),
-        ));
-    }
-    if m.bn_group < 2 || !batch_size.is_multiple_of(m.bn_group) {
-        return Err(cfg_err(
-            "method.bn_group",
-            format!(
-                "{} must be ≥ 2 and divide train.batch_size ({batch_size})",
-                m.bn_group
             ),
         ));
     }

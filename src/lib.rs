@@ -7,6 +7,7 @@ pub mod cli;
 pub mod config;
 pub mod crop;
 pub mod data;
+pub mod dist;
 pub mod error;
 pub mod eval;
 pub mod gpu;

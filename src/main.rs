@@ -51,11 +51,23 @@ fn main() -> std::process::ExitCode {
     default_sigpipe();
     keep_freed_memory();
     quiet_runtime_dir();
+    // MPI (feature `mpi`, under a launcher): finalised when this guard drops.
+    let _world = viewcraft::dist::init();
     let cli = viewcraft::cli::Cli::parse();
     match viewcraft::cli::run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("viewcraft: {e}");
+            let place = viewcraft::dist::place();
+            if place.size > 1 {
+                eprintln!("viewcraft (rank {} of {}): {e}", place.rank, place.size);
+                // Every rank stops, whichever collective the others wait in; a Ctrl-C reaches
+                // all ranks at the same step and ends them normally.
+                if !matches!(e, viewcraft::error::Error::Interrupted(_)) {
+                    viewcraft::dist::abort_all(2);
+                }
+            } else {
+                eprintln!("viewcraft: {e}");
+            }
             // 130 = interrupted by Ctrl-C (the shell convention), 2 = any other error.
             std::process::ExitCode::from(match e {
                 viewcraft::error::Error::Interrupted(_) => 130,

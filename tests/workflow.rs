@@ -825,7 +825,7 @@ fn a_clsa_run_logs_its_ddm_and_pictures_strong_views() {
             "--set",
             "method.queue=64",
             "--set",
-            "method.bn_group=8",
+            "train.bn_group=8",
             "--set",
             "train.epochs=1",
             "--set",

@@ -61,6 +61,12 @@ impl Grads {
     pub fn take(&mut self, v: Var) -> Option<Tensor> {
         self.grads.get_mut(v.0).and_then(|g| g.take())
     }
+    /// Replace the gradient of `v` (e.g. by its average over the ranks).
+    pub fn set(&mut self, v: Var, g: Tensor) {
+        if let Some(slot) = self.grads.get_mut(v.0) {
+            *slot = Some(g);
+        }
+    }
 }
 
 impl Tape {

@@ -216,7 +216,9 @@ pub fn run(cli: Cli) -> Result<()> {
                 args.resume,
                 &dev,
             )?;
-            pretrain::print_table(&s);
+            if crate::dist::place().is_root() {
+                pretrain::print_table(&s);
+            }
             Ok(())
         }
         Command::Devices { json } => devices(json),

@@ -128,6 +128,17 @@ pub fn run(
     let t0 = Instant::now();
     let root = cfg.data.root_path();
     let (ds, size) = (cfg.data.dataset.as_str(), cfg.data.image_size);
+    // A test hook: this rank's data cannot be read (how a failing rank stops the others).
+    if std::env::var("VIEWCRAFT_FAIL_RANK")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        == Some(crate::dist::place().rank)
+    {
+        return Err(Error::file(
+            &root,
+            "cannot be read on this rank (VIEWCRAFT_FAIL_RANK is set: a test hook)",
+        ));
+    }
     let images = Arc::new(crate::data::open_pretrain(
         ds,
         &root,
@@ -185,12 +196,29 @@ pub fn run(
             msg: e.to_string(),
         })?;
     }
-    let (dir, resume_from) = resolve_run_dir(cfg, config_path, out, resume)?;
-    dir.create(cfg)?;
+    // Rank 0 owns the run directory; every rank resumes from the checkpoint rank 0 picked
+    // (the run directory is on a filesystem every rank reads).
+    let place = crate::dist::place();
+    let (dir, resume_from) = if place.is_root() {
+        let (dir, resume_from) = resolve_run_dir(cfg, config_path, out, resume)?;
+        dir.create(cfg)?;
+        (Some(dir), resume_from)
+    } else {
+        (None, None)
+    };
+    let resume_from = match crate::dist::broadcast_text(
+        &resume_from
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
+    ) {
+        p if p.is_empty() => None,
+        p => Some(PathBuf::from(p)),
+    };
     let (mean, std) = normalization(&cfg.data.dataset);
     let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.train.seed);
     let mut method = crate::ssl::build(cfg, &mut rng, device)?;
-    if let Some(ckpt) = &resume_from {
+    if let (Some(ckpt), Some(dir)) = (&resume_from, &dir) {
         use crate::train::checkpoint::{metadata, position};
         let pos = position(&metadata(ckpt)?, ckpt)?;
         dir.truncate_metrics(pos)?;
@@ -236,7 +264,7 @@ pub fn run(
         std,
         blur: cfg.data.blur,
         init_box: cfg.init_box(),
-        checkpoint_dir: Some(dir.checkpoints()),
+        checkpoint_dir: dir.as_ref().map(RunDir::checkpoints),
         save_interval: cfg.train.save_interval,
         resume: resume_from,
         rrc: RrcParams {
@@ -257,6 +285,31 @@ pub fn run(
             .ok()
             .and_then(|v| v.parse().ok()),
     };
+    let Some(dir) = dir else {
+        // Another rank: the same steps on its share of every batch, nothing written.
+        pretrain(method.as_mut(), images.clone(), &pcfg, device, |_| {})?;
+        return Ok(RunSummary {
+            run_dir: String::new(),
+            method: cfg.method.name().into(),
+            crop: crop.into(),
+            device: device.name(),
+            epochs: cfg.train.epochs,
+            train_images: images.len(),
+            first_loss: None,
+            last_loss: None,
+            knn_top1: None,
+            linear: None,
+            seconds: t0.elapsed().as_secs_f64(),
+        });
+    };
+    if place.size > 1 {
+        println!(
+            "data parallel: {} ranks, {} images of every batch of {} each",
+            place.size,
+            cfg.train.batch_size / place.size,
+            cfg.train.batch_size
+        );
+    }
     println!(
         "viewcraft pretrain: {} + {}, {} (width {}), {} {} images, {} epochs × {} steps, on {} → {}",
         cfg.method.name(),

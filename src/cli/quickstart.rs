@@ -21,6 +21,8 @@ pub fn run(args: &QuickstartArgs, device_flag: Option<&str>) -> Result<()> {
     let cfg = Config::load(None, &args.sets)?;
     let device = super::select_device_or(device_flag, &cfg.train.device)?;
     let summary = super::pretrain::run(&cfg, None, args.out.as_deref(), false, &device)?;
-    super::pretrain::print_table(&summary);
+    if crate::dist::place().is_root() {
+        super::pretrain::print_table(&summary);
+    }
     Ok(())
 }

@@ -74,9 +74,9 @@ pub struct BoxPass {
     pub batch: usize,
 }
 
-/// Last-stage feature maps of every image in dataset order, `batch` at a time, with the
-/// method's online backbone in eval mode on the eval transform (normalisation only):
-/// `each(first index, features)`.
+/// Last-stage feature maps of this rank's share of the images (all of them for one rank) in
+/// dataset order, `batch` at a time, with the method's online backbone in eval mode on the
+/// eval transform (normalisation only): `each(first index, features)`.
 fn feature_pass(
     method: &mut dyn Method,
     data: &ImageSet,
@@ -84,8 +84,9 @@ fn feature_pass(
     device: &Device,
     mut each: impl FnMut(usize, &crate::tensor::Tensor) -> Result<()>,
 ) -> Result<()> {
-    for start in (0..data.len()).step_by(pass.batch.max(1)) {
-        let end = (start + pass.batch).min(data.len());
+    let range = crate::dist::shard(data.len());
+    for start in range.clone().step_by(pass.batch.max(1)) {
+        let end = (start + pass.batch).min(range.end);
         let mut tape = Tape::new();
         let xv = tape.input(data.eval_batch(start..end, pass.mean, pass.std, device)?);
         let fm = feature_map(method, &mut tape, xv)?;
@@ -104,19 +105,26 @@ pub fn update_boxes(
     epoch: usize,
 ) -> Result<BoxStats> {
     let (h, w) = (data.height, data.width);
-    let mut fallbacks = 0;
-    feature_pass(method, data, pass, device, |start, fm| {
+    // Rows [valid, box] of this rank's share, gathered into dataset order.
+    let mut rows = Vec::new();
+    feature_pass(method, data, pass, device, |_, fm| {
         let (b, v) = heatmap::boxes(fm, (h, w), pass.k)?;
         let (b, v) = (b.to_vec()?, v.to_vec()?);
         for (j, valid) in v.iter().enumerate() {
-            if *valid > 0.5 {
-                boxes[start + j] = [b[4 * j], b[4 * j + 1], b[4 * j + 2], b[4 * j + 3]];
-            } else {
-                fallbacks += 1;
-            }
+            rows.push(*valid);
+            rows.extend_from_slice(&b[4 * j..4 * j + 4]);
         }
         Ok(())
     })?;
+    let rows = crate::dist::gather_shards(&rows, 5, data.len());
+    let mut fallbacks = 0;
+    for (bx, r) in boxes.iter_mut().zip(rows.chunks(5)) {
+        if r[0] > 0.5 {
+            *bx = [r[1], r[2], r[3], r[4]];
+        } else {
+            fallbacks += 1;
+        }
+    }
     Ok(BoxStats::of(epoch, boxes, fallbacks, None))
 }
 
@@ -132,19 +140,37 @@ pub fn update_proposals(
     epoch: usize,
 ) -> Result<BoxStats> {
     let (h, w) = (data.height, data.width);
-    let mut fallbacks = 0;
-    feature_pass(method, data, pass, device, |start, fm| {
-        for (j, p) in super::proposals::proposals(fm, (h, w), pass.k, max)?
-            .into_iter()
-            .enumerate()
-        {
+    // Rows [count (−1: none above k), max boxes] of this rank's share, gathered into dataset
+    // order.
+    let row = 1 + 4 * max;
+    let mut rows = Vec::new();
+    feature_pass(method, data, pass, device, |_, fm| {
+        for p in super::proposals::proposals(fm, (h, w), pass.k, max)? {
+            let start = rows.len();
+            rows.resize(start + row, 0.0);
             match p {
-                Some(p) => proposals[start + j] = p,
-                None => fallbacks += 1,
+                Some(p) => {
+                    rows[start] = p.len() as f32;
+                    for (k, b) in p.iter().take(max).enumerate() {
+                        rows[start + 1 + 4 * k..start + 5 + 4 * k].copy_from_slice(b);
+                    }
+                }
+                None => rows[start] = -1.0,
             }
         }
         Ok(())
     })?;
+    let rows = crate::dist::gather_shards(&rows, row, data.len());
+    let mut fallbacks = 0;
+    for (p, r) in proposals.iter_mut().zip(rows.chunks(row)) {
+        if r[0] < 0.0 {
+            fallbacks += 1;
+        } else {
+            *p = (0..r[0] as usize)
+                .map(|k| [r[1 + 4 * k], r[2 + 4 * k], r[3 + 4 * k], r[4 + 4 * k]])
+                .collect();
+        }
+    }
     let all: Vec<BoxF> = proposals.iter().flatten().copied().collect();
     let mean = all.len() as f64 / proposals.len().max(1) as f64;
     Ok(BoxStats::of(epoch, &all, fallbacks, Some(mean)))

@@ -461,6 +461,36 @@ pub fn epoch(
     prefetch: usize,
     start: usize,
 ) -> EpochIter {
+    epoch_shard(
+        set,
+        mode,
+        cfg,
+        batch,
+        seed,
+        epoch,
+        workers,
+        prefetch,
+        start,
+        (0, 1),
+    )
+}
+
+/// [`epoch`] for rank `shard.0` of `shard.1`: global batch k is `order[k·B..(k+1)·B]` of the
+/// epoch's permutation and this rank takes its `shard.0`-th contiguous slice of B/N images
+/// (B a multiple of N), with every view exactly as a single process makes it.
+#[allow(clippy::too_many_arguments)]
+pub fn epoch_shard(
+    set: Arc<ImageSet>,
+    mode: CropMode,
+    cfg: ViewConfig,
+    batch: usize,
+    seed: u64,
+    epoch: u64,
+    workers: usize,
+    prefetch: usize,
+    start: usize,
+    (rank, ranks): (usize, usize),
+) -> EpochIter {
     let order = Arc::new(epoch_order(set.len(), batch, seed, epoch));
     let total = order.len() / batch;
     let (tx, rx) = sync_channel(prefetch.max(1));
@@ -476,7 +506,9 @@ pub fn epoch(
             );
             std::thread::spawn(move || {
                 for k in (start + w..total).step_by(workers) {
-                    let indices = order[k * batch..(k + 1) * batch].to_vec();
+                    let per = batch / ranks.max(1);
+                    let first = k * batch + rank * per;
+                    let indices = order[first..first + per].to_vec();
                     let nv = cfg.views.len();
                     let (mut views, mut plain, mut plans, mut fills) = (
                         vec![Vec::new(); nv],

@@ -37,6 +37,8 @@ pub struct ByolConfig {
     pub momentum: f32,
     pub schedule: MomentumSchedule,
     pub target_init: TargetInit,
+    /// Ghost-BN group (`train.bn_group`; `usize::MAX`: the whole batch).
+    pub bn_group: usize,
 }
 
 impl Default for ByolConfig {
@@ -48,6 +50,7 @@ impl Default for ByolConfig {
             momentum: 0.996,
             schedule: MomentumSchedule::Constant,
             target_init: TargetInit::Independent,
+            bn_group: usize::MAX,
         }
     }
 }
@@ -177,10 +180,18 @@ impl Method for Byol {
     }
     fn loss(&mut self, tape: &mut Tape, b: &Bound, views: &[Var]) -> Result<Var> {
         let (v1, v2) = super::two_views("byol", views)?;
-        let p1 = self.online(tape, b, v1)?;
-        let p2 = self.online(tape, b, v2)?;
+        let g = self.cfg.bn_group;
+        let online = |m: &mut Self, t: &mut Tape, x: Var| Ok(vec![m.online(t, b, x)?]);
+        let target = |m: &mut Self, t: &mut Tape, x: Var| Ok(vec![m.target(t, b, x)?]);
+        let store: fn(&mut Self) -> &mut ParamStore = |m| &mut m.store;
+        // Each view its own BN batch, as the reference (per ghost group).
+        let p1 = super::ghost_bn(self, tape, &[v1], g, store, online)?[0][0];
+        let p2 = super::ghost_bn(self, tape, &[v2], g, store, online)?[0][0];
         let (z1, z2) = tape.no_grad(|t| -> Result<(Var, Var)> {
-            Ok((self.target(t, b, v1)?, self.target(t, b, v2)?))
+            Ok((
+                super::ghost_bn(self, t, &[v1], g, store, target)?[0][0],
+                super::ghost_bn(self, t, &[v2], g, store, target)?[0][0],
+            ))
         })?;
         symmetric_neg_cosine(tape, p1, p2, z1, z2, -2.0)
     }

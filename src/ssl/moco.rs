@@ -141,31 +141,23 @@ impl Moco {
         self.ptr
     }
 
-    /// Split the batch into ghost-BN groups, run `f` on each, concatenate.
+    /// `f` over ghost-BN groups of `bn_group` images ([`super::ghost_bn`]).
     fn grouped(
         &mut self,
         tape: &mut Tape,
         x: Var,
         f: impl Fn(&mut Self, &mut Tape, Var) -> Result<Var>,
     ) -> Result<Var> {
-        let n = tape.value(x).shape()[0];
-        let g = self.cfg.bn_group.min(n);
-        if g == n {
-            return f(self, tape, x);
-        }
-        let sizes: Vec<usize> = (0..n).step_by(g).map(|s| g.min(n - s)).collect();
-        let parts = tape.split(x, &sizes)?;
-        let mut outs = Vec::with_capacity(parts.len());
-        let frozen = self.store.freeze_running_stats;
-        for (i, p) in parts.into_iter().enumerate() {
-            // Running statistics follow the first group only (the reference's rank 0, whose
-            // buffers DDP broadcasts at every forward).
-            self.store.freeze_running_stats = frozen || i > 0;
-            let out = f(self, tape, p);
-            self.store.freeze_running_stats = frozen;
-            outs.push(out?);
-        }
-        tape.concat(&outs)
+        let g = self.cfg.bn_group;
+        let out = super::ghost_bn(
+            self,
+            tape,
+            &[x],
+            g,
+            |m| &mut m.store,
+            |m, t, x| Ok(vec![f(m, t, x)?]),
+        )?;
+        Ok(out[0][0])
     }
 
     /// Query-encoder embeddings of `x` (backbone + head, ghost-BN groups), with gradient.

@@ -140,6 +140,73 @@ pub(crate) fn negative_batches(
         .collect()
 }
 
+/// Forward views `xs` (each [N, …], the same N) through `f` in ghost-BN groups of `group`
+/// consecutive images (`train.bn_group`): group g forwards the g-th slice of every view as one
+/// batch, so BatchNorm normalises over that group only — what a rank of a data-parallel run
+/// with N/group ranks computes — and running statistics follow the first group only (the
+/// reference's rank 0, whose buffers DDP broadcasts). `group` ≥ N: one batch of all the views.
+/// Returns `out[v][o]`: output `o` of `f` for view `v`, the groups concatenated.
+pub(crate) fn ghost_bn<M>(
+    m: &mut M,
+    tape: &mut Tape,
+    xs: &[Var],
+    group: usize,
+    store: fn(&mut M) -> &mut ParamStore,
+    f: impl Fn(&mut M, &mut Tape, Var) -> Result<Vec<Var>>,
+) -> Result<Vec<Vec<Var>>> {
+    let n = tape.value(xs[0]).shape()[0];
+    let g = group.clamp(1, n.max(1));
+    let sizes: Vec<usize> = (0..n).step_by(g).map(|s| g.min(n - s)).collect();
+    let parts: Vec<Vec<Var>> = if sizes.len() == 1 {
+        xs.iter().map(|&x| vec![x]).collect()
+    } else {
+        xs.iter()
+            .map(|&x| tape.split(x, &sizes))
+            .collect::<Result<_>>()?
+    };
+    let frozen = store(m).freeze_running_stats;
+    // outs[v][o][group]
+    let mut outs: Vec<Vec<Vec<Var>>> = vec![Vec::new(); xs.len()];
+    for (gi, &size) in sizes.iter().enumerate() {
+        let slices: Vec<Var> = parts.iter().map(|p| p[gi]).collect();
+        let input = if slices.len() == 1 {
+            slices[0]
+        } else {
+            tape.concat(&slices)?
+        };
+        store(m).freeze_running_stats = frozen || gi > 0;
+        let ys = f(m, tape, input);
+        store(m).freeze_running_stats = frozen;
+        for (o, y) in ys?.into_iter().enumerate() {
+            let per_view = if xs.len() == 1 {
+                vec![y]
+            } else {
+                tape.split(y, &vec![size; xs.len()])?
+            };
+            for (v, yv) in per_view.into_iter().enumerate() {
+                if outs[v].len() <= o {
+                    outs[v].push(Vec::new());
+                }
+                outs[v][o].push(yv);
+            }
+        }
+    }
+    outs.into_iter()
+        .map(|per_out| {
+            per_out
+                .into_iter()
+                .map(|gs| {
+                    if gs.len() == 1 {
+                        Ok(gs[0])
+                    } else {
+                        tape.concat(&gs)
+                    }
+                })
+                .collect()
+        })
+        .collect()
+}
+
 /// The two views of a two-view method's loss, or a shape error naming the method.
 pub(crate) fn two_views(method: &'static str, views: &[Var]) -> Result<(Var, Var)> {
     match views {
@@ -214,6 +281,7 @@ pub fn build(
                 temperature: m.temperature,
                 loss_scale: m.loss_scale(),
                 hard: hard_negatives(cfg),
+                bn_group: cfg.train.bn_group_for(&cfg.method),
             },
             rng,
             device,
@@ -225,7 +293,7 @@ pub fn build(
                 k: m.queue,
                 momentum: m.momentum,
                 temperature: m.temperature,
-                bn_group: m.bn_group,
+                bn_group: cfg.train.bn_group_for(&cfg.method),
                 shuffle: m.shuffle,
                 seed: cfg.train.seed,
                 hard: hard_negatives(cfg),
@@ -250,6 +318,7 @@ pub fn build(
                 } else {
                     byol::TargetInit::Independent
                 },
+                bn_group: cfg.train.bn_group_for(&cfg.method),
             },
             rng,
             device,
@@ -266,7 +335,7 @@ pub fn build(
                         k: moco.queue,
                         momentum: moco.momentum,
                         temperature: moco.temperature,
-                        bn_group: moco.bn_group,
+                        bn_group: cfg.train.bn_group_for(&cfg.method),
                         shuffle: moco.shuffle,
                         seed: cfg.train.seed,
                         hard: HardNegCfg::default(),
@@ -286,6 +355,7 @@ pub fn build(
                 dim: m.dim,
                 pred_dim: m.pred_dim,
                 fix_pred_lr: m.fix_pred_lr,
+                bn_group: cfg.train.bn_group_for(&cfg.method),
             },
             rng,
             device,

@@ -26,6 +26,8 @@ pub struct SimClrConfig {
     pub loss_scale: f32,
     /// Hard negatives in the denominator (saliency-guided masking; none by default).
     pub hard: HardNegCfg,
+    /// Ghost-BN group (`train.bn_group`; `usize::MAX`: the whole batch).
+    pub bn_group: usize,
 }
 
 impl SimClrConfig {
@@ -42,6 +44,7 @@ impl Default for SimClrConfig {
             temperature: 0.5,
             loss_scale: Self::reference_loss_scale(0.5),
             hard: HardNegCfg::default(),
+            bn_group: usize::MAX,
         }
     }
 }
@@ -103,18 +106,18 @@ impl Method for SimClr {
     fn loss(&mut self, tape: &mut Tape, bound: &Bound, views: &[Var]) -> Result<Var> {
         let hard = self.cfg.hard;
         let (v1, v2, negs) = views_with_negatives("simclr", views, &hard)?;
-        let b = tape.value(v1).shape()[0];
+        let g = self.cfg.bn_group;
+        let project = |m: &mut Self, t: &mut Tape, x: Var| Ok(vec![m.project(t, bound, x, true)?]);
         let parts = if tape.value(v1).shape() == tape.value(v2).shape() {
-            // Both views as one batch of 2B: shared BN statistics, as the reference.
-            let x = tape.concat(&[v1, v2])?;
-            let z = self.project(tape, bound, x, true)?;
-            tape.split(z, &[b, b])?
+            // Both views as one batch of 2B: shared BN statistics, as the reference (per
+            // ghost group: the group's images of both views).
+            let z = super::ghost_bn(self, tape, &[v1, v2], g, |m| &mut m.store, project)?;
+            vec![z[0][0], z[1][0]]
         } else {
             // Views of two sizes cannot share a batch: each its own BN statistics.
-            vec![
-                self.project(tape, bound, v1, true)?,
-                self.project(tape, bound, v2, true)?,
-            ]
+            let z1 = super::ghost_bn(self, tape, &[v1], g, |m| &mut m.store, project)?;
+            let z2 = super::ghost_bn(self, tape, &[v2], g, |m| &mut m.store, project)?;
+            vec![z1[0][0], z2[0][0]]
         };
         // Hard negatives: embedded by the same encoder without gradient, BN on their own
         // batch statistics without touching the running ones.

@@ -20,6 +20,8 @@ pub struct SimSiamConfig {
     pub dim: usize,
     pub pred_dim: usize,
     pub fix_pred_lr: bool,
+    /// Ghost-BN group (`train.bn_group`; `usize::MAX`: the whole batch).
+    pub bn_group: usize,
 }
 
 impl Default for SimSiamConfig {
@@ -28,6 +30,7 @@ impl Default for SimSiamConfig {
             dim: 512,
             pred_dim: 128,
             fix_pred_lr: true,
+            bn_group: usize::MAX,
         }
     }
 }
@@ -126,8 +129,14 @@ impl Method for SimSiam {
     }
     fn loss(&mut self, tape: &mut Tape, b: &Bound, views: &[Var]) -> Result<Var> {
         let (v1, v2) = super::two_views("simsiam", views)?;
-        let (z1, p1) = self.branch(tape, b, v1)?;
-        let (z2, p2) = self.branch(tape, b, v2)?;
+        let g = self.cfg.bn_group;
+        let branch = |m: &mut Self, t: &mut Tape, x: Var| {
+            let (z, p) = m.branch(t, b, x)?;
+            Ok(vec![z, p])
+        };
+        let o1 = super::ghost_bn(self, tape, &[v1], g, |m| &mut m.store, branch)?;
+        let o2 = super::ghost_bn(self, tape, &[v2], g, |m| &mut m.store, branch)?;
+        let (z1, p1, z2, p2) = (o1[0][0], o1[0][1], o2[0][0], o2[0][1]);
         symmetric_neg_cosine(tape, p1, p2, z1, z2, -0.5)
     }
 }

@@ -14,6 +14,7 @@ use serde::Serialize;
 pub mod atomic;
 pub mod checkpoint;
 pub mod masking;
+pub mod parallel;
 pub mod run_dir;
 
 use crate::autograd::Tape;
@@ -22,7 +23,9 @@ use crate::crop::sampler::{BoxF, RrcParams, WHOLE_IMAGE};
 use crate::crop::schedule::{update_boxes, update_proposals, BoxPass, BoxStats, Schedule};
 use crate::crop::CropKind;
 use crate::data::augment::Jitter;
-use crate::data::loader::{epoch, Augment, CropMode, CropSource, ViewConfig, ViewMask, ViewSpec};
+use crate::data::loader::{
+    epoch_shard, Augment, CropMode, CropSource, ViewConfig, ViewMask, ViewSpec,
+};
 use crate::data::ImageSet;
 use crate::error::{Error, Result};
 use crate::optim::{momentum_buffers, update_store, warmup_cosine_lr};
@@ -237,6 +240,13 @@ pub fn pretrain(
     mut on: impl FnMut(&Event),
 ) -> Result<Vec<BoxF>> {
     cfg.validate(data.len())?;
+    // Events (metrics, progress) come from rank 0 only: each step is logged once.
+    let root = crate::dist::place().is_root();
+    let mut on = |e: &Event| {
+        if root {
+            on(e)
+        }
+    };
     let heatmaps = cfg.crop.uses_heatmaps();
     let sched = Schedule {
         epochs: cfg.epochs,
@@ -340,6 +350,18 @@ pub fn pretrain(
         })
         .collect();
     let b = cfg.batch_size;
+    // Data parallelism: this rank's share of every global batch of b images.
+    let place = crate::dist::place();
+    if !b.is_multiple_of(place.size) {
+        return Err(Error::Config {
+            field: "train.batch_size".into(),
+            msg: format!(
+                "{b} is not a multiple of the {} ranks (each takes an equal share)",
+                place.size
+            ),
+        });
+    }
+    let local = b / place.size;
     let mut pos = Position::default();
     if let Some(path) = &cfg.resume {
         checkpoint::check_resumable(path, &cfg.config_text, cfg.batch_size)?;
@@ -430,7 +452,7 @@ pub fn pretrain(
         let mut seen = 0;
         let skip = std::mem::take(&mut pos.batch);
         let mut last_loss: Option<Tensor> = None;
-        for (k, mut batch) in epoch(
+        for (k, mut batch) in epoch_shard(
             data.clone(),
             mode,
             view.clone(),
@@ -440,6 +462,7 @@ pub fn pretrain(
             cfg.workers,
             4,
             skip,
+            (place.rank, place.size),
         )
         .enumerate()
         {
@@ -453,7 +476,7 @@ pub fn pretrain(
                 .into_iter()
                 .zip(&batch.sizes)
             {
-                xs.push(Tensor::from_vec(v, &[b, 3, s, s], device)?);
+                xs.push(Tensor::from_vec(v, &[local, 3, s, s], device)?);
             }
             if let Some(m) = &mut masker {
                 m.apply(Some(&mut *method), &view, &batch, &mut xs, device)?;
@@ -461,8 +484,26 @@ pub fn pretrain(
             drop(batch);
             let inputs: Vec<_> = xs.into_iter().map(|x| tape.input(x)).collect();
             let loss = method.loss(&mut tape, &store_bound, &inputs)?;
-            let loss_value = tape.value(loss).clone();
-            let grads = tape.backward(loss)?;
+            let mut loss_value = tape.value(loss).clone();
+            let mut grads = tape.backward(loss)?;
+            let mut stop_here = cfg.stop.as_ref().is_some_and(|f| f.load(Ordering::SeqCst))
+                || cfg.stop_at_step == Some(step);
+            let mut parts = method.loss_parts();
+            if place.size > 1 {
+                // One all-reduce: the gradients (averaged), whether any rank stops, and the
+                // loss and its parts (averaged: every rank's is the mean over its share).
+                let mut extras = vec![stop_here as u8 as f32, loss_value.item()?];
+                for (_, t) in &parts {
+                    extras.push(t.item()?);
+                }
+                parallel::average_grads(&mut grads, &store_bound, &mut extras, device)?;
+                let n = place.size as f32;
+                stop_here = extras[0] > 0.0;
+                loss_value = Tensor::from_vec(vec![extras[1] / n], &[1], &Device::Cpu)?;
+                for ((_, t), v) in parts.iter_mut().zip(&extras[2..]) {
+                    *t = Tensor::from_vec(vec![v / n], &[1], &Device::Cpu)?;
+                }
+            }
             // The tape holds the parameters' values: drop it so the CPU path updates them
             // in place instead of copying every one.
             drop(tape);
@@ -484,6 +525,9 @@ pub fn pretrain(
             )?;
             drop(grads);
             method.after_step()?;
+            if place.size > 1 {
+                parallel::broadcast_bn_stats(method.store_mut(), device)?;
+            }
             if let Device::Gpu(g) = device {
                 g.flush();
             }
@@ -494,8 +538,8 @@ pub fn pretrain(
                     return Err(not_finite(l, ep, step, &last_saved));
                 }
                 let mut loss_ddm = None;
-                for (name, t) in method.loss_parts() {
-                    if name == "loss_ddm" {
+                for (name, t) in &parts {
+                    if *name == "loss_ddm" {
                         loss_ddm = Some(t.item()?);
                     }
                 }
@@ -509,9 +553,7 @@ pub fn pretrain(
                 });
             }
             last_loss = Some(loss_value);
-            if cfg.stop.as_ref().is_some_and(|f| f.load(Ordering::SeqCst))
-                || cfg.stop_at_step == Some(step)
-            {
+            if stop_here {
                 let here = Position {
                     epoch: ep - 1,
                     step,
