@@ -3,7 +3,12 @@
 // the mode's mask and the label given by the mode:
 //   mode 0 (NT-Xent, M = N = 2B): mask j = i; label (i + N/2) mod N
 //   mode 1 (MoCo, columns = [B in-batch keys | queue]): mask j < B, j ≠ i; label i
-//   mode 2 (CLSA's weak term, same columns): nothing masked (other keys are negatives); label i
+//   mode 2 (CLSA's weak term, same columns): nothing masked (other keys are negatives); label
+//          offset + i (rows are one rank's share of the in-batch keys)
+//   mode 3 (NT-Xent over every rank's embeddings, M = 2·G columns [view 1 | view 2] of the
+//          G images of the global batch, N = 2·b rows: this rank's b images, rows [view 1 |
+//          view 2], the first at global index offset): row i is global row r(i); mask j = r(i);
+//          label (r(i) + G) mod 2G
 // The last `hard_cols` columns are hard negatives (saliency-guided masking), logits scaled by
 // alpha as well: with images > 0, blocks of `images` columns of which row i keeps only
 // column i mod images; with images = 0 every row keeps every one.
@@ -18,12 +23,28 @@ struct NceParams {
     hard_cols: u32,
     images: u32,
     alpha: f32,
+    offset: u32,
+    global_half: u32,
+    _p0: u32,
+    _p1: u32,
 }
 
 @group(0) @binding(0) var<uniform> nce: NceParams;
 @group(0) @binding(1) var<storage, read> logits: array<f32>;  // the similarity matrix
 @group(0) @binding(2) var<storage, read> g: array<f32>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
+
+// Global row of local row i (mode 3; i otherwise).
+fn nce_row(i: u32) -> u32 {
+    if (nce.mode == 3u) {
+        let lh = nce.n / 2u;
+        if (i < lh) {
+            return nce.offset + i;
+        }
+        return nce.global_half + nce.offset + (i - lh);
+    }
+    return i;
+}
 
 fn nce_masked(i: u32, j: u32) -> bool {
     let first_hard = nce.m - nce.hard_cols;
@@ -36,12 +57,21 @@ fn nce_masked(i: u32, j: u32) -> bool {
     if (nce.mode == 2u) {
         return false;
     }
+    if (nce.mode == 3u) {
+        return j == nce_row(i);
+    }
     return j < nce.in_batch && j != i;
 }
 
 fn nce_label(i: u32) -> u32 {
     if (nce.mode == 0u) {
         return (i + nce.n / 2u) % nce.n;
+    }
+    if (nce.mode == 2u) {
+        return nce.offset + i;
+    }
+    if (nce.mode == 3u) {
+        return (nce_row(i) + nce.global_half) % (2u * nce.global_half);
     }
     return i;
 }

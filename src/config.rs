@@ -215,6 +215,9 @@ pub struct SimclrCfg {
     /// follows the temperature; a loaded config always holds the value in effect.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub loss_scale: Option<f32>,
+    /// With several ranks: every rank's embeddings as negatives, the gradient flowing back
+    /// through the gather (as solo-learn); false: each rank's own batch only.
+    pub gather: bool,
 }
 
 impl SimclrCfg {
@@ -233,6 +236,7 @@ impl Default for SimclrCfg {
             dim: d.dim,
             temperature: d.temperature,
             loss_scale: None,
+            gather: true,
         }
     }
 }

@@ -130,7 +130,16 @@ fn the_weak_term_takes_every_in_batch_key_as_a_negative() {
     let (mut r, seed) = rng();
     let (n, m) = (4, 4 + 6);
     let sim: Vec<f64> = randn(&mut r, n * m).iter().map(|&v| v as f64).collect();
-    let got = info_nce_ref(&sim, n, m, NceMode::Keys { in_batch: n }, 3.0);
+    let got = info_nce_ref(
+        &sim,
+        n,
+        m,
+        NceMode::Keys {
+            in_batch: n,
+            offset: 0,
+        },
+        3.0,
+    );
     // Plain cross-entropy over the whole scaled row, label i.
     for i in 0..n {
         let row: Vec<f64> = sim[i * m..(i + 1) * m].iter().map(|v| v * 3.0).collect();
@@ -147,7 +156,10 @@ fn the_weak_term_takes_every_in_batch_key_as_a_negative() {
         "more negatives, larger loss"
     );
     let g: Vec<f64> = randn(&mut r, n).iter().map(|&v| v as f64).collect();
-    let mode = NceMode::Keys { in_batch: n };
+    let mode = NceMode::Keys {
+        in_batch: n,
+        offset: 0,
+    };
     check_grad(
         &format!("info_nce keys seed {seed}"),
         &sim,

@@ -297,7 +297,7 @@ fn explicit_rows(
 ) -> Vec<f64> {
     let images = match (hard.per_sample, mode) {
         (false, _) => 0,
-        (true, NceMode::NtXent) => n / 2,
+        (true, NceMode::NtXent | NceMode::NtXentShard { .. }) => n / 2,
         (true, NceMode::Moco { .. } | NceMode::Keys { .. }) => n,
     };
     let first_hard = m - hard.count * images.max(1);
@@ -319,6 +319,7 @@ fn explicit_rows(
                     v.extend((in_batch..first_hard).map(|j| sim[i * m + j]));
                     (0, v)
                 }
+                NceMode::NtXentShard { .. } => unreachable!("not among the cases"),
                 NceMode::Keys { .. } => {
                     let mut v = vec![sim[i * m + i]];
                     v.extend((0..first_hard).filter(|&j| j != i).map(|j| sim[i * m + j]));

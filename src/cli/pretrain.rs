@@ -414,6 +414,7 @@ pub fn run(
                 r
             }
             Event::Checkpoint { .. } => metrics.write("checkpoint", e),
+            Event::Ranks { .. } => metrics.write("ranks", e),
         };
         if let Err(err) = r {
             write_err.get_or_insert(err);

@@ -158,9 +158,15 @@ pub enum NceMode {
     /// MoCo (sim [B, B + K], columns = [in-batch keys | queue]): other rows' keys are removed,
     /// the positive of row i is column i.
     Moco { in_batch: usize },
-    /// CLSA's weak term (sim [B, B + K], columns = [in-batch keys | queue]): every entry takes
-    /// part — the other rows' keys are extra negatives — and the positive of row i is column i.
-    Keys { in_batch: usize },
+    /// CLSA's weak term (sim [b, B + K], columns = [the B in-batch keys of every rank |
+    /// queue], rows this rank's b queries): every entry takes part — the other keys are extra
+    /// negatives — and the positive of row i is column `offset + i`.
+    Keys { in_batch: usize, offset: usize },
+    /// NT-Xent over every rank's embeddings (sim [2b, 2G]: rows this rank's b images, [view 1
+    /// | view 2]; columns all G images, [view 1 | view 2]): row i < b is global row offset + i,
+    /// row b + i is G + offset + i; the self-similarity is removed, the positive is the other
+    /// view's column.
+    NtXentShard { offset: usize, global: usize },
 }
 
 /// Hard negatives in the last columns of a contrastive similarity matrix (saliency-guided
@@ -198,7 +204,7 @@ impl NceRule {
     fn images(&self) -> usize {
         match (self.hard.per_sample, self.mode) {
             (false, _) => 0,
-            (true, NceMode::NtXent) => self.n / 2,
+            (true, NceMode::NtXent | NceMode::NtXentShard { .. }) => self.n / 2,
             (true, NceMode::Moco { .. } | NceMode::Keys { .. }) => self.n,
         }
     }
@@ -217,12 +223,29 @@ impl NceRule {
             NceMode::NtXent => j == i,
             NceMode::Moco { in_batch } => j < in_batch && j != i,
             NceMode::Keys { .. } => false,
+            NceMode::NtXentShard { .. } => j == self.row(i),
+        }
+    }
+    /// The global row of local row `i` (NtXentShard; `i` otherwise).
+    fn row(&self, i: usize) -> usize {
+        match self.mode {
+            NceMode::NtXentShard { offset, global } => {
+                let half = self.n / 2;
+                if i < half {
+                    offset + i
+                } else {
+                    global + offset + (i - half)
+                }
+            }
+            _ => i,
         }
     }
     fn label(&self, i: usize) -> usize {
         match self.mode {
             NceMode::NtXent => (i + self.n / 2) % self.n,
-            NceMode::Moco { .. } | NceMode::Keys { .. } => i,
+            NceMode::Moco { .. } => i,
+            NceMode::Keys { offset, .. } => offset + i,
+            NceMode::NtXentShard { global, .. } => (self.row(i) + global) % (2 * global),
         }
     }
     /// The logit factor of column j (α for hard negatives).
@@ -233,22 +256,28 @@ impl NceRule {
             T::one()
         }
     }
-    /// Kernel parameters: [n, m, scale, mode, in_batch, hard_cols, images, alpha].
-    fn params(&self, scale: f32) -> [u32; 8] {
-        let (code, nb) = match self.mode {
-            NceMode::NtXent => (0, 0),
-            NceMode::Moco { in_batch } => (1, in_batch as u32),
-            NceMode::Keys { in_batch } => (2, in_batch as u32),
+    /// Kernel parameters: [n, m, scale, mode, in_batch, hard_cols, images, alpha, offset,
+    /// global_half, 0, 0].
+    fn params(&self, scale: f32) -> [u32; 12] {
+        let (code, nb, offset, global) = match self.mode {
+            NceMode::NtXent => (0, 0, 0, 0),
+            NceMode::Moco { in_batch } => (1, in_batch, 0, 0),
+            NceMode::Keys { in_batch, offset } => (2, in_batch, offset, 0),
+            NceMode::NtXentShard { offset, global } => (3, 0, offset, global),
         };
         [
             u(self.n),
             u(self.m),
             scale.to_bits(),
             code,
-            nb,
+            u(nb),
             u(self.hard_cols()),
             u(self.images()),
             self.hard.alpha.to_bits(),
+            u(offset),
+            u(global),
+            0,
+            0,
         ]
     }
 }
@@ -345,8 +374,12 @@ fn nce_check(sim: &Tensor, mode: NceMode, hard: HardNegatives) -> Result<NceRule
         && hard.alpha.is_finite()
         && match mode {
             NceMode::NtXent => m - hard_cols == n && n % 2 == 0,
-            NceMode::Moco { in_batch } | NceMode::Keys { in_batch } => {
-                in_batch == n && m - hard_cols > n
+            NceMode::Moco { in_batch } => in_batch == n && m - hard_cols > n,
+            NceMode::Keys { in_batch, offset } => {
+                offset + n <= in_batch && m - hard_cols > in_batch
+            }
+            NceMode::NtXentShard { offset, global } => {
+                n % 2 == 0 && offset + n / 2 <= global && m - hard_cols == 2 * global
             }
         };
     if !ok {

@@ -10,6 +10,7 @@ pub mod conv2d_window;
 pub mod cross_entropy;
 pub mod ddm;
 pub mod elementwise;
+pub mod gather;
 pub mod l2norm;
 pub mod linear;
 pub mod pool;

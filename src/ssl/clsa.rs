@@ -177,8 +177,9 @@ impl Method for Clsa {
                 ),
             ));
         }
-        let k = self.moco.keys(tape, b, views[0])?;
-        self.moco.set_pending(tape.value(k))?;
+        // Every rank's keys (shuffled BN across the ranks), enqueued and contrasted against.
+        let (_, k_all) = self.moco.keys_all(tape, b, views[0])?;
+        self.moco.set_pending(&k_all)?;
         let mut weak = Vec::with_capacity(self.cfg.weak);
         for &x in &views[1..1 + self.cfg.weak] {
             weak.push(self.moco.queries(tape, b, x)?);
@@ -189,7 +190,8 @@ impl Method for Clsa {
         }
         let queue = self.moco.queue().clone();
         let temps = (self.cfg.moco.temperature, self.cfg.t2, self.cfg.alpha);
-        let (total, ddm) = clsa_loss(tape, &weak, &strong, k, &queue, temps)?;
+        let offset = crate::dist::place().rank * tape.value(views[0]).shape()[0];
+        let (total, ddm) = clsa_loss(tape, &weak, &strong, (&k_all, offset), &queue, temps)?;
         self.last_ddm = Some(tape.value(ddm).clone());
         Ok(total)
     }

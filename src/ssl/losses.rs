@@ -99,6 +99,41 @@ pub fn nt_xent_hard(
     tape.scale(ce, loss_scale)
 }
 
+/// NT-Xent of a data-parallel run with the negatives of every rank (SimCLR's `gather`, as
+/// solo-learn): this rank's rows [z1; z2] (b images each) against the gathered
+/// [Z1; Z2] of all G = N·b images, the gradient flowing back through the gather to every
+/// rank's embeddings; hard negatives as [`nt_xent_hard`] (this rank's, per image). The mean
+/// over this rank's rows; averaged over the ranks it is the one-process loss over the global
+/// batch. One rank: [`nt_xent_hard`].
+pub fn nt_xent_gathered(
+    tape: &mut Tape,
+    z1: Var,
+    z2: Var,
+    negatives: &[Var],
+    alpha: f32,
+    tau: f32,
+    loss_scale: f32,
+) -> Result<Var> {
+    let place = crate::dist::place();
+    if place.size == 1 {
+        return nt_xent_hard(tape, z1, z2, negatives, alpha, tau, loss_scale);
+    }
+    let hard = hard_rule(tape, negatives, alpha, "nt_xent")?;
+    let b = tape.value(z1).shape()[0];
+    let (z1, z2) = (tape.l2_normalize(z1)?, tape.l2_normalize(z2)?);
+    let (g1, g2) = (tape.all_gather_rows(z1)?, tape.all_gather_rows(z2)?);
+    let rows = tape.concat(&[z1, z2])?;
+    let keys = with_negatives(tape, vec![g1, g2], negatives)?;
+    let sim = tape.matmul_t(rows, keys, false, true)?;
+    let mode = NceMode::NtXentShard {
+        offset: place.rank * b,
+        global: place.size * b,
+    };
+    let rows = tape.info_nce_hard(sim, mode, 1.0 / tau, hard)?;
+    let ce = tape.mean(rows)?;
+    tape.scale(ce, loss_scale)
+}
+
 /// `queue` holds K normalised keys, one per row ([K, dim]).
 pub fn moco_infonce(tape: &mut Tape, q: Var, k: Var, queue: &Tensor, t: f32) -> Result<Var> {
     moco_infonce_hard(tape, q, k, queue, &[], 1.0, t)
@@ -129,16 +164,17 @@ pub fn moco_infonce_hard(
     tape.mean(rows)
 }
 
-/// CLSA (SPEC B.4): keys = [k (the batch's keys) | queue], both normalised and constant.
-/// Every weak query q_w: CE over q_w·keysᵀ/T with its own key the positive and the other
-/// in-batch keys extra negatives (`NceMode::Keys`); every (weak, strong) pair: DDM of the
-/// strong row against the weak one at T₂ (`Tape::ddm`, the weak side detached). Returns
-/// (Σ CE + α·Σ DDM, Σ DDM), each term the mean over the batch.
+/// CLSA (SPEC B.4): keys = [the global batch's keys (every rank's, `keys` [B, dim]) | queue],
+/// both normalised and constant. Every weak query (this rank's b rows, the first at global
+/// index `offset`): CE over q_w·keysᵀ/T with its own key the positive and the other keys extra
+/// negatives (`NceMode::Keys`); every (weak, strong) pair: DDM of the strong row against the
+/// weak one at T₂ (`Tape::ddm`, the weak side detached). Returns (Σ CE + α·Σ DDM, Σ DDM), each
+/// term the mean over the rows.
 pub fn clsa_loss(
     tape: &mut Tape,
     weak: &[Var],
     strong: &[Var],
-    k: Var,
+    (keys, offset): (&Tensor, usize),
     queue: &Tensor,
     (t, t2, alpha): (f32, f32, f32),
 ) -> Result<(Var, Var)> {
@@ -152,8 +188,8 @@ pub fn clsa_loss(
             ),
         ));
     }
-    let n = tape.value(k).shape()[0];
-    let k = tape.detach(k);
+    let n = keys.shape()[0];
+    let k = tape.input(keys.clone());
     let k = tape.l2_normalize(k)?;
     let qv = tape.input(queue.clone());
     let keys = tape.concat(&[k, qv])?;
@@ -168,7 +204,14 @@ pub fn clsa_loss(
     let (sw, ss) = (sims(tape, weak)?, sims(tape, strong)?);
     let mut ce = Vec::with_capacity(sw.len());
     for &s in &sw {
-        let rows = tape.info_nce(s, NceMode::Keys { in_batch: n }, 1.0 / t)?;
+        let rows = tape.info_nce(
+            s,
+            NceMode::Keys {
+                in_batch: n,
+                offset,
+            },
+            1.0 / t,
+        )?;
         ce.push(tape.mean(rows)?);
     }
     let mut ddm = Vec::with_capacity(sw.len() * ss.len());

@@ -175,21 +175,61 @@ impl Moco {
     }
 
     /// Key-encoder embeddings of `x` without gradient: shuffled across the ghost-BN groups
-    /// and un-shuffled after.
+    /// (and the ranks) and un-shuffled after.
     pub(crate) fn keys(&mut self, tape: &mut Tape, b: &Bound, x: Var) -> Result<Var> {
-        let n = tape.value(x).shape()[0];
+        Ok(self.keys_all(tape, b, x)?.0)
+    }
+
+    /// (this rank's keys of `x`, every rank's keys in global batch order). The key images of
+    /// every rank are gathered and shuffled with one permutation of the global batch (the
+    /// same on every rank: it comes from (seed, step)); each rank encodes its slice of the
+    /// shuffled batch — with its own BN statistics, as the reference's shuffle BN — and the
+    /// keys are gathered and un-shuffled. One rank: the same with ghost groups standing in
+    /// for the ranks.
+    pub(crate) fn keys_all(&mut self, tape: &mut Tape, b: &Bound, x: Var) -> Result<(Var, Tensor)> {
+        let place = crate::dist::place();
+        let xv = tape.value(x).clone();
+        let local = xv.shape()[0];
+        let n = local * place.size;
         let mut perm: Vec<usize> = (0..n).collect();
         if self.cfg.shuffle {
             perm.shuffle(&mut self.rng);
         }
-        tape.no_grad(|t| -> Result<Var> {
-            let xs = t.permute_rows(x, &perm)?;
-            let k = self.grouped(t, xs, |m, t, x| {
+        if place.size == 1 {
+            let k = tape.no_grad(|t| -> Result<Var> {
+                let xs = t.permute_rows(x, &perm)?;
+                let k = self.grouped(t, xs, |m, t, x| {
+                    let f = m.k_backbone.forward(t, &mut m.store, b, x, true)?;
+                    m.k_head.forward(t, &mut m.store, b, f, true)
+                })?;
+                t.permute_rows(k, &inverse_permutation(&perm))
+            })?;
+            let all = tape.value(k).clone();
+            return Ok((k, all));
+        }
+        let device = xv.device();
+        let all_x = crate::dist::all_gather(&xv.to_vec()?);
+        let row = all_x.len() / n;
+        let mut mine = Vec::with_capacity(local * row);
+        for &src in &perm[place.rank * local..(place.rank + 1) * local] {
+            mine.extend_from_slice(&all_x[src * row..(src + 1) * row]);
+        }
+        let xs = tape.input(Tensor::from_vec(mine, xv.shape(), &device)?);
+        let k = tape.no_grad(|t| {
+            self.grouped(t, xs, |m, t, x| {
                 let f = m.k_backbone.forward(t, &mut m.store, b, x, true)?;
                 m.k_head.forward(t, &mut m.store, b, f, true)
-            })?;
-            t.permute_rows(k, &inverse_permutation(&perm))
-        })
+            })
+        })?;
+        let shuffled = crate::dist::all_gather(&tape.value(k).to_vec()?);
+        let dim = shuffled.len() / n;
+        let mut all = vec![0f32; n * dim];
+        for (p, &src) in perm.iter().enumerate() {
+            all[src * dim..(src + 1) * dim].copy_from_slice(&shuffled[p * dim..(p + 1) * dim]);
+        }
+        let mine = all[place.rank * local * dim..(place.rank + 1) * local * dim].to_vec();
+        let k_local = tape.input(Tensor::from_vec(mine, &[local, dim], &device)?);
+        Ok((k_local, Tensor::from_vec(all, &[n, dim], &device)?))
     }
 
     /// Enqueue `keys` [B, dim] at the pointer, wrapping around.
@@ -256,8 +296,9 @@ impl Method for Moco {
         let hard = self.cfg.hard;
         let (v1, v2, negs) = views_with_negatives("moco", views, &hard)?;
         let q = self.queries(tape, b, v1)?;
-        let k = self.keys(tape, b, v2)?;
-        self.set_pending(tape.value(k))?;
+        let (k, k_all) = self.keys_all(tape, b, v2)?;
+        // Every rank's keys are enqueued (the reference's concat_all_gather).
+        self.set_pending(&k_all)?;
         // Hard negatives through the key encoder as the keys (shuffled ghost BN), not
         // enqueued, its running statistics left to the keys.
         let negs = negative_batches(tape, negs, &hard)?;

@@ -282,6 +282,7 @@ pub fn build(
                 loss_scale: m.loss_scale(),
                 hard: hard_negatives(cfg),
                 bn_group: cfg.train.bn_group_for(&cfg.method),
+                gather: m.gather,
             },
             rng,
             device,

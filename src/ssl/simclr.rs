@@ -8,7 +8,7 @@
 
 use rand::Rng;
 
-use super::losses::nt_xent_hard;
+use super::losses::{nt_xent_gathered, nt_xent_hard};
 use super::{negative_batches, views_with_negatives, HardNegCfg, Method};
 use crate::autograd::{Tape, Var};
 use crate::error::Result;
@@ -28,6 +28,8 @@ pub struct SimClrConfig {
     pub hard: HardNegCfg,
     /// Ghost-BN group (`train.bn_group`; `usize::MAX`: the whole batch).
     pub bn_group: usize,
+    /// With several ranks: every rank's embeddings as negatives (`method.gather`).
+    pub gather: bool,
 }
 
 impl SimClrConfig {
@@ -45,6 +47,7 @@ impl Default for SimClrConfig {
             loss_scale: Self::reference_loss_scale(0.5),
             hard: HardNegCfg::default(),
             bn_group: usize::MAX,
+            gather: true,
         }
     }
 }
@@ -129,7 +132,12 @@ impl Method for SimClr {
             self.store.freeze_running_stats = false;
             t.push(z?);
         }
-        nt_xent_hard(
+        let loss = if self.cfg.gather {
+            nt_xent_gathered
+        } else {
+            nt_xent_hard
+        };
+        loss(
             tape,
             parts[0],
             parts[1],

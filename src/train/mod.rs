@@ -167,6 +167,11 @@ pub enum Event {
         knn_top1: f64,
         k: usize,
     },
+    /// The end of a data-parallel run: every rank's parameters compared bit for bit.
+    Ranks {
+        ranks: usize,
+        parameters_identical: bool,
+    },
 }
 
 impl PretrainConfig {
@@ -654,6 +659,18 @@ pub fn pretrain(
                 });
                 last_saved = Some(p);
             }
+        }
+    }
+    if place.size > 1 {
+        let identical = parallel::parameters_identical(method.store())?;
+        on(&Event::Ranks {
+            ranks: place.size,
+            parameters_identical: identical,
+        });
+        if !identical {
+            return Err(Error::Autograd(
+                "the ranks' parameters diverged (a bug: please report it)".into(),
+            ));
         }
     }
     Ok(boxes)

@@ -93,3 +93,18 @@ pub fn average_grads(
     extras.copy_from_slice(&flat[n..]);
     Ok(())
 }
+
+/// Whether every rank holds bit-identical parameters and buffers (a SHA-256 of the store's
+/// bytes, gathered).
+pub fn parameters_identical(store: &ParamStore) -> Result<bool> {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for p in &store.params {
+        for v in p.value.to_vec()? {
+            h.update(v.to_le_bytes());
+        }
+    }
+    let digest: Vec<f32> = h.finalize().iter().map(|&b| f32::from(b)).collect();
+    let all = crate::dist::all_gather(&digest);
+    Ok(all.chunks(digest.len()).all(|c| c == &digest[..]))
+}
