@@ -262,8 +262,16 @@ pub struct StepResult {
     pub steps: usize,
     pub seconds_per_step: f64,
     pub images_per_s: f64,
-    /// 3 × forward FLOPs of the backbone convolutions per second.
+    /// 3 × forward FLOPs of the backbone convolutions per second (every rank's).
     pub gflops: f64,
+    /// Data-parallel runs (`mpirun -np N`): ranks, each with `batch` images, and the time per
+    /// step of the gradient all-reduce (host copies included) with its share of the step.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ranks: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub comm_seconds_per_step: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub comm_share: Option<f64>,
 }
 
 /// Time `steps` training steps of `method` (simclr | moco | byol | simsiam, or `single`: one
@@ -295,6 +303,9 @@ pub fn train_step(
     let x1 = Tensor::randn(&[batch, 3, 32, 32], 1.0, &mut rng, &Device::Cpu)?.to_vec()?;
     let x2 = Tensor::randn(&[batch, 3, 32, 32], 1.0, &mut rng, &Device::Cpu)?.to_vec()?;
     let sync = |d: &Device| -> Result<()> { d.sync() };
+    // Seconds spent in the gradient all-reduce (data-parallel runs).
+    let comm = std::rc::Rc::new(std::cell::Cell::new(0.0f64));
+    let comm_in = comm.clone();
     let (views, per_step): (usize, Box<dyn FnMut() -> Result<()>>) = if method == "single" {
         let mut store = ParamStore::default();
         let net = ResNet::new(
@@ -470,8 +481,13 @@ pub fn train_step(
                     ],
                 };
                 let loss = m.loss(&mut tape, &b, &inputs)?;
-                let g = tape.backward(loss)?;
+                let mut g = tape.backward(loss)?;
                 drop(tape);
+                if crate::dist::parallel() {
+                    let t0 = Instant::now();
+                    crate::train::parallel::average_grads(&mut g, &b, &mut [], &dev)?;
+                    comm_in.set(comm_in.get() + t0.elapsed().as_secs_f64());
+                }
                 sgd_store(m.store_mut(), &b, &g, &mut bufs, |_| (0.1, 1e-4), 0.9)?;
                 drop(g);
                 m.after_step()?;
@@ -485,6 +501,7 @@ pub fn train_step(
     let mut per_step = per_step;
     per_step()?;
     sync(dev)?;
+    comm.set(0.0);
     print_profile(dev, "warm-up", 1);
     // The median step (robust to the other tenants of a shared machine); on the GPU path the
     // mean, as each step's work may still be in flight when the next is recorded.
@@ -521,7 +538,8 @@ pub fn train_step(
         vec![32; views]
     };
     let macs: usize = sizes.iter().map(|&s| model_macs(width, s)).sum();
-    let flops = 3.0 * 2.0 * macs as f64 * batch as f64;
+    let ranks = crate::dist::place().size;
+    let flops = 3.0 * 2.0 * macs as f64 * (batch * ranks) as f64;
     Ok(StepResult {
         method: method.into(),
         device: dev.name(),
@@ -531,7 +549,10 @@ pub fn train_step(
         mask: mask.map(Strategy::name),
         steps,
         seconds_per_step: secs,
-        images_per_s: batch as f64 / secs,
+        images_per_s: (batch * ranks) as f64 / secs,
+        ranks: (ranks > 1).then_some(ranks),
+        comm_seconds_per_step: (ranks > 1).then(|| comm.get() / steps.max(1) as f64),
+        comm_share: (ranks > 1).then(|| comm.get() / steps.max(1) as f64 / secs),
         gflops: flops / secs * 1e-9,
     })
 }

@@ -73,11 +73,7 @@ fn mpirun_available() -> bool {
 /// `viewcraft ARGS` under `mpirun -np N` (N = 1: a plain process), at most two minutes.
 fn run(np: usize, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     let bin = env!("CARGO_BIN_EXE_viewcraft");
-    let mut c = if np == 1 {
-        Command::new("timeout")
-    } else {
-        Command::new("timeout")
-    };
+    let mut c = Command::new("timeout");
     c.arg("120");
     if np > 1 {
         c.args(["mpirun", "--oversubscribe", "-np", &np.to_string()]);
@@ -85,6 +81,8 @@ fn run(np: usize, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) 
     c.arg(bin).args(args);
     c.env("OMPI_ALLOW_RUN_AS_ROOT", "1")
         .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        // Containers often forbid the cross-memory attach of Open MPI's shared-memory path.
+        .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none")
         .env_remove("VIEWCRAFT_DEVICE")
         .env_remove("VIEWCRAFT_STOP_AT_STEP");
     for (k, v) in env {
@@ -225,6 +223,20 @@ fn a_resumed_two_rank_run_equals_the_uninterrupted_one() {
     let (c, o, e) = pretrain(2, &cfg, &part, &[], &[("VIEWCRAFT_STOP_AT_STEP", "3")]);
     assert_ne!(c, 0, "interrupted: {o}{e}");
     assert!(e.contains("interrupted at epoch 2, step 3"), "{e}");
+    // Another number of processes would change the BN groups: refused.
+    let (c, _, e) = run(
+        1,
+        &[
+            "pretrain",
+            cfg.to_str().unwrap(),
+            "--out",
+            part.to_str().unwrap(),
+            "--resume",
+        ],
+        &[],
+    );
+    assert_eq!(c, 2, "{e}");
+    assert!(e.contains("2 rank(s)"), "{e}");
     let (c, o, e) = run(
         2,
         &[

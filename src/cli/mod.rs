@@ -183,6 +183,20 @@ pub fn select_device_or(flag: Option<&str>, default: &str) -> Result<Device> {
         .map(str::to_string)
         .or_else(|| std::env::var("VIEWCRAFT_DEVICE").ok())
         .unwrap_or_else(|| default.into());
+    let place = crate::dist::place();
+    if place.size > 1 && spec.eq_ignore_ascii_case("auto") {
+        // Data parallel: each rank of a node takes its own hardware adapter.
+        return match crate::gpu::Gpu::open_nth_hardware(place.local_rank) {
+            Ok(g) => Ok(Device::Gpu(g)),
+            Err(Error::NoAdapter(msg)) => {
+                if place.is_root() {
+                    eprintln!("viewcraft: {msg}; every rank runs on the CPU path");
+                }
+                Ok(Device::Cpu)
+            }
+            Err(e) => Err(e),
+        };
+    }
     match Device::open(&spec) {
         Ok(d) => Ok(d),
         Err(Error::NoAdapter(msg))
@@ -336,6 +350,9 @@ pub fn run(cli: Cli) -> Result<()> {
             let dev = select_device_or(cli.device.as_deref(), "gpu")?;
             let strategy = bench::mask_strategy(mask.as_deref())?;
             let r = bench::train_step(&dev, &method, batch, width, steps, strategy)?;
+            if !crate::dist::place().is_root() {
+                return Ok(());
+            }
             if json {
                 println!(
                     "{}",
@@ -346,6 +363,16 @@ pub fn run(cli: Cli) -> Result<()> {
                     "{} step, ResNet-18 width {}, batch {} × {} view(s) on {}: {:.3} s/step, {:.2} img/s, {:.1} GFLOP/s",
                     r.method, r.width, r.batch, r.views, r.device, r.seconds_per_step, r.images_per_s, r.gflops
                 );
+                if let (Some(n), Some(c), Some(share)) =
+                    (r.ranks, r.comm_seconds_per_step, r.comm_share)
+                {
+                    println!(
+                        "  {n} ranks (batch {} each): gradient all-reduce {:.1} ms/step, {:.1} % of the step",
+                        r.batch,
+                        c * 1e3,
+                        share * 100.0
+                    );
+                }
             }
             Ok(())
         }

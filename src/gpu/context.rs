@@ -169,6 +169,38 @@ impl Gpu {
         Self::open_with_variant(spec, None)
     }
 
+    /// The `index`-th hardware adapter (modulo their number; Vulkan/Metal/DX12 ahead of GL,
+    /// one entry per device): rank `index` of a node's data-parallel processes.
+    pub fn open_nth_hardware(index: usize) -> Result<Arc<Gpu>> {
+        let mut hw: Vec<wgpu::Adapter> = adapters()
+            .into_iter()
+            .filter(|a| {
+                !matches!(
+                    a.get_info().device_type,
+                    wgpu::DeviceType::Cpu | wgpu::DeviceType::Other
+                )
+            })
+            .collect();
+        hw.sort_by_key(|a| {
+            let i = a.get_info();
+            (
+                i.backend == wgpu::Backend::Gl,
+                rank(i.device_type),
+                i.device,
+                i.name,
+            )
+        });
+        hw.dedup_by_key(|a| {
+            let i = a.get_info();
+            (i.vendor, i.device)
+        });
+        if hw.is_empty() {
+            return Err(Error::NoAdapter("no hardware GPU adapter found".into()));
+        }
+        let n = hw.len();
+        Self::from_adapter(hw.swap_remove(index % n), None)
+    }
+
     /// Like `open`, forcing a kernel family (tests run both families on one adapter).
     pub fn open_with_variant(spec: &str, variant: Option<KernelVariant>) -> Result<Arc<Gpu>> {
         let mut adapters = adapters();

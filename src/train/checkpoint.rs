@@ -118,10 +118,21 @@ pub fn check_resumable(path: &Path, config_text: &str, batch_size: usize) -> Res
         }
         Some(_) => {}
     }
+    // A data-parallel run resumes with its own number of ranks (they decide the BN groups).
+    let ranks = crate::dist::place().size;
+    if let Some(r) = meta.get("ranks").and_then(|r| r.parse::<usize>().ok()) {
+        if r != ranks {
+            return Err(Error::file(
+                path,
+                format!("was written by a run of {r} rank(s), this one has {ranks}: resume with the same number of processes"),
+            ));
+        }
+    }
     let comparable = |c: &Config| {
         let mut c = c.clone();
         c.train.device.clear();
         c.data.workers = 0;
+        c.moved_bn_group = false;
         c
     };
     // Either side without a configuration (a library caller's empty text, an unreadable
@@ -223,6 +234,7 @@ pub fn save(
         ("step".to_string(), pos.step.to_string()),
         ("batch".to_string(), pos.batch.to_string()),
         ("batch_size".to_string(), batch_size.to_string()),
+        ("ranks".to_string(), crate::dist::place().size.to_string()),
         ("extra".to_string(), method.extra_state().to_string()),
         ("config".to_string(), config.to_string()),
     ]);

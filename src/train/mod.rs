@@ -616,7 +616,8 @@ pub fn pretrain(
             };
             on(&Event::Boxes(stats));
         }
-        if let Some(m) = &cfg.knn {
+        // The kNN monitor runs on rank 0 (its result is only logged there).
+        if let Some(m) = cfg.knn.as_ref().filter(|_| root) {
             if m.interval > 0 && (ep == cfg.epochs || ep.is_multiple_of(m.interval)) {
                 let eval_batch = b.clamp(64, 256);
                 // The labelled split's own images: the pre-training set may hold others
