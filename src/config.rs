@@ -522,11 +522,18 @@ pub struct TrainCfg {
     /// `bn_group = B/N` computes what N ranks with B/N images each compute.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bn_group: Option<usize>,
+    /// Synchronised BatchNorm: training statistics over every rank's batch (data
+    /// parallelism; ghost-BN groups do not apply then). One rank: plain BN over the batch.
+    pub sync_bn: bool,
 }
 
 impl TrainCfg {
-    /// The ghost-BN group in effect for `method` (`usize::MAX`: the whole batch).
+    /// The ghost-BN group in effect for `method` (`usize::MAX`: the whole batch, also with
+    /// `sync_bn`).
     pub fn bn_group_for(&self, method: &MethodCfg) -> usize {
+        if self.sync_bn {
+            return usize::MAX;
+        }
         self.bn_group.unwrap_or(match method {
             MethodCfg::Moco(_) | MethodCfg::Clsa(_) => 64,
             _ => usize::MAX,
@@ -551,6 +558,7 @@ impl Default for TrainCfg {
             save_interval: 250,
             device: "auto".into(),
             bn_group: None,
+            sync_bn: false,
         }
     }
 }
@@ -785,7 +793,7 @@ impl Config {
             self.moved_bn_group = true;
             self.train.bn_group.get_or_insert(g);
         }
-        if matches!(self.method, MethodCfg::Moco(_) | MethodCfg::Clsa(_)) {
+        if matches!(self.method, MethodCfg::Moco(_) | MethodCfg::Clsa(_)) && !self.train.sync_bn {
             self.train.bn_group = Some(self.train.bn_group_for(&self.method));
         }
         self
@@ -1208,7 +1216,16 @@ impl Config {
         if t.save_interval == 0 {
             return Err(cfg_err("train.save_interval", "must be at least 1"));
         }
-        if let Some(g) = t.bn_group {
+        if t.sync_bn
+            && t.bn_group.is_some()
+            && !matches!(self.method, MethodCfg::Moco(_) | MethodCfg::Clsa(_))
+        {
+            return Err(cfg_err(
+                "train.bn_group",
+                "ghost-BN groups do not combine with train.sync_bn (statistics over every rank's batch): set one of them",
+            ));
+        }
+        if let Some(g) = t.bn_group.filter(|_| !t.sync_bn) {
             if g < 2 || !t.batch_size.is_multiple_of(g) {
                 return Err(cfg_err(
                     "train.bn_group",

@@ -246,3 +246,81 @@ fn chunked_optimiser_updates_equal_the_reference() {
     ema_ref(&mut rp, &g, 0.99);
     assert_eq!(tp.to_vec().unwrap(), rp);
 }
+
+/// Synchronised BN on one rank (no other ranks to merge with) is plain training-mode BN: the
+/// host path's merged statistics and its backward against the references.
+#[test]
+fn synchronised_batch_norm_on_one_rank_is_batch_norm() {
+    use viewcraft::ops::batchnorm::{
+        apply_ref, backward_ref, backward_sync, forward_sync, stats_ref, BatchNorm,
+    };
+    let (mut r, seed) = rng();
+    let (n, c, s) = (3, 5, 7);
+    let x = randn(&mut r, n * c * s);
+    let g = randn(&mut r, c);
+    let b = randn(&mut r, c);
+    let gy = randn(&mut r, n * c * s);
+    let d = viewcraft::tensor::Device::Cpu;
+    let shape = [n, c, 1, s];
+    let (mut rm, mut rv) = (t(&[0.0; 5], &[c], &d), t(&[1.0; 5], &[c], &d));
+    let fw = forward_sync(
+        &t(&x, &shape, &d),
+        Some(&t(&g, &[c], &d)),
+        Some(&t(&b, &[c], &d)),
+        &mut rm,
+        &mut rv,
+        BatchNorm::default(),
+        true,
+    )
+    .unwrap();
+    let x64 = to_f64(&x);
+    let (mean, var) = stats_ref(&x64, n, c, s);
+    let invstd: Vec<f64> = var.iter().map(|v| 1.0 / (v + 1e-5).sqrt()).collect();
+    let want = apply_ref(
+        &x64,
+        &mean,
+        &invstd,
+        Some(&to_f64(&g)),
+        Some(&to_f64(&b)),
+        n,
+        c,
+        s,
+    );
+    assert_close(
+        &format!("sync BN forward seed {seed}"),
+        &fw.y.to_vec().unwrap(),
+        &want,
+        1e-5,
+        1e-5,
+    );
+    let m = (n * s) as f64;
+    let rv_want: Vec<f64> = var.iter().map(|v| 0.9 + 0.1 * v * m / (m - 1.0)).collect();
+    assert_close(
+        "sync BN running var",
+        &rv.to_vec().unwrap(),
+        &rv_want,
+        1e-6,
+        1e-5,
+    );
+    let (gx, gg, gb) = backward_sync(
+        &t(&x, &shape, &d),
+        &t(&gy, &shape, &d),
+        &fw.saved,
+        Some(&t(&g, &[c], &d)),
+    )
+    .unwrap();
+    let (wx, wg, wb) = backward_ref(
+        &x64,
+        &to_f64(&gy),
+        &mean,
+        &invstd,
+        Some(&to_f64(&g)),
+        n,
+        c,
+        s,
+        true,
+    );
+    assert_close("sync BN gx", &gx.to_vec().unwrap(), &wx, 1e-5, 1e-4);
+    assert_close("sync BN gγ", &gg.to_vec().unwrap(), &wg, 1e-5, 1e-4);
+    assert_close("sync BN gβ", &gb.to_vec().unwrap(), &wb, 1e-5, 1e-4);
+}

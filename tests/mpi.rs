@@ -132,6 +132,23 @@ fn params(ckpt: &Path) -> Vec<(String, Vec<f32>)> {
         .collect()
 }
 
+/// ‖a − b‖ / ‖a‖ over the whole parameter vector (per tensor, BN biases that start at 0 and
+/// sum gradients with cancellation have no meaningful relative error).
+fn relative_difference(a: &[(String, Vec<f32>)], b: &[(String, Vec<f32>)]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let (mut num, mut den) = (0f64, 0f64);
+    for ((n, x), (m, y)) in a.iter().zip(b) {
+        assert_eq!(n, m);
+        num += x
+            .iter()
+            .zip(y)
+            .map(|(p, q)| ((p - q) as f64).powi(2))
+            .sum::<f64>();
+        den += x.iter().map(|p| (*p as f64).powi(2)).sum::<f64>();
+    }
+    (num / den).sqrt()
+}
+
 fn records(run: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(run.join("metrics.jsonl"))
         .unwrap()
@@ -176,19 +193,7 @@ fn two_ranks_equal_one_process_with_half_batch_bn_groups() {
             params(&two.join("checkpoints/last.safetensors")),
         );
         assert_eq!(a.len(), b.len());
-        // The whole parameter vector, relative (per tensor, BN biases that start at 0 and
-        // sum gradients with cancellation have no meaningful relative error).
-        let (mut num, mut den) = (0f64, 0f64);
-        for ((n, x), (m, y)) in a.iter().zip(&b) {
-            assert_eq!(n, m);
-            num += x
-                .iter()
-                .zip(y)
-                .map(|(p, q)| ((p - q) as f64).powi(2))
-                .sum::<f64>();
-            den += x.iter().map(|p| (*p as f64).powi(2)).sum::<f64>();
-        }
-        let rel = (num / den).sqrt();
+        let rel = relative_difference(&a, &b);
         eprintln!("{method}: 2 ranks vs 1 process, relative parameter difference {rel:.2e}");
         assert!(
             rel < 1e-5,
@@ -204,6 +209,32 @@ fn two_ranks_equal_one_process_with_half_batch_bn_groups() {
             w.iter().zip(&b).any(|((_, x), (_, y))| x != y),
             "{method}: the groups made no difference"
         );
+    }
+}
+
+/// `train.sync_bn`: BatchNorm statistics over both ranks' images — one process with BN over
+/// the whole batch.
+#[test]
+fn synchronised_batch_norm_equals_one_process_over_the_whole_batch() {
+    if !mpirun_available() {
+        return;
+    }
+    for method in ["simclr", "moco"] {
+        let cfg = config(method);
+        let one = tmp().join(format!("{method}-sync-one"));
+        let two = tmp().join(format!("{method}-sync-two"));
+        let _ = std::fs::remove_dir_all(&one);
+        let _ = std::fs::remove_dir_all(&two);
+        let (c, o, e) = pretrain(1, &cfg, &one, &["train.bn_group=64"], &[]);
+        assert_eq!(c, 0, "{o}{e}");
+        let (c, o, e) = pretrain(2, &cfg, &two, &["train.sync_bn=true"], &[]);
+        assert_eq!(c, 0, "{o}{e}");
+        let rel = relative_difference(
+            &params(&one.join("checkpoints/last.safetensors")),
+            &params(&two.join("checkpoints/last.safetensors")),
+        );
+        eprintln!("{method}: synchronised BN on 2 ranks vs 1 process, {rel:.2e}");
+        assert!(rel < 1e-5, "{method}: {rel:.2e}");
     }
 }
 

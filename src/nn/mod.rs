@@ -46,6 +46,9 @@ pub struct ParamStore {
     /// alone while this is set (MoCo's ghost-BN groups after the first: the reference keeps
     /// rank 0's buffers, updated once per forward).
     pub freeze_running_stats: bool,
+    /// Train-mode BN takes its statistics over every rank's batch (`train.sync_bn`, data
+    /// parallelism; no effect on one rank).
+    pub sync_bn: bool,
 }
 
 /// Tape variables for the trainable entries of a store (`None` for buffers).
@@ -171,6 +174,7 @@ impl ParamStore {
         Ok(ParamStore {
             params,
             freeze_running_stats: self.freeze_running_stats,
+            sync_bn: self.sync_bn,
         })
     }
 }
@@ -289,8 +293,13 @@ impl Bn {
         let g = self.weight.map(|i| b.var(i)).transpose()?;
         let bb = self.bias.map(|i| b.var(i)).transpose()?;
         let update = train && !store.freeze_running_stats;
+        let sync = train && store.sync_bn && crate::dist::parallel();
         let (rm, rv) = store.pair_mut(self.running_mean, self.running_var);
-        tape.batch_norm_with(x, g, bb, rm, rv, self.cfg, train, update)
+        if sync {
+            tape.batch_norm_sync(x, g, bb, rm, rv, self.cfg, update)
+        } else {
+            tape.batch_norm_with(x, g, bb, rm, rv, self.cfg, train, update)
+        }
     }
 }
 

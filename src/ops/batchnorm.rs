@@ -464,6 +464,184 @@ pub fn backward(
     }
 }
 
+// Synchronised BatchNorm (data parallelism, `train.sync_bn`): the training statistics over
+// every rank's batch. Each rank's per-channel count, mean and centred sum of squares are
+// gathered and merged in rank order (Chan et al.'s pairwise update, in f64), so every rank
+// gets the same statistics; the backward gathers Σgy and Σgy·x̂ the same way:
+//   gx = γ·s/M·(M·gy − Σ_all gy − x̂·Σ_all gy·x̂) with M the global count,
+//   gγ, gβ this rank's sums (the trainer averages gradients over the ranks).
+// It runs on the host (a GPU tensor is read back per layer: slow on a GPU, exact). One rank:
+// plain batch statistics.
+
+/// (mean, biased variance, count) over every rank's [n, c, s] batch.
+fn sync_stats(x: &[f32], n: usize, c: usize, s: usize) -> (Vec<f64>, Vec<f64>, f64) {
+    let (mean, var) = stats_ref(&x.iter().map(|&v| v as f64).collect::<Vec<_>>(), n, c, s);
+    let m = (n * s) as f64;
+    let mut local = vec![m as f32];
+    local.extend(mean.iter().map(|&v| v as f32));
+    local.extend(var.iter().map(|&v| (v * m) as f32));
+    let all = crate::dist::all_gather(&local);
+    let (mut count, mut mu, mut m2) = (0f64, vec![0f64; c], vec![0f64; c]);
+    for r in all.chunks(1 + 2 * c) {
+        let nb = r[0] as f64;
+        for ch in 0..c {
+            let (mb, qb) = (r[1 + ch] as f64, r[1 + c + ch] as f64);
+            let delta = mb - mu[ch];
+            let tot = count + nb;
+            mu[ch] += delta * nb / tot;
+            m2[ch] += qb + delta * delta * count * nb / tot;
+        }
+        count += nb;
+    }
+    (mu, m2.iter().map(|q| q / count).collect(), count)
+}
+
+/// Training-mode forward with statistics over every rank's batch (see above).
+#[allow(clippy::too_many_arguments)]
+pub fn forward_sync(
+    x: &Tensor,
+    gamma: Option<&Tensor>,
+    beta: Option<&Tensor>,
+    running_mean: &mut Tensor,
+    running_var: &mut Tensor,
+    cfg: BatchNorm,
+    update_running: bool,
+) -> Result<BnForward> {
+    let (n, c, s) = dims(x.shape())?;
+    let dev = x.device();
+    let xv = x.to_vec()?;
+    let (mean, var, count) = sync_stats(&xv, n, c, s);
+    if update_running {
+        let m = cfg.momentum as f64;
+        let unb = count / (count - 1.0).max(1.0);
+        let rm: Vec<f32> = running_mean
+            .to_vec()?
+            .iter()
+            .zip(&mean)
+            .map(|(&r, &v)| ((1.0 - m) * r as f64 + m * v) as f32)
+            .collect();
+        let rv: Vec<f32> = running_var
+            .to_vec()?
+            .iter()
+            .zip(&var)
+            .map(|(&r, &v)| ((1.0 - m) * r as f64 + m * v * unb) as f32)
+            .collect();
+        *running_mean = Tensor::from_vec(rm, &[c], &dev)?;
+        *running_var = Tensor::from_vec(rv, &[c], &dev)?;
+    }
+    let mean: Vec<f32> = mean.iter().map(|&v| v as f32).collect();
+    let invstd: Vec<f32> = var
+        .iter()
+        .map(|&v| (1.0 / (v + cfg.eps as f64).sqrt()) as f32)
+        .collect();
+    let (g, b) = (
+        gamma.map(Tensor::to_vec).transpose()?,
+        beta.map(Tensor::to_vec).transpose()?,
+    );
+    let y = apply_ref(&xv, &mean, &invstd, g.as_deref(), b.as_deref(), n, c, s);
+    Ok(BnForward {
+        y: Tensor::from_vec(y, x.shape(), &dev)?,
+        saved: Tensor::from_vec([mean, invstd].concat(), &[2 * c], &dev)?,
+    })
+}
+
+/// (gx, gγ, gβ) of [`forward_sync`].
+pub fn backward_sync(
+    x: &Tensor,
+    gy: &Tensor,
+    saved: &Tensor,
+    gamma: Option<&Tensor>,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let (n, c, s) = dims(x.shape())?;
+    let dev = x.device();
+    let (xv, gv, sv) = (x.to_vec()?, gy.to_vec()?, saved.to_vec()?);
+    let (mean, invstd) = (&sv[..c], &sv[c..]);
+    let gam = gamma.map(Tensor::to_vec).transpose()?;
+    let (mut gb, mut gg) = (vec![0f64; c], vec![0f64; c]);
+    for i in 0..n {
+        for ch in 0..c {
+            for k in 0..s {
+                let e = (i * c + ch) * s + k;
+                gb[ch] += gv[e] as f64;
+                gg[ch] += gv[e] as f64 * ((xv[e] - mean[ch]) * invstd[ch]) as f64;
+            }
+        }
+    }
+    let mut local = vec![(n * s) as f32];
+    local.extend(gb.iter().map(|&v| v as f32));
+    local.extend(gg.iter().map(|&v| v as f32));
+    let all = crate::dist::all_gather(&local);
+    let (mut m, mut sgb, mut sgg) = (0f64, vec![0f64; c], vec![0f64; c]);
+    for r in all.chunks(1 + 2 * c) {
+        m += r[0] as f64;
+        for ch in 0..c {
+            sgb[ch] += r[1 + ch] as f64;
+            sgg[ch] += r[1 + c + ch] as f64;
+        }
+    }
+    let mut gx = vec![0f32; xv.len()];
+    for i in 0..n {
+        for ch in 0..c {
+            let kk = invstd[ch] as f64 * gam.as_ref().map_or(1.0, |g| g[ch] as f64);
+            for k in 0..s {
+                let e = (i * c + ch) * s + k;
+                let xhat = ((xv[e] - mean[ch]) * invstd[ch]) as f64;
+                gx[e] = (kk / m * (m * gv[e] as f64 - sgb[ch] - xhat * sgg[ch])) as f32;
+            }
+        }
+    }
+    let f32s = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect::<Vec<_>>();
+    Ok((
+        Tensor::from_vec(gx, x.shape(), &dev)?,
+        Tensor::from_vec(f32s(gg), &[c], &dev)?,
+        Tensor::from_vec(f32s(gb), &[c], &dev)?,
+    ))
+}
+
+impl Tape {
+    /// Training-mode batch norm with statistics over every rank's batch ([`forward_sync`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn batch_norm_sync(
+        &mut self,
+        x: Var,
+        gamma: Option<Var>,
+        beta: Option<Var>,
+        running_mean: &mut Tensor,
+        running_var: &mut Tensor,
+        cfg: BatchNorm,
+        update_running: bool,
+    ) -> Result<Var> {
+        let xv = self.value(x).clone();
+        let gv = gamma.map(|v| self.value(v).clone());
+        let bv = beta.map(|v| self.value(v).clone());
+        let fw = forward_sync(
+            &xv,
+            gv.as_ref(),
+            bv.as_ref(),
+            running_mean,
+            running_var,
+            cfg,
+            update_running,
+        )?;
+        let mut inputs = vec![x];
+        inputs.extend(gamma);
+        inputs.extend(beta);
+        let (has_g, has_b) = (gamma.is_some(), beta.is_some());
+        let saved = fw.saved;
+        Ok(self.record("batch_norm_sync", fw.y, &inputs, move |gy, _| {
+            let (gx, gg, gb) = backward_sync(&xv, gy, &saved, gv.as_ref())?;
+            let mut out = vec![Some(gx)];
+            if has_g {
+                out.push(Some(gg));
+            }
+            if has_b {
+                out.push(Some(gb));
+            }
+            Ok(out)
+        }))
+    }
+}
+
 impl Tape {
     /// Batch norm of `x` with optional affine parameters and the layer's running statistics
     /// (updated in place in training mode).

@@ -273,7 +273,7 @@ pub fn build(
 ) -> Result<Box<dyn Method>> {
     use crate::config::MethodCfg;
     let model = cfg.resnet()?;
-    Ok(match &cfg.method {
+    let mut method: Box<dyn Method> = match &cfg.method {
         MethodCfg::Simclr(m) => Box::new(simclr::SimClr::new(
             model,
             simclr::SimClrConfig {
@@ -361,5 +361,7 @@ pub fn build(
             rng,
             device,
         )?),
-    })
+    };
+    method.store_mut().sync_bn = cfg.train.sync_bn;
+    Ok(method)
 }
