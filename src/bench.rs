@@ -203,12 +203,7 @@ pub fn loader_throughput(
     )?);
     let mut cfg = view_config(mask);
     if let Some(m @ ("clsa" | "clsa_multi")) = method {
-        cfg.views = crate::ssl::clsa::recipe_views(
-            m == "clsa_multi",
-            32,
-            crate::crop::sampler::RrcParams::default(),
-            crate::data::loader::CropSource::Box,
-        );
+        cfg.views = clsa_views(m);
     }
     let t0 = Instant::now();
     let n: usize = epoch(set, CropMode::Rrc, cfg, batch, 0, 0, workers, 4, 0)
@@ -246,6 +241,16 @@ fn view_config(mask: Option<Strategy>) -> crate::data::loader::ViewConfig {
         cfg.mask = Some(MaskRecipe::new(s, 8));
     }
     cfg
+}
+
+/// The CIFAR views of `clsa` (single-crop) or `clsa_multi`.
+fn clsa_views(method: &str) -> Vec<crate::data::loader::ViewSpec> {
+    crate::ssl::clsa::recipe_views(
+        method == "clsa_multi",
+        32,
+        crate::crop::sampler::RrcParams::default(),
+        crate::data::loader::CropSource::Box,
+    )
 }
 
 /// One training-step benchmark.
@@ -396,18 +401,14 @@ pub fn train_step(
         };
         // CLSA: fixed random inputs at its recipe's view sizes.
         let clsa_inputs: Vec<(Vec<f32>, usize)> = if method.starts_with("clsa") {
-            crate::ssl::clsa::recipe_views(
-                method == "clsa_multi",
-                32,
-                crate::crop::sampler::RrcParams::default(),
-                crate::data::loader::CropSource::Box,
-            )
-            .iter()
-            .map(|v| {
-                let t = Tensor::randn(&[batch, 3, v.size, v.size], 1.0, &mut rng, &Device::Cpu)?;
-                Ok((t.to_vec()?, v.size))
-            })
-            .collect::<Result<_>>()?
+            clsa_views(method)
+                .iter()
+                .map(|v| {
+                    let t =
+                        Tensor::randn(&[batch, 3, v.size, v.size], 1.0, &mut rng, &Device::Cpu)?;
+                    Ok((t.to_vec()?, v.size))
+                })
+                .collect::<Result<_>>()?
         } else {
             Vec::new()
         };
@@ -525,15 +526,7 @@ pub fn train_step(
     print_profile(dev, &format!("{method} step"), steps.max(1));
     // 3 × forward per view at its size (CLSA's recipe sizes; 32 px otherwise).
     let sizes: Vec<usize> = if method.starts_with("clsa") {
-        crate::ssl::clsa::recipe_views(
-            method == "clsa_multi",
-            32,
-            crate::crop::sampler::RrcParams::default(),
-            crate::data::loader::CropSource::Box,
-        )
-        .iter()
-        .map(|v| v.size)
-        .collect()
+        clsa_views(method).iter().map(|v| v.size).collect()
     } else {
         vec![32; views]
     };

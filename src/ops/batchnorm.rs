@@ -623,13 +623,31 @@ impl Tape {
             cfg,
             update_running,
         )?;
+        let saved = fw.saved;
+        Ok(
+            self.record_bn("batch_norm_sync", fw.y, x, gamma, beta, move |gy| {
+                backward_sync(&xv, gy, &saved, gv.as_ref())
+            }),
+        )
+    }
+
+    /// Record a BN forward `y` of `x` (and γ, β when given) whose backward `back` returns
+    /// (gx, gγ, gβ) in one pass (the input's gradient needs the parameters' sums anyway).
+    fn record_bn(
+        &mut self,
+        name: &'static str,
+        y: Tensor,
+        x: Var,
+        gamma: Option<Var>,
+        beta: Option<Var>,
+        back: impl Fn(&Tensor) -> Result<(Tensor, Tensor, Tensor)> + Send + Sync + 'static,
+    ) -> Var {
         let mut inputs = vec![x];
         inputs.extend(gamma);
         inputs.extend(beta);
         let (has_g, has_b) = (gamma.is_some(), beta.is_some());
-        let saved = fw.saved;
-        Ok(self.record("batch_norm_sync", fw.y, &inputs, move |gy, _| {
-            let (gx, gg, gb) = backward_sync(&xv, gy, &saved, gv.as_ref())?;
+        self.record(name, y, &inputs, move |gy, _| {
+            let (gx, gg, gb) = back(gy)?;
             let mut out = vec![Some(gx)];
             if has_g {
                 out.push(Some(gg));
@@ -638,7 +656,7 @@ impl Tape {
                 out.push(Some(gb));
             }
             Ok(out)
-        }))
+        })
     }
 }
 
@@ -687,22 +705,11 @@ impl Tape {
             update_running,
             false,
         )?;
-        let mut inputs = vec![x];
-        inputs.extend(gamma);
-        inputs.extend(beta);
-        let (has_g, has_b) = (gamma.is_some(), beta.is_some());
         let saved = fw.saved;
-        // The input's gradient needs the parameters' sums anyway: one backward for all.
-        Ok(self.record("batch_norm", fw.y, &inputs, move |gy, _| {
-            let (gx, gg, gb) = backward(&xv, gy, &saved, gv.as_ref(), train)?;
-            let mut out = vec![Some(gx)];
-            if has_g {
-                out.push(Some(gg));
-            }
-            if has_b {
-                out.push(Some(gb));
-            }
-            Ok(out)
-        }))
+        Ok(
+            self.record_bn("batch_norm", fw.y, x, gamma, beta, move |gy| {
+                backward(&xv, gy, &saved, gv.as_ref(), train)
+            }),
+        )
     }
 }
