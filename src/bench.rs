@@ -485,6 +485,8 @@ pub fn train_step(
                 let mut g = tape.backward(loss)?;
                 drop(tape);
                 if crate::dist::parallel() {
+                    // The backward finishes first, so the time is the all-reduce's own.
+                    dev.sync()?;
                     let t0 = Instant::now();
                     crate::train::parallel::average_grads(&mut g, &b, &mut [], &dev)?;
                     comm_in.set(comm_in.get() + t0.elapsed().as_secs_f64());

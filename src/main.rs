@@ -53,6 +53,14 @@ fn main() -> std::process::ExitCode {
     quiet_runtime_dir();
     // MPI (feature `mpi`, under a launcher): finalised when this guard drops.
     let _world = viewcraft::dist::init();
+    if viewcraft::dist::parallel() {
+        // A panic on one rank (a bug) must not leave the others waiting in a collective.
+        let default_hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            default_hook(info);
+            viewcraft::dist::abort_all(101);
+        }));
+    }
     let cli = viewcraft::cli::Cli::parse();
     match viewcraft::cli::run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,

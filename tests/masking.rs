@@ -625,3 +625,21 @@ fn the_batch_negative_quirk_embeds_the_first_image_alone() {
         "quirk {quirk} = per-sample {per_sample}"
     );
 }
+
+/// A hard negative is a copy of its key: another size is refused before training.
+#[test]
+fn a_hard_negative_of_another_size_than_its_key_is_refused() {
+    let dev = Device::Cpu;
+    let hard = HardNegCfg {
+        count: 1,
+        alpha: 2.0,
+        per_sample: true,
+    };
+    let mut m = masked_method("moco", hard, &dev);
+    let mut cfg = masked_config(1, 0.1, Strategy::HighPass, 1, true);
+    let mut views = view_config(Strategy::HighPass, 1).views;
+    views[2].size = 24;
+    cfg.views = views;
+    let e = pretrain(m.as_mut(), cifar_train(64), &cfg, &dev, |_| {}).unwrap_err();
+    assert!(e.to_string().contains("copies view 1"), "{e}");
+}

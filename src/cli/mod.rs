@@ -184,13 +184,21 @@ pub fn select_device_or(flag: Option<&str>, default: &str) -> Result<Device> {
         .or_else(|| std::env::var("VIEWCRAFT_DEVICE").ok())
         .unwrap_or_else(|| default.into());
     let place = crate::dist::place();
-    if place.size > 1 && spec.eq_ignore_ascii_case("auto") {
-        // Data parallel: each rank of a node takes its own hardware adapter.
-        return match crate::gpu::Gpu::open_nth_hardware(place.local_rank) {
-            Ok(g) => Ok(Device::Gpu(g)),
-            Err(Error::NoAdapter(msg)) => {
+    if place.size > 1 && (spec.eq_ignore_ascii_case("auto") || spec.eq_ignore_ascii_case("gpu")) {
+        // Data parallel: each rank of a node takes its own hardware adapter, and every rank
+        // takes the same kind of path (the CPU path unless every rank has an adapter: the
+        // ranks' updates must be the same arithmetic).
+        let gpu = crate::gpu::Gpu::open_nth_hardware(place.local_rank);
+        let mut have = [gpu.is_ok() as u8 as f32];
+        crate::dist::all_reduce_sum(&mut have);
+        return match gpu {
+            Ok(g) if have[0] as usize == place.size => Ok(Device::Gpu(g)),
+            Ok(_) | Err(Error::NoAdapter(_)) => {
                 if place.is_root() {
-                    eprintln!("viewcraft: {msg}; every rank runs on the CPU path");
+                    eprintln!(
+                        "viewcraft: {} of {} ranks found a hardware GPU adapter; every rank runs on the CPU path",
+                        have[0], place.size
+                    );
                 }
                 Ok(Device::Cpu)
             }

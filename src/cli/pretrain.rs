@@ -168,6 +168,16 @@ pub fn run(
             ),
         });
     }
+    let ranks = crate::dist::place().size;
+    if !cfg.train.batch_size.is_multiple_of(ranks) {
+        return Err(Error::Config {
+            field: "train.batch_size".into(),
+            msg: format!(
+                "{} is not a multiple of the {ranks} ranks (each takes an equal share)",
+                cfg.train.batch_size
+            ),
+        });
+    }
     // Before the run directory exists: a bad proposals file leaves nothing behind.
     let crop_kind = cfg.crop_kind(images.len(), images.height, images.width)?;
     // Likewise a bad saliency backbone.

@@ -426,7 +426,14 @@ impl Iterator for EpochIter {
         }
         // Workers finish out of order; hand batches out in order.
         while !self.pending.contains_key(&self.next) {
-            let (k, b) = self.rx.recv().ok()?;
+            // Workers only stop early when one panicked: that is a bug, and a short epoch
+            // would silently desynchronise the ranks of a data-parallel run.
+            let (k, b) = self.rx.recv().unwrap_or_else(|_| {
+                panic!(
+                    "the loader's workers stopped before batch {} of {}",
+                    self.next, self.total
+                )
+            });
             self.pending.insert(k, b);
         }
         let b = self.pending.remove(&self.next);

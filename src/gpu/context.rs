@@ -169,8 +169,10 @@ impl Gpu {
         Self::open_with_variant(spec, None)
     }
 
-    /// The `index`-th hardware adapter (modulo their number; Vulkan/Metal/DX12 ahead of GL,
-    /// one entry per device): rank `index` of a node's data-parallel processes.
+    /// The `index`-th hardware adapter (modulo their number): rank `index` of a node's
+    /// data-parallel processes. Adapters of one backend only (the best one's: Vulkan, Metal or
+    /// DX12 ahead of GL), so a card listed by two backends counts once, while identical cards
+    /// stay distinct.
     pub fn open_nth_hardware(index: usize) -> Result<Arc<Gpu>> {
         let mut hw: Vec<wgpu::Adapter> = adapters()
             .into_iter()
@@ -186,17 +188,14 @@ impl Gpu {
             (
                 i.backend == wgpu::Backend::Gl,
                 rank(i.device_type),
+                i.device_pci_bus_id,
                 i.device,
-                i.name,
             )
         });
-        hw.dedup_by_key(|a| {
-            let i = a.get_info();
-            (i.vendor, i.device)
-        });
-        if hw.is_empty() {
+        let Some(backend) = hw.first().map(|a| a.get_info().backend) else {
             return Err(Error::NoAdapter("no hardware GPU adapter found".into()));
-        }
+        };
+        hw.retain(|a| a.get_info().backend == backend);
         let n = hw.len();
         Self::from_adapter(hw.swap_remove(index % n), None)
     }

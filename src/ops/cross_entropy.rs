@@ -287,7 +287,7 @@ fn nce_lse<T: Real>(row: &[T], i: usize, rule: &NceRule, scale: T) -> T {
         row.iter()
             .enumerate()
             .filter(|(j, _)| !rule.masked(i, *j))
-            .map(|(j, &v)| v * scale * rule.factor::<T>(j))
+            .map(|(j, &v)| scale * rule.factor::<T>(j) * v)
     };
     let m = vals().fold(T::neg_infinity(), T::max);
     vals().map(|v| (v - m).exp()).sum::<T>().ln() + m

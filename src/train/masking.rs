@@ -30,8 +30,23 @@ pub struct MaskTraining {
 }
 
 impl MaskTraining {
-    /// Every view must be at least the grid and the strategy's filters wide.
+    /// Every view must be at least the grid and the strategy's filters wide, and a hard
+    /// negative (a copy of its key) its key's size.
     pub fn check_view_sizes(&self, specs: &[ViewSpec], defaults: bool) -> Result<()> {
+        for (v, s) in specs.iter().enumerate() {
+            let key = (0..v).rev().find(|&u| specs[u].mask == ViewMask::None);
+            if let (ViewMask::Neg, Some(k)) = (s.mask, key) {
+                if specs[k].size != s.size {
+                    return Err(Error::Config {
+                        field: "views".into(),
+                        msg: format!(
+                            "view {v} (mask = neg) copies view {k} of {} px but asks for {} px: give it its key's size",
+                            specs[k].size, s.size
+                        ),
+                    });
+                }
+            }
+        }
         let min = self.recipe.strategy.min_size().max(self.recipe.grid);
         match specs.iter().find(|s| s.size < min) {
             Some(s) => Err(Error::Config {

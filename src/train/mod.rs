@@ -399,6 +399,10 @@ pub fn pretrain(
             }
         }
     }
+    if place.size > 1 {
+        // Every rank starts from rank 0's parameters and momentum buffers.
+        parallel::broadcast_store(method.store_mut(), &mut bufs, device)?;
+    }
     let total_steps = (cfg.epochs * (data.len() / b)).max(1);
     let mut last_saved: Option<std::path::PathBuf> = cfg.resume.clone();
     let save = |method: &dyn Method,
@@ -569,6 +573,15 @@ pub fn pretrain(
                     return Err(not_finite(l, ep, step, &last_saved));
                 }
                 let saved = save(method, &bufs, &boxes, &proposals, here, "last.safetensors")?;
+                if place.size > 1 {
+                    // The other ranks end once rank 0's checkpoint is written.
+                    crate::dist::broadcast(&mut [0.0]);
+                    if !root {
+                        return Err(Error::Interrupted(format!(
+                            "interrupted at epoch {ep}, step {step}; rank 0 saved the checkpoint"
+                        )));
+                    }
+                }
                 return Err(Error::Interrupted(match saved {
                     Some(p) => format!(
                         "interrupted at epoch {ep}, step {step}; checkpoint saved to {} (run again with --resume to continue)",
