@@ -14,6 +14,8 @@
 // column i mod images; with images = 0 every row keeps every one.
 // Backward: g_ij = scale·f_j·(softmax_ij − [j = label])·g_i on unmasked entries (f_j = alpha
 // on hard columns, 1 elsewhere), 0 elsewhere.
+// One workgroup of 256 invocations per row (MoCo's rows are B + K = 66,048 long): strided
+// loads, max and sum by tree reductions in workgroup memory.
 struct NceParams {
     n: u32,
     m: u32,
@@ -81,39 +83,65 @@ fn nce_factor(j: u32) -> f32 {
     return select(1.0, nce.alpha, j >= nce.m - nce.hard_cols);
 }
 
-fn nce_lse(i: u32) -> f32 {
+const NCE_WG: u32 = 256u;
+
+var<workgroup> nce_red: array<f32, NCE_WG>;
+
+// The workgroup's (max | sum) of its invocations' values, every invocation getting it.
+fn nce_reduce(lid: u32, v: f32, is_max: bool) -> f32 {
+    nce_red[lid] = v;
+    workgroupBarrier();
+    for (var s = NCE_WG / 2u; s > 0u; s = s / 2u) {
+        if (lid < s) {
+            let o = nce_red[lid + s];
+            nce_red[lid] = select(nce_red[lid] + o, max(nce_red[lid], o), is_max);
+        }
+        workgroupBarrier();
+    }
+    let r = nce_red[0];
+    workgroupBarrier();
+    return r;
+}
+
+// log Σ exp over row i's unmasked scaled logits: one workgroup per row, strided loads and
+// tree reductions (rows are B + K long).
+fn nce_lse(i: u32, lid: u32) -> f32 {
     let base = i * nce.m;
     var mx = -3.402823e38;
-    for (var j = 0u; j < nce.m; j++) {
+    for (var j = lid; j < nce.m; j += NCE_WG) {
         if (!nce_masked(i, j)) {
             mx = max(mx, nce.scale * nce_factor(j) * logits[base + j]);
         }
     }
+    mx = nce_reduce(lid, mx, true);
     var s = 0.0;
-    for (var j = 0u; j < nce.m; j++) {
+    for (var j = lid; j < nce.m; j += NCE_WG) {
         if (!nce_masked(i, j)) {
             s += exp(nce.scale * nce_factor(j) * logits[base + j] - mx);
         }
     }
-    return log(s) + mx;
+    return log(nce_reduce(lid, s, false)) + mx;
 }
 
-@compute @workgroup_size(64)
-fn info_nce_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = flat_index(gid, nwg, 64u);
+@compute @workgroup_size(256)
+fn info_nce_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = wid.x + wid.y * nwg.x;
     if (i >= nce.n) { return; }
-    out[i] = nce_lse(i) - nce.scale * logits[i * nce.m + nce_label(i)];
+    let lse = nce_lse(i, lid);
+    if (lid == 0u) {
+        out[i] = lse - nce.scale * logits[i * nce.m + nce_label(i)];
+    }
 }
 
-@compute @workgroup_size(64)
-fn info_nce_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = flat_index(gid, nwg, 64u);
+@compute @workgroup_size(256)
+fn info_nce_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = wid.x + wid.y * nwg.x;
     if (i >= nce.n) { return; }
     let base = i * nce.m;
-    let lse = nce_lse(i);
+    let lse = nce_lse(i, lid);
     let label = nce_label(i);
     let gi = g[i] * nce.scale;
-    for (var j = 0u; j < nce.m; j++) {
+    for (var j = lid; j < nce.m; j += NCE_WG) {
         var v = 0.0;
         if (!nce_masked(i, j)) {
             let f = nce_factor(j);

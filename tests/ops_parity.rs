@@ -774,6 +774,16 @@ fn info_nce_fused() {
         (64, 64, NceMode::NtXent),
         (5, 21, NceMode::Moco { in_batch: 5 }),
         (32, 4128, NceMode::Moco { in_batch: 32 }),
+        // Rows much longer than the kernel's 256-invocation workgroup (a row per workgroup).
+        (48, 48 + 16384, NceMode::Moco { in_batch: 48 }),
+        (
+            3,
+            3 + 257,
+            NceMode::Keys {
+                in_batch: 3,
+                offset: 0,
+            },
+        ),
     ] {
         let (mut r, seed) = rng();
         let (sc, sg) = both(

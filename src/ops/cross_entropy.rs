@@ -358,6 +358,8 @@ pub fn info_nce_hard_backward_ref<T: Real>(
     out
 }
 
+// A workgroup per row (tree reductions): rows are long (MoCo: B + K), and a thread per row
+// left most of a GPU idle (8 workgroups for MoCo's 512 rows).
 const NCE_FWD: Kernel = Kernel::new("info_nce", "info_nce_forward");
 const NCE_BWD: Kernel = Kernel::new("info_nce", "info_nce_backward");
 
@@ -415,7 +417,8 @@ pub fn info_nce_hard(sim: &Tensor, mode: NceMode, scale: f32, hard: HardNegative
                 &[],
                 &[buf(sim), &out],
                 &rule.params(scale),
-                grid_1d(n, 64),
+                // One workgroup of 256 per row.
+                grid_1d(n * 256, 256),
             );
             Ok(Tensor::from_gpu(&g, out, &[n]))
         }
@@ -455,7 +458,8 @@ pub fn info_nce_hard_backward(
                 &[],
                 &[buf(sim), buf(grad), &out],
                 &rule.params(scale),
-                grid_1d(n, 64),
+                // One workgroup of 256 per row.
+                grid_1d(n * 256, 256),
             );
             Ok(Tensor::from_gpu(&g, out, &[n, m]))
         }
