@@ -187,17 +187,18 @@ pub fn run(
         per_sample: !cfg.mask.reference_batch_negative,
         saliency_backbone: cfg.mask.saliency_backbone.as_ref().map(PathBuf::from),
     });
-    if let Some(m) = &mask {
-        let specs = cfg.view_specs(images.height);
-        let specs = if specs.is_empty() {
-            let rrc = RrcParams {
-                scale: (cfg.crop.scale[0], cfg.crop.scale[1]),
-                ratio: (cfg.crop.ratio[0], cfg.crop.ratio[1]),
-            };
-            crate::train::default_views(&crop_kind, images.height, rrc, Some(m))
-        } else {
-            specs
+    // The views every step makes (the crop kind's, masking's, or the config's).
+    let specs = cfg.view_specs(images.height);
+    let specs = if specs.is_empty() {
+        let rrc = RrcParams {
+            scale: (cfg.crop.scale[0], cfg.crop.scale[1]),
+            ratio: (cfg.crop.ratio[0], cfg.crop.ratio[1]),
         };
+        crate::train::default_views(&crop_kind, images.height, rrc, mask.as_ref())
+    } else {
+        specs
+    };
+    if let Some(m) = &mask {
         m.check_view_sizes(&specs, cfg.views.is_empty())?;
     }
     if let Some(p) = mask.as_ref().and_then(|m| m.saliency_backbone.as_ref()) {
@@ -205,6 +206,13 @@ pub fn run(
             field: "mask.saliency_backbone".into(),
             msg: e.to_string(),
         })?;
+    }
+    let (mean, std) = normalization(&cfg.data.dataset);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.train.seed);
+    let mut method = crate::ssl::build(cfg, &mut rng, device)?;
+    // A step that cannot fit the adapter fails here, before the run directory exists.
+    if let Device::Gpu(g) = device {
+        crate::train::check_device_limits(method.as_ref(), &specs, cfg.train.batch_size, g)?;
     }
     // Rank 0 owns the run directory; every rank resumes from the checkpoint rank 0 picked
     // (the run directory is on a filesystem every rank reads).
@@ -225,9 +233,6 @@ pub fn run(
         p if p.is_empty() => None,
         p => Some(PathBuf::from(p)),
     };
-    let (mean, std) = normalization(&cfg.data.dataset);
-    let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.train.seed);
-    let mut method = crate::ssl::build(cfg, &mut rng, device)?;
     if let (Some(ckpt), Some(dir)) = (&resume_from, &dir) {
         use crate::train::checkpoint::{metadata, position};
         let pos = position(&metadata(ckpt)?, ckpt)?;

@@ -148,6 +148,9 @@ pub struct Gpu {
     /// Per-kernel (dispatches, wall seconds) when `VIEWCRAFT_PROFILE=1`: every dispatch is
     /// then submitted and waited for on its own, so totals include submit overhead.
     profile: Mutex<Option<std::collections::BTreeMap<String, (u64, f64)>>>,
+    /// The first error the device reported (validation, out of memory, device loss) or a
+    /// limit an allocation exceeded; [`Gpu::check`] turns it into `Error::Gpu`.
+    errors: Arc<Mutex<Option<String>>>,
 }
 
 impl std::fmt::Debug for Gpu {
@@ -267,6 +270,22 @@ impl Gpu {
                     _ => KernelVariant::for_device_type(info.device_type),
                 },
             );
+        // Errors become `Error::Gpu` at the next check instead of wgpu's default panic.
+        let errors: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
+        let sink = errors.clone();
+        let name = info.name.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            let mut slot = sink.lock().unwrap_or_else(|p| p.into_inner());
+            slot.get_or_insert_with(|| format!("{name}: {e}"));
+        }));
+        let lost = errors.clone();
+        let name = info.name.clone();
+        device.set_device_lost_callback(move |reason, msg| {
+            if reason != wgpu::DeviceLostReason::Destroyed {
+                let mut slot = lost.lock().unwrap_or_else(|p| p.into_inner());
+                slot.get_or_insert_with(|| format!("{name}: device lost ({reason:?}): {msg}"));
+            }
+        });
         let rec = Recorder::new(&device);
         let shader_checks = std::env::var("VIEWCRAFT_SHADER_CHECKS").is_ok_and(|v| v == "1");
         // Uniform-window convolutions pay off where storage loads are slow (llvmpipe).
@@ -295,6 +314,7 @@ impl Gpu {
                 .into(),
             pipelines: Mutex::new(PipelineCache::default()),
             rec: Mutex::new(rec),
+            errors,
             profile: Mutex::new(
                 std::env::var("VIEWCRAFT_PROFILE")
                     .is_ok_and(|v| v == "1")
@@ -309,7 +329,35 @@ impl Gpu {
 
     /// A buffer for `len` f32 values (contents undefined).
     pub fn alloc(&self, len: usize) -> GpuBuffer {
+        let bytes = len as u64 * 4;
+        let limit = self
+            .limits
+            .max_storage_buffer_binding_size
+            .min(self.limits.max_buffer_size);
+        if bytes > limit {
+            self.report(format!(
+                "{}: a tensor of {len} values ({} MiB) exceeds the adapter's storage-buffer limit of {} MiB: lower train.batch_size (or method.queue, the model width, the image size)",
+                self.info.name,
+                bytes >> 20,
+                limit >> 20
+            ));
+        }
         self.pool.alloc(len)
+    }
+
+    /// Remember `msg` as the device's error (the first one wins).
+    fn report(&self, msg: String) {
+        let mut slot = self.errors.lock().unwrap_or_else(|p| p.into_inner());
+        slot.get_or_insert(msg);
+    }
+
+    /// The first error the device reported since the last check, as `Error::Gpu`.
+    pub fn check(&self) -> Result<()> {
+        let mut slot = self.errors.lock().unwrap_or_else(|p| p.into_inner());
+        match slot.take() {
+            Some(msg) => Err(Error::Gpu(msg)),
+            None => Ok(()),
+        }
     }
 
     /// Upload host data. Goes through a staging buffer and a recorded copy so that it stays in
@@ -504,11 +552,12 @@ impl Gpu {
         self.device
             .poll(wgpu::PollType::wait_indefinitely())
             .map_err(|e| Error::Gpu(format!("{}: {e}", self.info.name)))?;
-        Ok(())
+        self.check()
     }
 
     /// Read `len` values of `buf` back to the host (flushes and waits).
     pub fn read(&self, buf: &GpuBuffer, len: usize) -> Result<Vec<f32>> {
+        self.check()?;
         if len == 0 {
             return Ok(Vec::new());
         }
@@ -531,6 +580,7 @@ impl Gpu {
         self.device
             .poll(wgpu::PollType::wait_indefinitely())
             .map_err(|e| Error::Gpu(format!("{}: {e}", self.info.name)))?;
+        self.check()?;
         rx.recv()
             .map_err(|e| Error::Gpu(e.to_string()))?
             .map_err(|e| Error::Gpu(format!("readback failed: {e}")))?;

@@ -236,6 +236,62 @@ impl PretrainConfig {
     }
 }
 
+/// The largest tensors of a step against the adapter's storage-buffer limit, before any step:
+/// the stem's activations (SimCLR forwards both views of this rank's images as one batch) and
+/// the similarity matrix of a method with a queue. A tensor over the limit is an error naming
+/// it, its size, the limit and what to lower.
+pub fn check_device_limits(
+    method: &dyn Method,
+    specs: &[ViewSpec],
+    batch: usize,
+    g: &crate::gpu::Gpu,
+) -> Result<()> {
+    let limit = g
+        .limits
+        .max_storage_buffer_binding_size
+        .min(g.limits.max_buffer_size);
+    let local = batch / crate::dist::place().size;
+    let net = &method.backbone().cfg;
+    let size = specs.iter().map(|v| v.size).max().unwrap_or(0);
+    let side = match net.stem {
+        crate::nn::resnet::Stem::Cifar => size,
+        crate::nn::resnet::Stem::Imagenet => size.div_ceil(2),
+    };
+    let images = if method.name() == "simclr" {
+        2 * local
+    } else {
+        local
+    };
+    let mut tensors = vec![(
+        "the stem's activations",
+        images * net.width * side * side,
+        "train.batch_size, model.width or the image size",
+    )];
+    if let Some(q) = method.store().get("queue") {
+        let k = q.value.shape()[0];
+        tensors.push((
+            "the similarity matrix of the queries against the keys and the queue",
+            local * (batch + k + (specs.len().saturating_sub(2)) * local),
+            "train.batch_size or method.queue",
+        ));
+    }
+    for (what, values, lower) in tensors {
+        let bytes = values as u64 * 4;
+        if bytes > limit {
+            return Err(Error::Config {
+                field: "train.batch_size".into(),
+                msg: format!(
+                    "{what} take {} MiB, more than {}'s storage-buffer limit of {} MiB: lower {lower} (or use the CPU path)",
+                    bytes >> 20,
+                    g.info.name,
+                    limit >> 20
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Train `method` on `data`; returns the final box table (dataset order).
 pub fn pretrain(
     method: &mut dyn Method,
@@ -288,6 +344,9 @@ pub fn pretrain(
     };
     if let Some(m) = &cfg.mask {
         m.check_view_sizes(&specs, cfg.views.is_empty())?;
+    }
+    if let Device::Gpu(g) = device {
+        check_device_limits(method, &specs, cfg.batch_size, g)?;
     }
     if specs.len() != method.view_count() {
         return Err(Error::Config {
@@ -539,6 +598,9 @@ pub fn pretrain(
             }
             if let Device::Gpu(g) = device {
                 g.flush();
+                // A device error (validation, out of memory, device loss) ends the run here
+                // as `Error::Gpu`; the last checkpoint stays.
+                g.check()?;
             }
             seen += b;
             if step % cfg.log_interval.max(1) == 0 {
