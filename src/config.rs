@@ -901,15 +901,20 @@ impl Config {
         })
     }
 
+    /// The run's RandomResizedCrop (`crop.scale`, `crop.ratio`).
+    pub fn rrc(&self) -> RrcParams {
+        RrcParams {
+            scale: (self.crop.scale[0], self.crop.scale[1]),
+            ratio: (self.crop.ratio[0], self.crop.ratio[1]),
+        }
+    }
+
     /// The run's view specs (empty when the config lists none: the crop kind's defaults; CLSA
     /// without `[[views]]`: its crop recipe's).
     pub fn view_specs(&self, image_size: usize) -> Vec<ViewSpec> {
         let c = &self.crop;
         if let (MethodCfg::Clsa(m), true) = (&self.method, self.views.is_empty()) {
-            let key = RrcParams {
-                scale: (c.scale[0], c.scale[1]),
-                ratio: (c.ratio[0], c.ratio[1]),
-            };
+            let key = self.rrc();
             let source = if c.kind == "objectcrop" {
                 CropSource::Scene
             } else {

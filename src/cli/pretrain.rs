@@ -11,7 +11,6 @@ use rand::SeedableRng;
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::crop::sampler::RrcParams;
 use crate::data::{normalization, Split};
 use crate::error::{Error, Result};
 use crate::eval::linear::{linear_probe, LinearResult};
@@ -168,36 +167,19 @@ pub fn run(
             ),
         });
     }
-    let ranks = crate::dist::place().size;
-    if !cfg.train.batch_size.is_multiple_of(ranks) {
-        return Err(Error::Config {
-            field: "train.batch_size".into(),
-            msg: format!(
-                "{} is not a multiple of the {ranks} ranks (each takes an equal share)",
-                cfg.train.batch_size
-            ),
-        });
-    }
+    crate::train::local_batch(cfg.train.batch_size)?;
     // Before the run directory exists: a bad proposals file leaves nothing behind.
     let crop_kind = cfg.crop_kind(images.len(), images.height, images.width)?;
     // Likewise a bad saliency backbone.
-    let mask = cfg.mask.recipe().map(|recipe| MaskTraining {
-        recipe,
-        hard_negatives: cfg.mask.hard_negatives(&cfg.method),
-        per_sample: !cfg.mask.reference_batch_negative,
-        saliency_backbone: cfg.mask.saliency_backbone.as_ref().map(PathBuf::from),
-    });
+    let mask = MaskTraining::from_config(cfg);
     // The views every step makes (the crop kind's, masking's, or the config's).
-    let specs = cfg.view_specs(images.height);
-    let specs = if specs.is_empty() {
-        let rrc = RrcParams {
-            scale: (cfg.crop.scale[0], cfg.crop.scale[1]),
-            ratio: (cfg.crop.ratio[0], cfg.crop.ratio[1]),
-        };
-        crate::train::default_views(&crop_kind, images.height, rrc, mask.as_ref())
-    } else {
-        specs
-    };
+    let specs = crate::train::views_or_default(
+        cfg.view_specs(images.height),
+        &crop_kind,
+        images.height,
+        cfg.rrc(),
+        mask.as_ref(),
+    );
     if let Some(m) = &mask {
         m.check_view_sizes(&specs, cfg.views.is_empty())?;
     }
@@ -282,10 +264,7 @@ pub fn run(
         checkpoint_dir: dir.as_ref().map(RunDir::checkpoints),
         save_interval: cfg.train.save_interval,
         resume: resume_from,
-        rrc: RrcParams {
-            scale: (cfg.crop.scale[0], cfg.crop.scale[1]),
-            ratio: (cfg.crop.ratio[0], cfg.crop.ratio[1]),
-        },
+        rrc: cfg.rrc(),
         config_text: cfg.to_toml(),
         knn: (cfg.knn.interval > 0).then(|| KnnMonitor {
             interval: cfg.knn.interval,

@@ -120,15 +120,9 @@ pub fn run(
     )?;
     viz::proposals_png(&set, &props, &out.join("proposals.png"))?;
     let rows = set.len().min(8);
-    let (rrc, alpha) = run_cfg.as_ref().map_or((RrcParams::default(), 0.1), |c| {
-        (
-            RrcParams {
-                scale: (c.crop.scale[0], c.crop.scale[1]),
-                ratio: (c.crop.ratio[0], c.crop.ratio[1]),
-            },
-            c.crop.alpha,
-        )
-    });
+    let (rrc, alpha) = run_cfg
+        .as_ref()
+        .map_or((RrcParams::default(), 0.1), |c| (c.rrc(), c.crop.alpha));
     viz::views_png(&set, &bxs[..rows], rrc, alpha, 4, &out.join("views.png"))?;
     let area = bxs
         .iter()
@@ -216,26 +210,17 @@ fn masks_png(
     device: &Device,
     path: &Path,
 ) -> Result<()> {
-    let Some(recipe) = c.mask.recipe() else {
+    let Some(training) = MaskTraining::from_config(c) else {
         return Ok(());
     };
-    let size = set.height;
-    let rrc = RrcParams {
-        scale: (c.crop.scale[0], c.crop.scale[1]),
-        ratio: (c.crop.ratio[0], c.crop.ratio[1]),
-    };
-    let training = MaskTraining {
-        recipe,
-        hard_negatives: c.mask.hard_negatives(&c.method),
-        per_sample: !c.mask.reference_batch_negative,
-        saliency_backbone: c.mask.saliency_backbone.as_ref().map(Into::into),
-    };
-    let specs = c.view_specs(size);
-    let specs = if specs.is_empty() {
-        crate::train::default_views(&CropKind::Rcrop, size, rrc, Some(&training))
-    } else {
-        specs
-    };
+    let (recipe, size) = (training.recipe, set.height);
+    let specs = crate::train::views_or_default(
+        c.view_specs(size),
+        &CropKind::Rcrop,
+        size,
+        c.rrc(),
+        Some(&training),
+    );
     let view = ViewConfig {
         views: specs,
         jitter: Jitter {

@@ -284,8 +284,17 @@ pub fn mask_inputs(
                 }
             }
         }
-        for (v, x) in views.iter_mut().enumerate() {
-            *x = high_pass_view(x, cfg.views[v].size);
+        // Hard negatives are copies of their keys: filtered once, copied.
+        let copy_of = |v: usize| cfg.saliency_source(v).filter(|&s| s != v);
+        for v in 0..nv {
+            if copy_of(v).is_none() {
+                views[v] = high_pass_view(&views[v], cfg.views[v].size);
+            }
+        }
+        for v in 0..nv {
+            if let Some(s) = copy_of(v) {
+                views[v] = views[s].clone();
+            }
         }
     }
     for v in 0..nv {

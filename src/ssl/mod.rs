@@ -256,6 +256,24 @@ pub fn ema_towards_online(store: &mut crate::nn::ParamStore, prefix: &str, m: f3
     Ok(())
 }
 
+/// MoCo's library configuration from its `[method]` keys (MoCo's, or CLSA's MoCo base).
+fn moco_config(
+    m: &crate::config::MocoCfg,
+    cfg: &crate::config::Config,
+    hard: HardNegCfg,
+) -> moco::MocoConfig {
+    moco::MocoConfig {
+        dim: m.dim,
+        k: m.queue,
+        momentum: m.momentum,
+        temperature: m.temperature,
+        bn_group: cfg.train.bn_group_for(&cfg.method),
+        shuffle: m.shuffle,
+        seed: cfg.train.seed,
+        hard,
+    }
+}
+
 /// The hard negatives of a run configuration.
 fn hard_negatives(cfg: &crate::config::Config) -> HardNegCfg {
     HardNegCfg {
@@ -289,16 +307,7 @@ pub fn build(
         )?),
         MethodCfg::Moco(m) => Box::new(moco::Moco::new(
             model,
-            moco::MocoConfig {
-                dim: m.dim,
-                k: m.queue,
-                momentum: m.momentum,
-                temperature: m.temperature,
-                bn_group: cfg.train.bn_group_for(&cfg.method),
-                shuffle: m.shuffle,
-                seed: cfg.train.seed,
-                hard: hard_negatives(cfg),
-            },
+            moco_config(m, cfg, hard_negatives(cfg)),
             rng,
             device,
         )?),
@@ -327,20 +336,10 @@ pub fn build(
         MethodCfg::Clsa(m) => {
             // The counts do not depend on the image size.
             let (weak, strong) = clsa::query_counts(&cfg.view_specs(32));
-            let moco = m.moco();
             Box::new(clsa::Clsa::new(
                 model,
                 clsa::ClsaConfig {
-                    moco: moco::MocoConfig {
-                        dim: moco.dim,
-                        k: moco.queue,
-                        momentum: moco.momentum,
-                        temperature: moco.temperature,
-                        bn_group: cfg.train.bn_group_for(&cfg.method),
-                        shuffle: moco.shuffle,
-                        seed: cfg.train.seed,
-                        hard: HardNegCfg::default(),
-                    },
+                    moco: moco_config(&m.moco(), cfg, HardNegCfg::default()),
                     alpha: m.alpha,
                     t2: m.t2,
                     weak,

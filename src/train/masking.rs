@@ -30,6 +30,17 @@ pub struct MaskTraining {
 }
 
 impl MaskTraining {
+    /// The masking a run configuration asks for (None: `mask.strategy = "none"`).
+    pub fn from_config(cfg: &crate::config::Config) -> Option<MaskTraining> {
+        let m = &cfg.mask;
+        Some(MaskTraining {
+            recipe: m.recipe()?,
+            hard_negatives: m.hard_negatives(&cfg.method),
+            per_sample: !m.reference_batch_negative,
+            saliency_backbone: m.saliency_backbone.as_ref().map(PathBuf::from),
+        })
+    }
+
     /// Every view must be at least the grid and the strategy's filters wide, and a hard
     /// negative (a copy of its key) its key's size.
     pub fn check_view_sizes(&self, specs: &[ViewSpec], defaults: bool) -> Result<()> {

@@ -124,6 +124,35 @@ pub fn default_views(
     views
 }
 
+/// `specs`, or the run's default views when the config lists none ([`default_views`]).
+pub fn views_or_default(
+    specs: Vec<ViewSpec>,
+    kind: &CropKind,
+    size: usize,
+    rrc: RrcParams,
+    mask: Option<&masking::MaskTraining>,
+) -> Vec<ViewSpec> {
+    if specs.is_empty() {
+        default_views(kind, size, rrc, mask)
+    } else {
+        specs
+    }
+}
+
+/// This rank's share of a global batch of `batch` images (an equal share per rank).
+pub fn local_batch(batch: usize) -> Result<usize> {
+    let ranks = crate::dist::place().size;
+    if !batch.is_multiple_of(ranks) {
+        return Err(Error::Config {
+            field: "train.batch_size".into(),
+            msg: format!(
+                "{batch} is not a multiple of the {ranks} ranks (each takes an equal share)"
+            ),
+        });
+    }
+    Ok(batch / ranks)
+}
+
 /// Weighted kNN of the online backbone's features (eval mode): the labelled `train` images
 /// vote for the `test` images, every `interval` epochs and after the last.
 #[derive(Clone, Debug)]
@@ -250,7 +279,7 @@ pub fn check_device_limits(
         .limits
         .max_storage_buffer_binding_size
         .min(g.limits.max_buffer_size);
-    let local = batch / crate::dist::place().size;
+    let local = local_batch(batch)?;
     let net = &method.backbone().cfg;
     let size = specs.iter().map(|v| v.size).max().unwrap_or(0);
     let side = match net.stem {
@@ -337,11 +366,13 @@ pub fn pretrain(
     }
     let rrc = cfg.rrc;
     rrc.validate()?;
-    let specs = if cfg.views.is_empty() {
-        default_views(&cfg.crop, data.height, rrc, cfg.mask.as_ref())
-    } else {
-        cfg.views.clone()
-    };
+    let specs = views_or_default(
+        cfg.views.clone(),
+        &cfg.crop,
+        data.height,
+        rrc,
+        cfg.mask.as_ref(),
+    );
     if let Some(m) = &cfg.mask {
         m.check_view_sizes(&specs, cfg.views.is_empty())?;
     }
@@ -416,16 +447,7 @@ pub fn pretrain(
     let b = cfg.batch_size;
     // Data parallelism: this rank's share of every global batch of b images.
     let place = crate::dist::place();
-    if !b.is_multiple_of(place.size) {
-        return Err(Error::Config {
-            field: "train.batch_size".into(),
-            msg: format!(
-                "{b} is not a multiple of the {} ranks (each takes an equal share)",
-                place.size
-            ),
-        });
-    }
-    let local = b / place.size;
+    let local = local_batch(b)?;
     let mut pos = Position::default();
     if let Some(path) = &cfg.resume {
         checkpoint::check_resumable(path, &cfg.config_text, cfg.batch_size)?;
