@@ -286,9 +286,9 @@ pub fn mask_inputs(
         }
         // Hard negatives are copies of their keys: filtered once, copied.
         let copy_of = |v: usize| cfg.saliency_source(v).filter(|&s| s != v);
-        for v in 0..nv {
+        for (v, x) in views.iter_mut().enumerate() {
             if copy_of(v).is_none() {
-                views[v] = high_pass_view(&views[v], cfg.views[v].size);
+                *x = high_pass_view(x, cfg.views[v].size);
             }
         }
         for v in 0..nv {
