@@ -1,11 +1,8 @@
 // C[M, N] = op(A) · op(B) (+ bias[N]), with op = optional transpose:
 //   A is stored [M, K] (ta = 0) or [K, M] (ta = 1); B is stored [K, N] (tb = 0) or [N, K] (tb = 1).
 //
-// Two variants of the same product:
-// - matmul_reg: each invocation owns a 4×4 block of C in registers, no workgroup memory and no
-//   barriers (what CPU adapters such as lavapipe run fastest);
-// - matmul_tiled: a 64×64 block per workgroup staged through workgroup memory in K-slices of
-//   16, each invocation still accumulating 4×4 (what real GPUs run fastest).
+// The CPU-type adapters' product (lavapipe): each invocation owns a 4×4 block of C in
+// registers, no workgroup memory and no barriers. Hardware GPUs run gemm.wgsl instead.
 // Out-of-range rows and columns load from clamped addresses and are never stored, so any
 // shape works.
 
@@ -73,44 +70,4 @@ fn matmul_reg(@builtin(global_invocation_id) gid: vec3<u32>) {
         acc[3] += load_a(row0 + 3u, kk) * bv;
     }
     store_block(row0, col0, acc);
-}
-
-const TILE: u32 = 64u;
-const KT: u32 = 16u;
-var<workgroup> ta_tile: array<array<f32, 64>, 16>;  // [k][row]
-var<workgroup> tb_tile: array<array<f32, 64>, 16>;  // [k][col]
-
-@compute @workgroup_size(16, 16)
-fn matmul_tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let row_base = wid.y * TILE;
-    let col_base = wid.x * TILE;
-    let t = lid.y * 16u + lid.x;
-    var acc: array<vec4<f32>, 4>;
-    for (var k0 = 0u; k0 < params.k; k0 += KT) {
-        // 256 invocations stage 16×64 values of each operand: 4 each.
-        for (var e = 0u; e < 4u; e++) {
-            let idx = t + e * 256u;
-            let kk = idx / 64u;
-            let rc = idx % 64u;
-            let kg = min(k0 + kk, params.k - 1u);
-            let valid = (k0 + kk) < params.k;
-            ta_tile[kk][rc] = select(0.0, load_a(row_base + rc, kg), valid);
-            tb_tile[kk][rc] = select(0.0, load_b(kg, col_base + rc), valid);
-        }
-        workgroupBarrier();
-        for (var kk = 0u; kk < KT; kk++) {
-            let bv = vec4<f32>(tb_tile[kk][lid.x * 4u], tb_tile[kk][lid.x * 4u + 1u],
-                               tb_tile[kk][lid.x * 4u + 2u], tb_tile[kk][lid.x * 4u + 3u]);
-            acc[0] += ta_tile[kk][lid.y * 4u] * bv;
-            acc[1] += ta_tile[kk][lid.y * 4u + 1u] * bv;
-            acc[2] += ta_tile[kk][lid.y * 4u + 2u] * bv;
-            acc[3] += ta_tile[kk][lid.y * 4u + 3u] * bv;
-        }
-        workgroupBarrier();
-    }
-    let row0 = row_base + lid.y * 4u;
-    let col0 = col_base + lid.x * 4u;
-    if (col0 < params.n && row0 < params.m) {
-        store_block(row0, col0, acc);
-    }
 }

@@ -5,7 +5,8 @@
 mod common;
 use common::*;
 use viewcraft::ops::{
-    batchnorm, conv2d, cross_entropy, elementwise as ew, l2norm, linear, pool, reduce, shape_ops,
+    batchnorm, conv2d, cross_entropy, elementwise as ew, gemm, l2norm, linear, pool, reduce,
+    shape_ops,
 };
 use viewcraft::tensor::{Device, Tensor};
 
@@ -117,61 +118,88 @@ fn reductions() {
     }
 }
 
+/// A device of its own per kernel family (the one not chosen for this adapter is forced on
+/// it, so both are validated wherever the tests run: lavapipe picks the register tiles, real
+/// GPUs the workgroup tiles), with the workgroup GEMM tiles to run on each: every tile that
+/// fits the adapter for the workgroup family (`None`: the adapter's choice per shape).
+fn kernel_families(purpose: &str) -> Vec<(Device, Vec<Option<gemm::Tiles>>)> {
+    use viewcraft::gpu::KernelVariant::*;
+    let mut out = Vec::new();
+    for variant in [RegisterTiled, WorkgroupTiled] {
+        let Some(g) = own_gpu(purpose, Some(variant)) else {
+            return Vec::new();
+        };
+        let Device::Gpu(adapter) = &g else {
+            unreachable!("an adapter device")
+        };
+        let mut tiles = vec![None];
+        if variant == WorkgroupTiled {
+            let l = &adapter.limits;
+            tiles.extend(
+                gemm::Tiles::ALL
+                    .into_iter()
+                    .filter(|t| {
+                        t.wg <= l.max_compute_invocations_per_workgroup
+                            && t.storage_bytes() <= l.max_compute_workgroup_storage_size
+                    })
+                    .map(Some),
+            );
+            assert!(tiles.len() >= 3, "no workgroup tile fits {}", adapter.name());
+        }
+        out.push((g, tiles));
+    }
+    out
+}
+
+/// `f` under a forced tile (or the adapter's choice).
+fn tiled<R>(tiles: Option<gemm::Tiles>, f: impl FnOnce() -> R) -> R {
+    match tiles {
+        Some(t) => gemm::with_tiles(t, f),
+        None => f(),
+    }
+}
+
 #[test]
 fn matmul_all_transposes() {
-    // Switches conv windows: a device of its own.
-    let Some(g) = own_gpu("matmul windows", None) else {
-        return;
-    };
-    let Device::Gpu(adapter) = &g else {
-        unreachable!("an adapter device")
-    };
-    // Products planned through uniform windows (as 1×1 convolutions), by `ta`.
-    let mut windowed = [0, 0];
-    for (m, n, k) in [
-        (1, 1, 1),
-        (5, 3, 7),
-        (33, 65, 17),
-        (128, 96, 200),
-        (3, 130, 64),
-        (24, 512, 36),
-    ] {
-        for ta in [false, true] {
-            for tb in [false, true] {
-                let (mut r, seed) = rng();
-                let ash = if ta { [k, m] } else { [m, k] };
-                let bsh = if tb { [n, k] } else { [k, n] };
-                let (ac, ag) = both(&randn(&mut r, m * k), &ash, &g);
-                let (bc, bg) = both(&randn(&mut r, k * n), &bsh, &g);
-                let (biasc, biasg) = both(&randn(&mut r, n), &[n], &g);
-                let tol = 1e-5 * (k as f64).sqrt() * 2.0;
-                if !tb && viewcraft::ops::conv2d_window::planned_matmul(adapter, [m, n, k], ta) {
-                    windowed[ta as usize] += 1;
-                }
-                // Both kernel families; with and without bias (the windows take no bias).
-                for windows in [true, false] {
-                    adapter.set_conv_windows(windows);
+    // Tolerance: dot products of length k in another order, atol 2e-5·√k, rtol 1e-4.
+    for (g, tiles) in kernel_families("matmul") {
+        for (m, n, k) in [
+            (1, 1, 1),
+            (5, 3, 7),
+            (33, 65, 17),
+            (128, 96, 200),
+            (3, 130, 64),
+            (67, 129, 300),
+            (24, 512, 36),
+        ] {
+            for ta in [false, true] {
+                for tb in [false, true] {
+                    let (mut r, seed) = rng();
+                    let ash = if ta { [k, m] } else { [m, k] };
+                    let bsh = if tb { [n, k] } else { [k, n] };
+                    let (ac, ag) = both(&randn(&mut r, m * k), &ash, &g);
+                    let (bc, bg) = both(&randn(&mut r, k * n), &bsh, &g);
+                    let (biasc, biasg) = both(&randn(&mut r, n), &[n], &g);
+                    let tol = 1e-5 * (k as f64).sqrt() * 2.0;
                     for bias in [true, false] {
                         let (bc_, bg_) = (bias.then_some(&biasc), bias.then_some(&biasg));
-                        assert_close(
-                            &format!(
-                                "matmul m{m} n{n} k{k} ta{ta} tb{tb} bias {bias} windows {windows} seed {seed}"
-                            ),
-                            &v(&linear::matmul_t(&ag, &bg, bg_, ta, tb).unwrap()),
-                            &v(&linear::matmul_t(&ac, &bc, bc_, ta, tb).unwrap()),
-                            tol,
-                            1e-4,
-                        );
+                        let want = v(&linear::matmul_t(&ac, &bc, bc_, ta, tb).unwrap());
+                        for &tile in &tiles {
+                            assert_close(
+                                &format!(
+                                    "matmul m{m} n{n} k{k} ta{ta} tb{tb} bias {bias} on {g:?} tiles {tile:?} seed {seed}"
+                                ),
+                                &tiled(tile, || v(&linear::matmul_t(&ag, &bg, bg_, ta, tb).unwrap())),
+                                &want,
+                                tol,
+                                1e-4,
+                            );
+                        }
                     }
                 }
             }
         }
     }
-    adapter.set_conv_windows(true);
-    assert!(
-        windowed[0] >= 2 && windowed[1] >= 2,
-        "too few products ran through windows: {windowed:?} (untransposed A, transposed A)"
-    );
 }
 
 #[test]
@@ -229,167 +257,84 @@ fn linear_forward_and_grads() {
 
 #[test]
 fn conv2d_forward_and_grads() {
-    // A device of its own: this test switches kernel families and tuning, which must not
-    // change under it (matmul_all_transposes switches families on the shared device).
-    let Some(g) = own_gpu("conv packing", None) else {
-        return;
-    };
-    let Device::Gpu(adapter) = &g else {
-        unreachable!("an adapter device")
-    };
-    // (n, c, h, w, o, k, stride, pad, window plan expected for forward / input grad)
+    // Tolerance: sums of C·K² (forward), O·K² (input grad) or N·OH·OW (weight grad) products
+    // in another order: atol 2e-5·√len, rtol 1e-4.
+    // (n, c, h, w, o, k, stride, pad)
     let cases = [
-        (3, 7, 5, 5, 5, 3, 1, 1, false, false),
-        (2, 4, 9, 9, 6, 3, 2, 1, false, false),
-        (2, 6, 8, 8, 4, 1, 2, 0, true, false),
-        (2, 3, 15, 15, 5, 7, 2, 3, false, false),
-        (1, 16, 8, 13, 17, 3, 1, 1, false, false),
-        (2, 32, 16, 16, 32, 3, 1, 1, true, true),
-        (4, 3, 32, 32, 8, 3, 1, 1, true, false),
-        (2, 9, 7, 7, 10, 3, 1, 0, false, false),
-        // Window-plan shapes: strides, odd row counts, several segments / groups.
-        (2, 8, 16, 16, 12, 3, 2, 1, true, true),
-        (2, 8, 8, 8, 16, 1, 2, 0, true, true),
-        (3, 12, 6, 8, 8, 3, 1, 1, true, true),
-        (2, 8, 5, 4, 4, 3, 1, 1, true, true),
-        (4, 64, 16, 16, 64, 3, 1, 1, true, true),
-        (2, 128, 4, 4, 128, 3, 1, 1, true, true),
-        (2, 16, 32, 32, 16, 3, 1, 1, true, true),
-        (8, 16, 32, 32, 8, 3, 1, 1, true, true),
-        // Register tiles 8×4 through a stride-2 layer, 8×2 for 6-row outputs.
-        (4, 8, 32, 32, 16, 3, 2, 1, true, true),
-        // Odd input rows (31 values: packed one value at a time).
-        (2, 8, 31, 31, 16, 3, 2, 1, true, false),
-        (4, 8, 6, 16, 16, 3, 1, 1, true, true),
-        // 12 output channels and rows: one block of 4 channels per invocation (8×4×1).
-        (2, 8, 12, 16, 12, 3, 1, 1, true, true),
-        // Tiles as wide (8×8) / as wide and tall (4×4) as the image read unpadded windows.
-        (4, 32, 8, 8, 32, 3, 1, 1, true, true),
-        (16, 16, 4, 4, 8, 3, 1, 1, true, true),
-        (4, 16, 4, 4, 8, 1, 1, 0, true, true),
-        // Too many channels for one dispatch's windows: channel parts summed in the kernel
-        // (the input gradient of ResNet-18's 64→128 3×3 s2 layer, a wide forward).
-        (2, 8, 32, 32, 128, 3, 2, 1, true, true),
-        (1, 128, 32, 32, 8, 3, 1, 1, true, true),
+        (3, 7, 5, 5, 5, 3, 1, 1),
+        (2, 4, 9, 9, 6, 3, 2, 1),
+        // 1×1 stride 2 (ResNet's shortcut): three of four input-gradient phases have no taps.
+        (2, 6, 8, 8, 4, 1, 2, 0),
+        (2, 12, 7, 7, 67, 1, 2, 0),
+        // 7×7 stride 2 (ImageNet stem), 3 input channels, an odd map.
+        (2, 3, 15, 15, 5, 7, 2, 3),
+        (1, 3, 23, 23, 12, 7, 2, 3),
+        (1, 16, 8, 13, 17, 3, 1, 1),
+        // Channels not a multiple of any tile (67 rows: the 128-row tile), batch 1, 4×4 and
+        // 7×7 maps.
+        (1, 67, 4, 4, 67, 3, 1, 1),
+        (2, 12, 7, 7, 67, 3, 1, 1),
+        (1, 67, 7, 7, 12, 3, 2, 1),
+        (2, 9, 7, 7, 10, 3, 1, 0),
+        (4, 3, 32, 32, 8, 3, 1, 1),
+        // Long weight-gradient reductions (N·OH·OW = 8192: split over many slices).
+        (8, 16, 32, 32, 8, 3, 1, 1),
+        (2, 8, 31, 31, 16, 3, 2, 1),
+        (2, 128, 4, 4, 130, 3, 1, 1),
     ];
-    let mut tiles = std::collections::BTreeSet::new();
-    let mut most_parts = 0;
-    let mut wgrad_shared = false;
-    let mut wgrad_groups = 0;
-    for (n, c, h, w, o, k, s, p, win_f, win_b) in cases {
+    let families = kernel_families("conv2d");
+    for (n, c, h, w, o, k, s, p) in cases {
         let (mut r, seed) = rng();
         let cfg = conv2d::Conv2d::new(s, p);
         let d = cfg.dims(&[n, c, h, w], &[o, c, k, k]).unwrap();
-        let (xc, xg) = both(&randn(&mut r, n * c * h * w), &[n, c, h, w], &g);
-        let (wc, wg) = both(&randn(&mut r, o * c * k * k), &[o, c, k, k], &g);
-        let (gyc, gyg) = both(&randn(&mut r, n * o * d.oh * d.ow), &[n, o, d.oh, d.ow], &g);
-        let tol = |len: usize| 1e-5 * (len as f64).sqrt() * 2.0;
+        let x = randn(&mut r, n * c * h * w);
+        let wt = randn(&mut r, o * c * k * k);
+        let gy = randn(&mut r, n * o * d.oh * d.ow);
+        let cpu = |data: &[f32], shape: &[usize]| t(data, shape, &Device::Cpu);
+        let (xc, wc, gyc) = (
+            cpu(&x, &[n, c, h, w]),
+            cpu(&wt, &[o, c, k, k]),
+            cpu(&gy, &[n, o, d.oh, d.ow]),
+        );
         let y_cpu = v(&conv2d::forward(&xc, &wc, cfg).unwrap());
         let gx_cpu = v(&conv2d::backward_input(&gyc, &wc, &d).unwrap());
         let gw_cpu = v(&conv2d::backward_weight(&gyc, &xc, &d).unwrap());
-        // y, grad_x and grad_w on the GPU against the CPU reference.
-        let check = |lbl: &str| {
-            assert_close(
-                &format!("{lbl} y"),
-                &v(&conv2d::forward(&xg, &wg, cfg).unwrap()),
-                &y_cpu,
-                tol(c * k * k),
-                1e-4,
+        let tol = |len: usize| 1e-5 * (len as f64).sqrt() * 2.0;
+        for (g, tiles) in &families {
+            let (xg, wg, gyg) = (
+                t(&x, &[n, c, h, w], g),
+                t(&wt, &[o, c, k, k], g),
+                t(&gy, &[n, o, d.oh, d.ow], g),
             );
-            assert_close(
-                &format!("{lbl} grad_x"),
-                &v(&conv2d::backward_input(&gyg, &wg, &d).unwrap()),
-                &gx_cpu,
-                tol(o * k * k),
-                1e-4,
-            );
-            assert_close(
-                &format!("{lbl} grad_w"),
-                &v(&conv2d::backward_weight(&gyg, &xg, &d).unwrap()),
-                &gw_cpu,
-                tol(n * d.oh * d.ow),
-                1e-4,
-            );
-        };
-        // Both kernel families on this adapter: uniform windows (where a plan fits) and the
-        // storage-buffer kernels.
-        for windows in [true, false] {
-            adapter.set_conv_windows(windows);
-            if windows {
-                tiles.extend(viewcraft::ops::conv2d_window::planned_tiles(adapter, &d));
-                wgrad_shared |=
-                    viewcraft::ops::conv2d_window::weight_grad_subgroup(adapter, &d) > 0;
-                let (ig, og) = viewcraft::ops::conv2d_window::weight_grad_groups(adapter, &d);
-                wgrad_groups = wgrad_groups.max(ig.min(og));
-                let planned = viewcraft::ops::conv2d_window::planned(adapter, &d);
-                most_parts = most_parts.max(planned.0).max(planned.1);
-                assert_eq!(
-                    (planned.0 > 0, planned.1 > 0),
-                    (win_f, win_b),
-                    "window plans for x[{n},{c},{h},{w}] w[{o},{c},{k},{k}] s{s} p{p}"
+            for &tile in tiles {
+                let lbl = format!(
+                    "conv2d x[{n},{c},{h},{w}] w[{o},{c},{k},{k}] s{s} p{p} on {g:?} tiles {tile:?} seed {seed}"
                 );
-                // The weight gradient needs what a one-part forward pass needs (it has no
-                // channel parts).
-                assert_eq!(
-                    viewcraft::ops::conv2d_window::planned_weight_grad(adapter, &d),
-                    planned.0 == 1,
-                    "weight-gradient window plan for x[{n},{c},{h},{w}] w[{o},{c},{k},{k}]"
-                );
+                tiled(tile, || {
+                    assert_close(
+                        &format!("{lbl} y"),
+                        &v(&conv2d::forward(&xg, &wg, cfg).unwrap()),
+                        &y_cpu,
+                        tol(c * k * k),
+                        1e-4,
+                    );
+                    assert_close(
+                        &format!("{lbl} grad_x"),
+                        &v(&conv2d::backward_input(&gyg, &wg, &d).unwrap()),
+                        &gx_cpu,
+                        tol(o * k * k),
+                        1e-4,
+                    );
+                    assert_close(
+                        &format!("{lbl} grad_w"),
+                        &v(&conv2d::backward_weight(&gyg, &xg, &d).unwrap()),
+                        &gw_cpu,
+                        tol(n * d.oh * d.ow),
+                        1e-4,
+                    );
+                });
             }
-            let lbl = format!(
-                "conv2d x[{n},{c},{h},{w}] w[{o},{c},{k},{k}] s{s} p{p} windows {windows} seed {seed}"
-            );
-            check(&lbl);
         }
-        // Operand packing: by the storage kernels (with every lane loading its own weights
-        // instead of a subgroup sharing them), and scattered through 256-value source windows
-        // (many windows per dispatch, several dispatches, a short last window).
-        for (scatter_window, shared) in [(0, false), (256, true)] {
-            adapter.set_scatter_window(Some(scatter_window));
-            adapter.set_subgroup_weights(shared);
-            if !shared {
-                assert!(
-                    viewcraft::ops::conv2d_window::planned_tiles(adapter, &d)
-                        .iter()
-                        .all(|t| t.5 == 0)
-                        && viewcraft::ops::conv2d_window::weight_grad_subgroup(adapter, &d) == 0,
-                    "subgroup sharing still planned after set_subgroup_weights(false)"
-                );
-            }
-            let lbl = format!(
-                "conv2d x[{n},{c},{h},{w}] w[{o},{c},{k},{k}] s{s} p{p} scatter window {scatter_window} shared weights {shared} seed {seed}"
-            );
-            check(&lbl);
-        }
-        adapter.set_scatter_window(None);
-        adapter.set_subgroup_weights(true);
-    }
-    for tile in viewcraft::ops::conv2d_window::TILES {
-        assert!(
-            tiles.iter().any(|t| (t.0, t.1, t.2) == tile),
-            "no case ran register tile {tile:?} (ran {tiles:?}): add a shape that plans it"
-        );
-    }
-    assert!(most_parts >= 2, "no case split its channels into parts");
-    assert!(
-        wgrad_groups >= 2,
-        "no weight-gradient case added several image groups and output-channel groups"
-    );
-    if viewcraft::ops::conv2d_window::subgroup_size(adapter).is_some() {
-        assert!(
-            tiles.iter().any(|t| t.5 > 0),
-            "no case shared its weights across a subgroup (ran {tiles:?})"
-        );
-        assert!(
-            wgrad_shared,
-            "no weight-gradient case shared gy across a subgroup"
-        );
-    }
-    for unpadded in [(true, false), (true, true)] {
-        assert!(
-            tiles.iter().any(|t| (t.3, t.4) == unpadded),
-            "no case ran an unpadded (columns, rows) = {unpadded:?} tile (ran {tiles:?})"
-        );
     }
 }
 
@@ -715,54 +660,6 @@ fn shape_errors_name_op_and_shapes() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("label 7"), "{e}");
-}
-
-#[test]
-fn both_kernel_families_agree_with_cpu() {
-    // The family not chosen for this adapter is forced on it, so both are validated wherever
-    // the tests run (lavapipe picks RegisterTiled, real GPUs WorkgroupTiled).
-    for variant in [
-        viewcraft::gpu::KernelVariant::RegisterTiled,
-        viewcraft::gpu::KernelVariant::WorkgroupTiled,
-    ] {
-        let Some(g) = own_gpu("kernel family", Some(variant)) else {
-            return;
-        };
-        for (m, n, k, ta, tb) in [
-            (5, 3, 7, false, true),
-            (70, 130, 33, true, false),
-            (64, 64, 64, true, true),
-            (129, 65, 200, false, false),
-        ] {
-            let (mut r, seed) = rng();
-            let ash = if ta { [k, m] } else { [m, k] };
-            let bsh = if tb { [n, k] } else { [k, n] };
-            let (ac, ag) = both(&randn(&mut r, m * k), &ash, &g);
-            let (bc, bg) = both(&randn(&mut r, k * n), &bsh, &g);
-            let want = v(&linear::matmul_t(&ac, &bc, None, ta, tb).unwrap());
-            let got = v(&linear::matmul_t(&ag, &bg, None, ta, tb).unwrap());
-            assert_close(
-                &format!("{variant:?} matmul m{m} n{n} k{k} ta{ta} tb{tb} seed {seed}"),
-                &got,
-                &want,
-                1e-5 * (k as f64).sqrt() * 2.0,
-                1e-4,
-            );
-        }
-        let (mut r, seed) = rng();
-        let d = conv2d::Conv2d::new(1, 1)
-            .dims(&[5, 6, 7, 7], &[9, 6, 3, 3])
-            .unwrap();
-        let (xc, xg) = both(&randn(&mut r, 5 * 6 * 49), &[5, 6, 7, 7], &g);
-        let (gyc, gyg) = both(&randn(&mut r, 5 * 9 * 49), &[5, 9, 7, 7], &g);
-        assert_close(
-            &format!("{variant:?} conv2d grad_w seed {seed}"),
-            &v(&conv2d::backward_weight(&gyg, &xg, &d).unwrap()),
-            &v(&conv2d::backward_weight(&gyc, &xc, &d).unwrap()),
-            1e-4,
-            1e-4,
-        );
-    }
 }
 
 #[test]

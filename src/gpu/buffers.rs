@@ -49,10 +49,7 @@ impl BufferPool {
                 let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
                     label: Some("viewcraft tensor"),
                     size,
-                    // UNIFORM: generated kernels read operand windows through uniform
-                    // bindings (much faster loads than storage on llvmpipe).
                     usage: wgpu::BufferUsages::STORAGE
-                        | wgpu::BufferUsages::UNIFORM
                         | wgpu::BufferUsages::COPY_SRC
                         | wgpu::BufferUsages::COPY_DST,
                     mapped_at_creation: false,

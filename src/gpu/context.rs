@@ -4,7 +4,6 @@
 //! every optional feature we can use that the adapter offers (timestamp queries, subgroups,
 //! shader-f16), recorded so kernels and benchmarks can choose.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -12,7 +11,7 @@ use wgpu::util::DeviceExt;
 
 use super::buffers::{BufferPool, GpuBuffer};
 use super::pipelines::{Kernel, PipelineCache};
-use super::recorder::{BufferRange, Recorder};
+use super::recorder::Recorder;
 use crate::error::{Error, Result};
 
 /// Which family of kernels runs on this adapter. Measured (benches/RESULTS.md): on CPU
@@ -132,16 +131,10 @@ pub struct Gpu {
     pub limits: wgpu::Limits,
     pub features: wgpu::Features,
     pub variant: KernelVariant,
-    /// Whether shaders keep wgpu's injected bounds checks and loop bounds
-    /// (`VIEWCRAFT_SHADER_CHECKS=1`).
+    /// Whether shaders keep wgpu's injected bounds checks and loop bounds: on for hardware
+    /// adapters, off for CPU-type ones (lavapipe, where tests run; every kernel is tested
+    /// there against the CPU reference on odd shapes). `VIEWCRAFT_SHADER_CHECKS=0|1` overrides.
     pub shader_checks: bool,
-    conv_windows: AtomicBool,
-    /// Convolution tuning switches: read from the environment once, when the device opens,
-    /// and changed afterwards only through the setters below. (Changing the process
-    /// environment while another thread is inside the Vulkan driver is a data race: C code
-    /// there reads it with `getenv`.)
-    subgroup_weights: AtomicBool,
-    scatter_window: AtomicUsize,
     pool: BufferPool,
     pipelines: Mutex<PipelineCache>,
     rec: Mutex<Recorder>,
@@ -157,8 +150,8 @@ impl std::fmt::Debug for Gpu {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} ({:?}, {:?})",
-            self.info.name, self.info.backend, self.info.device_type
+            "{} ({:?}, {:?}, {:?})",
+            self.info.name, self.info.backend, self.info.device_type, self.variant
         )
     }
 }
@@ -287,12 +280,13 @@ impl Gpu {
             }
         });
         let rec = Recorder::new(&device);
-        let shader_checks = std::env::var("VIEWCRAFT_SHADER_CHECKS").is_ok_and(|v| v == "1");
-        // Uniform-window convolutions pay off where storage loads are slow (llvmpipe).
-        let conv_windows = match std::env::var("VIEWCRAFT_CONV_WINDOWS").ok().as_deref() {
+        let shader_checks = match std::env::var("VIEWCRAFT_SHADER_CHECKS").ok().as_deref() {
             Some("1") => true,
             Some("0") => false,
-            _ => variant == KernelVariant::RegisterTiled,
+            _ => !matches!(
+                info.device_type,
+                wgpu::DeviceType::Cpu | wgpu::DeviceType::Other
+            ),
         };
         Ok(Arc::new(Gpu {
             pool: BufferPool::new(device.clone()),
@@ -303,15 +297,6 @@ impl Gpu {
             features,
             variant,
             shader_checks,
-            conv_windows: conv_windows.into(),
-            subgroup_weights: std::env::var("VIEWCRAFT_SUBGROUP_WEIGHTS")
-                .map_or(true, |v| v != "0")
-                .into(),
-            scatter_window: std::env::var("VIEWCRAFT_SCATTER_WINDOW")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(usize::MAX)
-                .into(),
             pipelines: Mutex::new(PipelineCache::default()),
             rec: Mutex::new(rec),
             errors,
@@ -453,65 +438,6 @@ impl Gpu {
                     .map(|(k, (n, s))| (k, n, s))
                     .collect()
             })
-    }
-
-    /// Record one dispatch of a generated shader (`key` names its source uniquely; `source`
-    /// is only called the first time). `buffers` bind every binding in order, by range; a
-    /// shader that declares a uniform `params` at binding 0 gets `params` there (every
-    /// dispatch of one key must pass params, or none).
-    pub fn dispatch_generated(
-        &self,
-        key: &str,
-        source: impl FnOnce() -> String,
-        entry: &str,
-        buffers: &[BufferRange],
-        params: &[u32],
-        grid: [u32; 3],
-    ) {
-        let p = self
-            .pipelines
-            .lock()
-            .expect("pipeline cache poisoned")
-            .get_generated(&self.device, key, source, entry, !params.is_empty());
-        // Generated keys are `<family>_n<sizes>...`: profile by family.
-        let label = key.split("_n").next().unwrap_or(key);
-        self.profiled(label, || {
-            self.rec()
-                .dispatch_ranges(&self.device, &self.queue, &p, buffers, params, grid)
-        });
-    }
-
-    /// Whether convolutions use the uniform-window kernels where their shape allows
-    /// (`VIEWCRAFT_CONV_WINDOWS=0|1` overrides the per-adapter default).
-    pub fn conv_windows(&self) -> bool {
-        self.conv_windows.load(Relaxed)
-    }
-
-    /// Force the convolution kernel family (tests run both on one adapter).
-    pub fn set_conv_windows(&self, on: bool) {
-        self.conv_windows.store(on, Relaxed)
-    }
-
-    /// Whether the window kernels may share weight loads across a subgroup where the adapter
-    /// allows it (`VIEWCRAFT_SUBGROUP_WEIGHTS=0` turns it off).
-    pub fn subgroup_weights(&self) -> bool {
-        self.subgroup_weights.load(Relaxed)
-    }
-
-    pub fn set_subgroup_weights(&self, on: bool) {
-        self.subgroup_weights.store(on, Relaxed)
-    }
-
-    /// Values per uniform window when scattering convolution operands: `None` for the
-    /// adapter's limit, `Some(0)` to pack with the storage kernels instead, a small size to
-    /// make many windows and dispatches (`VIEWCRAFT_SCATTER_WINDOW`).
-    pub fn scatter_window(&self) -> Option<usize> {
-        Some(self.scatter_window.load(Relaxed)).filter(|&v| v != usize::MAX)
-    }
-
-    pub fn set_scatter_window(&self, values: Option<usize>) {
-        self.scatter_window
-            .store(values.unwrap_or(usize::MAX), Relaxed)
     }
 
     /// Record a copy of `len` values from `src[src_off..]` to `dst[dst_off..]`.

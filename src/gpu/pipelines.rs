@@ -32,8 +32,7 @@ pub struct Pipeline {
     pub layout: wgpu::BindGroupLayout,
     /// Whether the entry point reads the `params` uniform (binding 0).
     pub uses_params: bool,
-    /// Binding numbers of the buffers `dispatch` binds (storage, and the uniform windows of
-    /// generated shaders), in the order it takes them.
+    /// Binding numbers of the storage buffers `dispatch` binds, in the order it takes them.
     pub bindings: Vec<u32>,
 }
 
@@ -43,7 +42,6 @@ pub(crate) type PipelineKey = (Kernel, Vec<(String, u64)>);
 pub struct PipelineCache {
     modules: HashMap<&'static str, (wgpu::ShaderModule, naga::Module, naga::valid::ModuleInfo)>,
     pipelines: HashMap<PipelineKey, std::sync::Arc<Pipeline>>,
-    generated: HashMap<String, std::sync::Arc<Pipeline>>,
 }
 
 static NEXT_PIPELINE: AtomicU64 = AtomicU64::new(1);
@@ -100,56 +98,22 @@ impl PipelineCache {
             info,
             kernel.entry,
             constants,
-            true,
         ));
         self.pipelines.insert(key, p.clone());
         p
     }
 
-    /// A pipeline for a shader generated at run time (`key` names the source uniquely).
-    /// Every uniform binding of such a shader is a plain window (bound by range, no params).
-    pub fn get_generated(
-        &mut self,
-        device: &wgpu::Device,
-        key: &str,
-        source: impl FnOnce() -> String,
-        entry: &str,
-        params: bool,
-    ) -> std::sync::Arc<Pipeline> {
-        if let Some(p) = self.generated.get(key) {
-            return p.clone();
-        }
-        let src = source();
-        // For kernel tuning: `VIEWCRAFT_DUMP_GENERATED=dir` writes each generated source there.
-        if let Ok(dir) = std::env::var("VIEWCRAFT_DUMP_GENERATED") {
-            let _ = std::fs::write(std::path::Path::new(&dir).join(format!("{key}.wgsl")), &src);
-        }
-        let (m, i) = shaders::validate(key, &src).unwrap_or_else(|e| panic!("{e}"));
-        let desc = wgpu::ShaderModuleDescriptor {
-            label: Some(key),
-            source: wgpu::ShaderSource::Wgsl(src.into()),
-        };
-        // SAFETY: generated kernels index only inside the windows they are planned for
-        // (tests compare them with the CPU reference).
-        let module = unsafe {
-            device.create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked())
-        };
-        let p = std::sync::Arc::new(build(device, key, &module, &m, &i, entry, &[], params));
-        self.generated.insert(key.to_string(), p.clone());
-        p
-    }
-
     pub fn len(&self) -> usize {
-        self.pipelines.len() + self.generated.len()
+        self.pipelines.len()
     }
     pub fn is_empty(&self) -> bool {
-        self.pipelines.is_empty() && self.generated.is_empty()
+        self.pipelines.is_empty()
     }
 }
 
-/// Compile one entry point with a bind group layout reflected from its naga module: with
-/// `params`, a uniform at binding 0 is the dynamic-offset params uniform; every other binding
-/// (storage, or uniform windows of generated shaders) is bound by `dispatch`, in binding order.
+/// Compile one entry point with a bind group layout reflected from its naga module: the
+/// uniform at binding 0 is the dynamic-offset params uniform; every storage binding is bound
+/// by `dispatch`, in binding order.
 #[allow(clippy::too_many_arguments)]
 fn build(
     device: &wgpu::Device,
@@ -159,7 +123,6 @@ fn build(
     info: &naga::valid::ModuleInfo,
     entry: &str,
     constants: &[(&str, f64)],
-    params: bool,
 ) -> Pipeline {
     let ep_index = naga_module
         .entry_points
@@ -176,19 +139,11 @@ fn build(
             continue;
         }
         let ty = match var.space {
-            naga::AddressSpace::Uniform if params && rb.binding == 0 => {
+            naga::AddressSpace::Uniform if rb.binding == 0 => {
                 uses_params = true;
                 wgpu::BindingType::Buffer {
                     ty: wgpu::BufferBindingType::Uniform,
                     has_dynamic_offset: true,
-                    min_binding_size: None,
-                }
-            }
-            naga::AddressSpace::Uniform => {
-                bindings.push(rb.binding);
-                wgpu::BindingType::Buffer {
-                    ty: wgpu::BufferBindingType::Uniform,
-                    has_dynamic_offset: false,
                     min_binding_size: None,
                 }
             }

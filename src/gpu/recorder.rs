@@ -92,7 +92,7 @@ impl Recorder {
         self.dispatch_ranges(device, queue, p, &ranges, params, grid);
     }
 
-    /// Record one dispatch binding byte ranges of buffers (uniform windows, offset outputs).
+    /// Record one dispatch binding byte ranges of buffers.
     pub fn dispatch_ranges(
         &mut self,
         device: &wgpu::Device,

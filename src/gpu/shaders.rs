@@ -11,6 +11,7 @@ pub const ALL: &[(&str, &str)] = &[
     ),
     ("reduce", include_str!("../../shaders/reduce.wgsl")),
     ("matmul", include_str!("../../shaders/matmul.wgsl")),
+    ("gemm", include_str!("../../shaders/gemm.wgsl")),
     ("conv2d", include_str!("../../shaders/conv2d.wgsl")),
     ("batchnorm", include_str!("../../shaders/batchnorm.wgsl")),
     ("pool", include_str!("../../shaders/pool.wgsl")),

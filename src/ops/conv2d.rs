@@ -6,11 +6,11 @@
 //! Tolerance GPU vs CPU: sums of C·KH·KW (forward), O·KH·KW (input grad) or N·OH·OW (weight
 //! grad) f32 products in another order: atol 1e-5·√len·max|x|·max|w|, rtol 1e-4.
 
-use super::{buf, conv2d_window, cpu, u, Real, TResult};
+use super::{buf, cpu, u, Real, TResult};
 use crate::autograd::{Tape, Var};
 use crate::error::{Error, Result};
 use crate::gpu::{grid_1d, Gpu, GpuBuffer, Kernel, KernelVariant};
-use crate::ops::linear::{gemm_f32, matmul_ref, MatRef};
+use crate::ops::gemm::{dispatch_gemm, gemm_f32, matmul_ref, GemmMode, MatRef};
 use crate::tensor::{same_device, Device, Tensor};
 use rayon::prelude::*;
 use std::sync::Arc;
@@ -333,7 +333,7 @@ fn inner_threads(groups: usize, flops: usize) -> usize {
     if groups >= rayon::current_num_threads().max(1) {
         1
     } else {
-        crate::ops::linear::cpu_threads(flops)
+        crate::ops::gemm::cpu_threads(flops)
     }
 }
 
@@ -470,7 +470,7 @@ pub fn backward_weight_fast(gy: &[f32], x: &[f32], d: &Dims) -> Vec<f32> {
             out.iter_mut().zip(&part).for_each(|(a, b)| *a += b);
         }
     } else {
-        let threads = crate::ops::linear::cpu_threads(2 * d.macs());
+        let threads = crate::ops::gemm::cpu_threads(2 * d.macs());
         let mut cols = Vec::new();
         for (i, group) in groups(d, false).into_iter().enumerate() {
             product(&mut out, &mut cols, group, i > 0, threads);
@@ -558,6 +558,64 @@ fn direct_pass(g: &Arc<Gpu>, src: &Tensor, w: &Tensor, d: &Dims, forward: bool) 
     Tensor::from_gpu(g, out, &[d.n, ch, rows, cols])
 }
 
+fn conv_sizes(d: &Dims) -> crate::ops::gemm::ConvSizes {
+    [
+        d.n, d.c, d.h, d.w, d.o, d.oh, d.ow, d.kh, d.kw, d.stride, d.pad,
+    ]
+}
+
+/// The forward pass or the input gradient as an implicit GEMM (hardware GPUs): `lhs` the
+/// weights, `rhs` x or gy, into `out` (y or gx, every element written).
+fn gemm_pass(g: &Gpu, mode: GemmMode, d: &Dims, lhs: &GpuBuffer, rhs: &GpuBuffer, out: &GpuBuffer) {
+    let kk = d.kh * d.kw;
+    let (shape, slices) = match mode {
+        GemmMode::ConvForward => ([d.o, d.n * d.oh * d.ow, d.c * kk], 1),
+        // Phase (0, 0) has the most pixels; each phase computes its own sizes.
+        _ => (
+            [d.c, d.n * d.h.div_ceil(d.stride) * d.w.div_ceil(d.stride), 0],
+            d.stride * d.stride,
+        ),
+    };
+    dispatch_gemm(g, mode, shape, slices, conv_sizes(d), [lhs, rhs, lhs], out);
+}
+
+/// Workgroups the weight gradient's split-K aims for (a few per compute unit on a large GPU).
+const WEIGHT_GRAD_WORKGROUPS: usize = 512;
+/// Fewest reduction steps one split-K slice takes (below it the partial sums cost more than
+/// the parallelism gains).
+const WEIGHT_GRAD_MIN_SLICE: usize = 256;
+
+/// The weight gradient as an implicit GEMM with its N·OH·OW reduction split over slices
+/// (split-K); the slices' partial gradients are summed in slice order (deterministic).
+fn weight_grad_gemm(g: &Arc<Gpu>, gy: &Tensor, x: &Tensor, d: &Dims) -> TResult {
+    let (m, cols, kdim) = (d.o, d.c * d.kh * d.kw, d.n * d.oh * d.ow);
+    let tiles = crate::ops::gemm::tiles_for(g, m);
+    let output_tiles = m.div_ceil(tiles.bm() as usize) * cols.div_ceil(tiles.bn as usize);
+    let max_slices = kdim.div_ceil(WEIGHT_GRAD_MIN_SLICE).max(1);
+    let slices = WEIGHT_GRAD_WORKGROUPS
+        .div_ceil(output_tiles.max(1))
+        .clamp(1, max_slices);
+    let bk = tiles.bk as usize;
+    let split = kdim.div_ceil(slices).div_ceil(bk) * bk;
+    let slices = kdim.div_ceil(split.max(1)).max(1);
+    let out = g.alloc(slices * m * cols);
+    dispatch_gemm(
+        g,
+        GemmMode::ConvWeight { split },
+        [m, cols, kdim],
+        slices,
+        conv_sizes(d),
+        [buf(gy), buf(x), buf(gy)],
+        &out,
+    );
+    let partial = Tensor::from_gpu(g, out, &[slices, m * cols]);
+    if slices == 1 {
+        Ok(partial)
+    } else {
+        crate::ops::reduce::col_sum(&partial, 1.0)
+    }
+}
+
 /// y = conv2d(x, w).
 pub fn forward(x: &Tensor, w: &Tensor, cfg: Conv2d) -> TResult {
     let d = cfg.dims(x.shape(), w.shape())?;
@@ -577,14 +635,14 @@ pub fn forward(x: &Tensor, w: &Tensor, cfg: Conv2d) -> TResult {
                 &yshape,
             ))
         }
-        Device::Gpu(g) => {
-            if g.conv_windows() {
-                if let Some(y) = conv2d_window::forward(&g, buf(x), buf(w), &d) {
-                    return Ok(Tensor::from_gpu(&g, y, &yshape));
-                }
+        Device::Gpu(g) => Ok(match g.variant {
+            KernelVariant::RegisterTiled => direct_pass(&g, x, w, &d, true),
+            KernelVariant::WorkgroupTiled => {
+                let y = g.alloc(d.n * d.o * d.oh * d.ow);
+                gemm_pass(&g, GemmMode::ConvForward, &d, buf(w), buf(x), &y);
+                Tensor::from_gpu(&g, y, &yshape)
             }
-            Ok(direct_pass(&g, x, w, &d, true))
-        }
+        }),
     }
 }
 
@@ -606,14 +664,14 @@ pub fn backward_input(gy: &Tensor, w: &Tensor, d: &Dims) -> TResult {
                 &xshape,
             ))
         }
-        Device::Gpu(g) => {
-            if g.conv_windows() {
-                if let Some(gx) = conv2d_window::backward_input(&g, buf(gy), buf(w), d) {
-                    return Ok(Tensor::from_gpu(&g, gx, &xshape));
-                }
+        Device::Gpu(g) => Ok(match g.variant {
+            KernelVariant::RegisterTiled => direct_pass(&g, gy, w, d, false),
+            KernelVariant::WorkgroupTiled => {
+                let gx = g.alloc(d.n * d.c * d.h * d.w);
+                gemm_pass(&g, GemmMode::ConvInput, d, buf(w), buf(gy), &gx);
+                Tensor::from_gpu(&g, gx, &xshape)
             }
-            Ok(direct_pass(&g, gy, w, d, false))
-        }
+        }),
     }
 }
 
@@ -636,19 +694,13 @@ pub fn backward_weight(gy: &Tensor, x: &Tensor, d: &Dims) -> TResult {
             ))
         }
         Device::Gpu(g) => {
-            if g.conv_windows() {
-                if let Some(gw) = conv2d_window::backward_weight(&g, buf(gy), buf(x), d) {
-                    return gw.reshape(&wshape);
-                }
+            if g.variant == KernelVariant::WorkgroupTiled {
+                return weight_grad_gemm(&g, gy, x, d)?.reshape(&wshape);
             }
             let (bo, bc) = (d.o.div_ceil(4), d.c.div_ceil(4));
             let base = bo * bc * d.kh * d.kw;
             // Split the batch so that there are enough invocations to fill the device.
-            let target: usize = match g.variant {
-                KernelVariant::RegisterTiled => 4096,
-                KernelVariant::WorkgroupTiled => 65536,
-            };
-            let nsplit = target.div_ceil(base).clamp(1, d.n.max(1));
+            let nsplit = 4096usize.div_ceil(base).clamp(1, d.n.max(1));
             let total = base * nsplit;
             let wlen = d.o * d.c * d.kh * d.kw;
             let out = g.alloc(wlen * nsplit);

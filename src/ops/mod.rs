@@ -6,11 +6,11 @@
 
 pub mod batchnorm;
 pub mod conv2d;
-pub mod conv2d_window;
 pub mod cross_entropy;
 pub mod ddm;
 pub mod elementwise;
 pub mod gather;
+pub mod gemm;
 pub mod l2norm;
 pub mod linear;
 pub mod pool;

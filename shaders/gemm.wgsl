@@ -1,0 +1,232 @@
+// The hardware-GPU GEMM: one tile engine for matrix products and for convolutions as implicit
+// GEMMs (no im2col in memory: the B operand is gathered from the NCHW tensor as it is staged).
+//
+// MODE 0  matmul           C[M,N] = op(A)·op(B) (+ bias[N]); A [M,K] or [K,M] (ta), B [K,N] or [N,K] (tb)
+// MODE 1  conv forward     y[n,o,p]   = Σ_(c,ky,kx) w[o,(c,ky,kx)] · x̂[(c,ky,kx),(n,p)]      M=O, N=N·OH·OW
+// MODE 2  conv input grad  gx[n,c,q]  = Σ_(o,ky,kx) w[o,c,ky,kx] · gŷ[(o,ky,kx),(n,q)]       M=C, N=pixels of one phase
+// MODE 3  conv weight grad gw[o,(c,ky,kx)] = Σ_(n,p) gy[n,o,p] · x̂[(c,ky,kx),(n,p)]         M=O, N=C·KH·KW
+//
+// The input gradient of a stride-s convolution runs as s² phases (grid z): the pixels with
+// iy ≡ py, ix ≡ px (mod s) receive taps ky ≡ iy+pad, kx ≡ ix+pad (mod s) only, so each phase is
+// a dense GEMM over its own taps (no 75 %-zero dilated convolution at stride 2). The weight
+// gradient's reduction (N·OH·OW) is split over grid z (split-K); each slice writes its partial
+// [slice][O][C·KH·KW] and the slices are summed in order afterwards.
+//
+// Tiles: a workgroup of WG invocations computes BM × BN outputs (BM = TM · WG / (BN/4)); each
+// invocation accumulates TM rows × 4 columns in registers, reading vec4s from the tiles staged in
+// workgroup memory, BK reduction steps at a time. Every operand is staged with consecutive
+// invocations on consecutive addresses (A_KFAST / B_KFAST pick the order that is contiguous in
+// memory), so global loads coalesce in every transpose case and convolution mode. Out-of-range
+// loads read index 0 and are replaced by zero; out-of-range outputs are not stored.
+
+override MODE: u32 = 0u;
+override WG: u32 = 256u;      // invocations per workgroup
+override BN: u32 = 64u;       // tile columns (a multiple of 4)
+override TM: u32 = 8u;        // rows per invocation (4 or 8)
+override BK: u32 = 16u;       // reduction steps staged at once
+override A_VECS: u32 = 512u;  // BK · BM / 4
+override B_VECS: u32 = 256u;  // BK · BN / 4
+override A_KFAST: bool = true;
+override B_KFAST: bool = false;
+
+struct Params {
+    m: u32, cols: u32, kdim: u32, split: u32,       // GEMM sizes; reduction per z slice (MODE 3)
+    ta: u32, tb: u32, has_bias: u32, col_groups: u32, // col_groups: z slices carrying column tiles
+    n: u32, c: u32, h: u32, w: u32,
+    o: u32, oh: u32, ow: u32, kh: u32,
+    kw: u32, stride: u32, pad: u32, _p0: u32,
+}
+
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read> lhs: array<f32>;   // A, w, w, gy
+@group(0) @binding(2) var<storage, read> rhs: array<f32>;   // B, x, gy, x
+@group(0) @binding(3) var<storage, read> bias: array<f32>;  // MODE 0 only (any buffer otherwise)
+@group(0) @binding(4) var<storage, read_write> out: array<f32>;
+
+var<workgroup> a_tile: array<vec4<f32>, A_VECS>;  // [k][m/4]
+var<workgroup> b_tile: array<vec4<f32>, B_VECS>;  // [k][n/4]
+
+// One phase of the input gradient: first taps, tap counts and the phase's pixel grid.
+struct Phase { py: u32, px: u32, ky0: u32, kx0: u32, nky: u32, nkx: u32, hp: u32, wp: u32 }
+
+fn phase_of(z: u32) -> Phase {
+    let p = params;
+    let s = p.stride;
+    var f: Phase;
+    f.py = z / s;
+    f.px = z % s;
+    f.ky0 = (f.py + p.pad) % s;
+    f.kx0 = (f.px + p.pad) % s;
+    f.nky = select(0u, (p.kh - f.ky0 + s - 1u) / s, f.ky0 < p.kh);
+    f.nkx = select(0u, (p.kw - f.kx0 + s - 1u) / s, f.kx0 < p.kw);
+    f.hp = select(0u, (p.h - f.py + s - 1u) / s, f.py < p.h);
+    f.wp = select(0u, (p.w - f.px + s - 1u) / s, f.px < p.w);
+    return f;
+}
+
+// Input pixel of output pixel `pix` (oy·OW + ox) under tap (ky, kx) of channel plane `plane`
+// (n·C + c): its index, or -1 in the padding.
+fn x_at(plane: u32, pix: u32, ky: u32, kx: u32) -> i32 {
+    let p = params;
+    let iy = i32((pix / p.ow) * p.stride + ky) - i32(p.pad);
+    let ix = i32((pix % p.ow) * p.stride + kx) - i32(p.pad);
+    if (iy < 0 || ix < 0 || iy >= i32(p.h) || ix >= i32(p.w)) { return -1; }
+    return i32((plane * p.h + u32(iy)) * p.w + u32(ix));
+}
+
+fn load_a(m: u32, k: u32, ph: Phase) -> f32 {
+    let p = params;
+    var i: u32;
+    switch MODE {
+        case 0u: { i = select(m * p.kdim + k, k * p.m + m, p.ta != 0u); }
+        case 2u: {
+            let taps = ph.nky * ph.nkx;
+            let o = k / taps;
+            let t = k % taps;
+            let ky = ph.ky0 + p.stride * (t / ph.nkx);
+            let kx = ph.kx0 + p.stride * (t % ph.nkx);
+            i = ((o * p.c + m) * p.kh + ky) * p.kw + kx;
+        }
+        case 3u: {
+            let hw = p.oh * p.ow;
+            i = ((k / hw) * p.o + m) * hw + k % hw;
+        }
+        default: { i = m * p.kdim + k; }
+    }
+    return lhs[i];
+}
+
+fn load_b(k: u32, col: u32, ph: Phase) -> f32 {
+    let p = params;
+    switch MODE {
+        case 0u: {
+            return rhs[select(k * p.cols + col, col * p.kdim + k, p.tb != 0u)];
+        }
+        case 1u: {
+            let kk = p.kh * p.kw;
+            let hw = p.oh * p.ow;
+            let i = x_at((col / hw) * p.c + k / kk, col % hw, k % kk / p.kw, k % p.kw);
+            return select(0.0, rhs[max(i, 0)], i >= 0);
+        }
+        case 2u: {
+            let taps = ph.nky * ph.nkx;
+            let o = k / taps;
+            let t = k % taps;
+            let ky = ph.ky0 + p.stride * (t / ph.nkx);
+            let kx = ph.kx0 + p.stride * (t % ph.nkx);
+            let pw = ph.hp * ph.wp;
+            let n = col / pw;
+            let iy = ph.py + p.stride * (col % pw / ph.wp);
+            let ix = ph.px + p.stride * (col % ph.wp);
+            // iy + pad − ky ≡ 0 (mod s) by the phase's choice of taps.
+            let ty = i32(iy + p.pad) - i32(ky);
+            let tx = i32(ix + p.pad) - i32(kx);
+            let oy = ty / i32(p.stride);
+            let ox = tx / i32(p.stride);
+            let inside = ty >= 0 && tx >= 0 && oy < i32(p.oh) && ox < i32(p.ow);
+            let i = ((n * p.o + o) * p.oh + u32(max(oy, 0))) * p.ow + u32(max(ox, 0));
+            return select(0.0, rhs[select(0u, i, inside)], inside);
+        }
+        default: {
+            // MODE 3: k = (n, oy, ox), col = (c, ky, kx).
+            let kk = p.kh * p.kw;
+            let hw = p.oh * p.ow;
+            let i = x_at((k / hw) * p.c + col / kk, k % hw, col % kk / p.kw, col % p.kw);
+            return select(0.0, rhs[max(i, 0)], i >= 0);
+        }
+    }
+}
+
+fn store(m: u32, col: u32, v: f32, ph: Phase, slice: u32) {
+    let p = params;
+    switch MODE {
+        case 0u: {
+            var r = v;
+            if (p.has_bias != 0u) { r += bias[col]; }
+            out[m * p.cols + col] = r;
+        }
+        case 1u: {
+            let hw = p.oh * p.ow;
+            out[((col / hw) * p.o + m) * hw + col % hw] = v;
+        }
+        case 2u: {
+            let pw = ph.hp * ph.wp;
+            let iy = ph.py + p.stride * (col % pw / ph.wp);
+            let ix = ph.px + p.stride * (col % ph.wp);
+            out[(((col / pw) * p.c + m) * p.h + iy) * p.w + ix] = v;
+        }
+        default: {
+            out[(slice * p.m + m) * p.cols + col] = v;
+        }
+    }
+}
+
+@compute @workgroup_size(WG)
+fn gemm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+    let p = params;
+    let bm = TM * WG * 4u / BN;
+    let slice = wid.z / p.col_groups;
+    let col0 = ((wid.z % p.col_groups) * nwg.x + wid.x) * BN;
+    let m0 = wid.y * bm;
+    var ph: Phase;
+    var cols = p.cols;
+    var kbeg = 0u;
+    var kend = p.kdim;
+    if (MODE == 2u) {
+        ph = phase_of(slice);
+        cols = p.n * ph.hp * ph.wp;
+        kend = p.o * ph.nky * ph.nkx;
+    }
+    if (MODE == 3u) {
+        kbeg = slice * p.split;
+        kend = min(p.kdim, kbeg + p.split);
+    }
+    // Workgroups past the last column tile (the grid is rounded up) or with nothing to do
+    // stay for the barriers but store nothing.
+    let tx = lid % (BN / 4u);
+    let ty = lid / (BN / 4u);
+    var acc: array<vec4<f32>, 8>;
+    for (var k0 = kbeg; k0 < kend; k0 += BK) {
+        for (var e = 0u; e < bm * BK / WG; e++) {
+            let f = lid + e * WG;
+            var kk: u32;
+            var mm: u32;
+            if (A_KFAST) { kk = f % BK; mm = f / BK; } else { mm = f % bm; kk = f / bm; }
+            let ok = m0 + mm < p.m && k0 + kk < kend;
+            let v = load_a(select(0u, m0 + mm, ok), select(0u, k0 + kk, ok), ph);
+            a_tile[kk * (bm / 4u) + mm / 4u][mm % 4u] = select(0.0, v, ok);
+        }
+        for (var e = 0u; e < BN * BK / WG; e++) {
+            let f = lid + e * WG;
+            var kk: u32;
+            var nn: u32;
+            if (B_KFAST) { kk = f % BK; nn = f / BK; } else { nn = f % BN; kk = f / BN; }
+            let ok = col0 + nn < cols && k0 + kk < kend;
+            let v = load_b(select(0u, k0 + kk, ok), select(0u, col0 + nn, ok), ph);
+            b_tile[kk * (BN / 4u) + nn / 4u][nn % 4u] = select(0.0, v, ok);
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < BK; kk++) {
+            let b = b_tile[kk * (BN / 4u) + tx];
+            for (var i = 0u; i < TM / 4u; i++) {
+                let a = a_tile[kk * (bm / 4u) + ty * (TM / 4u) + i];
+                acc[i * 4u] += a.x * b;
+                acc[i * 4u + 1u] += a.y * b;
+                acc[i * 4u + 2u] += a.z * b;
+                acc[i * 4u + 3u] += a.w * b;
+            }
+        }
+        workgroupBarrier();
+    }
+    for (var r = 0u; r < TM; r++) {
+        let m = m0 + ty * TM + r;
+        if (m >= p.m) { break; }
+        for (var j = 0u; j < 4u; j++) {
+            let col = col0 + tx * 4u + j;
+            if (col < cols) {
+                store(m, col, acc[r][j], ph, slice);
+            }
+        }
+    }
+}
