@@ -161,9 +161,32 @@ fn store(m: u32, col: u32, v: f32, ph: Phase, slice: u32) {
     }
 }
 
+// One entry point per mode (MODE set to match), so that profiles and benchmarks name the op.
 @compute @workgroup_size(WG)
-fn gemm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) lid: u32) {
+fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+          @builtin(local_invocation_index) lid: u32) {
+    gemm(wid, nwg, lid);
+}
+
+@compute @workgroup_size(WG)
+fn conv_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_index) lid: u32) {
+    gemm(wid, nwg, lid);
+}
+
+@compute @workgroup_size(WG)
+fn conv_input_grad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                   @builtin(local_invocation_index) lid: u32) {
+    gemm(wid, nwg, lid);
+}
+
+@compute @workgroup_size(WG)
+fn conv_weight_grad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                    @builtin(local_invocation_index) lid: u32) {
+    gemm(wid, nwg, lid);
+}
+
+fn gemm(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) {
     let p = params;
     let bm = TM * WG * 4u / BN;
     let slice = wid.z / p.col_groups;

@@ -144,7 +144,11 @@ fn kernel_families(purpose: &str) -> Vec<(Device, Vec<Option<gemm::Tiles>>)> {
                     })
                     .map(Some),
             );
-            assert!(tiles.len() >= 3, "no workgroup tile fits {}", adapter.name());
+            assert!(
+                tiles.len() >= 3,
+                "no workgroup tile fits {}",
+                adapter.name()
+            );
         }
         out.push((g, tiles));
     }
@@ -338,85 +342,144 @@ fn conv2d_forward_and_grads() {
     }
 }
 
+/// How `batchnorm_train_eval_and_grads` builds its op.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum BnKind {
+    Plain,
+    /// relu(BN(x)) as one op.
+    FusedRelu,
+    /// relu(BN(x) + residual) as one op.
+    FusedResidual,
+    /// relu(BN(x) + residual) as three ops (what the fused op must equal).
+    Unfused,
+}
+
 #[test]
 fn batchnorm_train_eval_and_grads() {
+    // Tolerances: y and grad_x atol 1e-4 (normalised values are O(1)); sums over M = N·H·W
+    // values (grad_gamma, grad_beta) atol 4e-5·√M; running statistics 1e-5.
     let Some(g) = gpu() else { return };
-    for shape in [
-        vec![3usize, 7, 5, 5],
-        vec![8, 6],
-        vec![32, 64, 4, 4],
-        vec![2, 3, 1, 1],
+    for (shape, offset) in [
+        (vec![3usize, 7, 5, 5], 0.5),
+        (vec![8, 6], 0.5),
+        (vec![32, 64, 4, 4], 0.5),
+        (vec![2, 3, 1, 1], 0.5),
+        // 9,216 values per channel: three workgroups' partial statistics merged; a large mean
+        // (a one-pass E[x²] − E[x]² in f32 would lose the variance).
+        (vec![4, 3, 48, 48], 0.5),
+        (vec![4, 2, 48, 48], 300.0),
     ] {
         for affine in [true, false] {
             for train in [true, false] {
-                let (mut r, seed) = rng();
-                let c = shape[1];
-                let n: usize = shape.iter().product();
-                let x: Vec<f32> = randn(&mut r, n).iter().map(|v| v * 2.0 + 0.5).collect();
-                let gamma = randn(&mut r, c);
-                let beta = randn(&mut r, c);
-                let rm = randn(&mut r, c);
-                let rv: Vec<f32> = randn(&mut r, c).iter().map(|v| v.abs() + 0.5).collect();
-                let gy = randn(&mut r, n);
-                let run = |d: &Device| {
-                    let mut rmt = t(&rm, &[c], d);
-                    let mut rvt = t(&rv, &[c], d);
-                    let mut tape = viewcraft::Tape::new();
-                    let xv = tape.param(t(&x, &shape, d));
-                    let (gv, bv) = if affine {
-                        (
-                            Some(tape.param(t(&gamma, &[c], d))),
-                            Some(tape.param(t(&beta, &[c], d))),
-                        )
-                    } else {
-                        (None, None)
-                    };
-                    let y = tape
-                        .batch_norm(
-                            xv,
-                            gv,
-                            bv,
-                            &mut rmt,
-                            &mut rvt,
-                            batchnorm::BatchNorm::default(),
-                            train,
-                        )
+                for kind in [
+                    BnKind::Plain,
+                    BnKind::FusedRelu,
+                    BnKind::FusedResidual,
+                    BnKind::Unfused,
+                ] {
+                    let (mut r, seed) = rng();
+                    let c = shape[1];
+                    let n: usize = shape.iter().product();
+                    // (Six values after a ReLU may all be zero: nothing to compare.)
+                    if n < 64 && kind != BnKind::Plain {
+                        continue;
+                    }
+                    let x: Vec<f32> = randn(&mut r, n).iter().map(|v| v * 2.0 + offset).collect();
+                    let gamma = randn(&mut r, c);
+                    let beta = randn(&mut r, c);
+                    let rm: Vec<f32> = randn(&mut r, c).iter().map(|v| v + offset).collect();
+                    let rv: Vec<f32> = randn(&mut r, c).iter().map(|v| v.abs() + 0.5).collect();
+                    let res = randn(&mut r, n);
+                    let gy = randn(&mut r, n);
+                    let run = |d: &Device, kind: BnKind| {
+                        let mut rmt = t(&rm, &[c], d);
+                        let mut rvt = t(&rv, &[c], d);
+                        let mut tape = viewcraft::Tape::new();
+                        let xv = tape.param(t(&x, &shape, d));
+                        let resv = tape.param(t(&res, &shape, d));
+                        let (gv, bv) = if affine {
+                            (
+                                Some(tape.param(t(&gamma, &[c], d))),
+                                Some(tape.param(t(&beta, &[c], d))),
+                            )
+                        } else {
+                            (None, None)
+                        };
+                        let cfg = batchnorm::BatchNorm::default();
+                        let (rmt_, rvt_) = (&mut rmt, &mut rvt);
+                        let y = match kind {
+                            BnKind::Plain => tape.batch_norm(xv, gv, bv, rmt_, rvt_, cfg, train),
+                            BnKind::FusedRelu => tape.batch_norm_relu(
+                                xv,
+                                gv,
+                                bv,
+                                rmt_,
+                                rvt_,
+                                cfg,
+                                (train, train),
+                                None,
+                            ),
+                            BnKind::FusedResidual => tape.batch_norm_relu(
+                                xv,
+                                gv,
+                                bv,
+                                rmt_,
+                                rvt_,
+                                cfg,
+                                (train, train),
+                                Some(resv),
+                            ),
+                            BnKind::Unfused => {
+                                let y =
+                                    tape.batch_norm(xv, gv, bv, rmt_, rvt_, cfg, train).unwrap();
+                                let s = tape.add(y, resv).unwrap();
+                                tape.relu(s)
+                            }
+                        }
                         .unwrap();
-                    let yv = v(tape.value(y));
-                    let grads = tape.backward_with(y, t(&gy, &shape, d)).unwrap();
-                    let pg = if affine {
-                        [
-                            v(grads.get(gv.unwrap()).unwrap()),
-                            v(grads.get(bv.unwrap()).unwrap()),
-                        ]
-                    } else {
-                        [vec![], vec![]]
+                        let yv = v(tape.value(y));
+                        let grads = tape.backward_with(y, t(&gy, &shape, d)).unwrap();
+                        let pg = if affine {
+                            [
+                                v(grads.get(gv.unwrap()).unwrap()),
+                                v(grads.get(bv.unwrap()).unwrap()),
+                            ]
+                        } else {
+                            [vec![], vec![]]
+                        };
+                        let gres = grads.get(resv).map(v).unwrap_or_default();
+                        (yv, v(grads.get(xv).unwrap()), pg, v(&rmt), v(&rvt), gres)
                     };
-                    (yv, v(grads.get(xv).unwrap()), pg, v(&rmt), v(&rvt))
-                };
-                let (cc, gg) = (run(&Device::Cpu), run(&g));
-                let m = (n / c) as f64;
-                let lbl = format!("batch_norm {shape:?} affine {affine} train {train} seed {seed}");
-                assert_close(&format!("{lbl} y"), &gg.0, &cc.0, 1e-4, 1e-4);
-                assert_close(&format!("{lbl} grad_x"), &gg.1, &cc.1, 1e-4, 1e-3);
-                if affine {
-                    assert_close(
-                        &format!("{lbl} grad_gamma"),
-                        &gg.2[0],
-                        &cc.2[0],
-                        1e-5 * m.sqrt() * 4.0,
-                        1e-4,
-                    );
-                    assert_close(
-                        &format!("{lbl} grad_beta"),
-                        &gg.2[1],
-                        &cc.2[1],
-                        1e-5 * m.sqrt() * 4.0,
-                        1e-4,
-                    );
+                    let cc = run(&Device::Cpu, kind);
+                    // The fused op against the three ops it replaces, and each on the GPU
+                    // against the CPU.
+                    let mut pairs = vec![(run(&g, kind), "gpu")];
+                    if kind == BnKind::FusedResidual {
+                        pairs.push((run(&Device::Cpu, BnKind::Unfused), "cpu unfused"));
+                    }
+                    let m = (n / c) as f64;
+                    for (gg, what) in pairs {
+                        let lbl = format!(
+                            "batch_norm {shape:?} affine {affine} train {train} {kind:?} ({what} vs cpu) seed {seed}"
+                        );
+                        assert_close(&format!("{lbl} y"), &gg.0, &cc.0, 1e-4, 1e-4);
+                        assert_close(&format!("{lbl} grad_x"), &gg.1, &cc.1, 1e-4, 1e-3);
+                        assert_close(&format!("{lbl} grad_residual"), &gg.5, &cc.5, 1e-5, 1e-5);
+                        if affine {
+                            for (i, name) in ["grad_gamma", "grad_beta"].iter().enumerate() {
+                                assert_close(
+                                    &format!("{lbl} {name}"),
+                                    &gg.2[i],
+                                    &cc.2[i],
+                                    1e-5 * m.sqrt() * 4.0,
+                                    1e-4,
+                                );
+                            }
+                        }
+                        assert_close(&format!("{lbl} running_mean"), &gg.3, &cc.3, 1e-5, 1e-5);
+                        assert_close(&format!("{lbl} running_var"), &gg.4, &cc.4, 1e-5, 1e-4);
+                    }
                 }
-                assert_close(&format!("{lbl} running_mean"), &gg.3, &cc.3, 1e-5, 1e-5);
-                assert_close(&format!("{lbl} running_var"), &gg.4, &cc.4, 1e-5, 1e-4);
             }
         }
     }
@@ -740,11 +803,15 @@ fn profiler_times_each_kernel() {
     ew::add(&y, &y).unwrap().to_vec().unwrap();
     let p = adapter.take_profile();
     adapter.set_profiling(false);
-    for family in ["conv2d", "elementwise."] {
+    // The convolution runs in conv2d.wgsl (register tiles) or gemm.wgsl (workgroup tiles).
+    for families in [&["conv2d.", "gemm.conv_forward"][..], &["elementwise."]] {
         assert!(
-            p.iter()
-                .any(|(label, n, s)| label.starts_with(family) && *n >= 1 && *s > 0.0),
-            "no {family} entry in the profile {p:?}"
+            p.iter().any(
+                |(label, n, s)| families.iter().any(|f| label.starts_with(f))
+                    && *n >= 1
+                    && *s > 0.0
+            ),
+            "no {families:?} entry in the profile {p:?}"
         );
     }
     assert!(

@@ -301,6 +301,30 @@ impl Bn {
             tape.batch_norm_with(x, g, bb, rm, rv, self.cfg, train, update)
         }
     }
+
+    /// relu(BN(x) [+ residual]): one fused op (synchronised BN runs the three steps).
+    pub fn forward_relu(
+        &self,
+        tape: &mut Tape,
+        store: &mut ParamStore,
+        b: &Bound,
+        x: Var,
+        train: bool,
+        residual: Option<Var>,
+    ) -> Result<Var> {
+        if train && store.sync_bn && crate::dist::parallel() {
+            let mut y = self.forward(tape, store, b, x, train)?;
+            if let Some(r) = residual {
+                y = tape.add(y, r)?;
+            }
+            return tape.relu(y);
+        }
+        let g = self.weight.map(|i| b.var(i)).transpose()?;
+        let bb = self.bias.map(|i| b.var(i)).transpose()?;
+        let update = train && !store.freeze_running_stats;
+        let (rm, rv) = store.pair_mut(self.running_mean, self.running_var);
+        tape.batch_norm_relu(x, g, bb, rm, rv, self.cfg, (train, update), residual)
+    }
 }
 
 /// Linear layer, PyTorch layout (`weight` [out, in]).

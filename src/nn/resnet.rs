@@ -178,8 +178,7 @@ impl ResNet {
         train: bool,
     ) -> Result<Var> {
         let mut h = self.conv1.forward(tape, b, x)?;
-        h = self.bn1.forward(tape, store, b, h, train)?;
-        h = tape.relu(h)?;
+        h = self.bn1.forward_relu(tape, store, b, h, train, None)?;
         if self.cfg.stem == Stem::Imagenet {
             h = tape.max_pool2d(
                 h,
@@ -192,15 +191,14 @@ impl ResNet {
         }
         for blocks in &self.layers {
             for blk in blocks {
+                // relu(BN(conv(·))) inside the block; the last BN fused with the shortcut's
+                // add and the block's ReLU.
                 let identity = h;
                 let mut y = h;
                 let n = blk.convs.len();
-                for (i, (conv, bn)) in blk.convs.iter().zip(&blk.bns).enumerate() {
+                for (conv, bn) in blk.convs.iter().zip(&blk.bns).take(n - 1) {
                     y = conv.forward(tape, b, y)?;
-                    y = bn.forward(tape, store, b, y, train)?;
-                    if i + 1 < n {
-                        y = tape.relu(y)?;
-                    }
+                    y = bn.forward_relu(tape, store, b, y, train, None)?;
                 }
                 let sc = match &blk.downsample {
                     Some((conv, bn)) => {
@@ -209,8 +207,9 @@ impl ResNet {
                     }
                     None => identity,
                 };
-                let sum = tape.add(y, sc)?;
-                h = tape.relu(sum)?;
+                let (conv, bn) = (&blk.convs[n - 1], &blk.bns[n - 1]);
+                y = conv.forward(tape, b, y)?;
+                h = bn.forward_relu(tape, store, b, y, train, Some(sc))?;
             }
         }
         Ok(h)

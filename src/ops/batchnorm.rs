@@ -16,11 +16,54 @@ use crate::gpu::{grid_1d, Kernel};
 use crate::tensor::{same_device, Device, Tensor};
 use rayon::prelude::*;
 
-const STATS: Kernel = Kernel::new("batchnorm", "bn_stats");
+const STATS_PARTIAL: Kernel = Kernel::new("batchnorm", "bn_stats_partial");
+const STATS_MERGE: Kernel = Kernel::new("batchnorm", "bn_stats_merge");
 const EVAL_STATS: Kernel = Kernel::new("batchnorm", "bn_eval_stats");
 const APPLY: Kernel = Kernel::new("batchnorm", "bn_apply");
-const BWD_REDUCE: Kernel = Kernel::new("batchnorm", "bn_backward_reduce");
+const BWD_PARTIAL: Kernel = Kernel::new("batchnorm", "bn_backward_partial");
+const BWD_MERGE: Kernel = Kernel::new("batchnorm", "bn_backward_merge");
 const BWD_INPUT: Kernel = Kernel::new("batchnorm", "bn_backward_input");
+
+/// Values of one channel per workgroup in the GPU reductions: ResNet's first stage at batch
+/// 256 (M = 262,144 per channel) spreads over 64 workgroups per channel.
+const CHUNK_LEN: usize = 4096;
+
+/// (chunks, chunk length) of a channel's `m` values.
+fn chunks(m: usize) -> (usize, usize) {
+    let k = m.div_ceil(CHUNK_LEN).max(1);
+    (k, m.div_ceil(k).max(1))
+}
+
+/// The GPU kernels' parameter block.
+#[allow(clippy::too_many_arguments)]
+fn gpu_params(
+    (n, c, s): (usize, usize, usize),
+    affine: bool,
+    cfg: BatchNorm,
+    flags: u32,
+) -> [u32; 12] {
+    let (k, len) = chunks(n * s);
+    [
+        u(n),
+        u(c),
+        u(s),
+        affine as u32,
+        f(cfg.eps),
+        f(cfg.momentum),
+        flags,
+        u(k),
+        u(len),
+        0,
+        0,
+        0,
+    ]
+}
+
+/// Flag bits of the GPU kernels.
+const UPDATE_RUNNING: u32 = 1;
+const FUSED_RELU: u32 = 2;
+const EVAL_BACKWARD: u32 = 4;
+const RESIDUAL: u32 = 8;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct BatchNorm {
@@ -290,7 +333,46 @@ pub fn forward(
     update_running: bool,
     relu: bool,
 ) -> Result<BnForward> {
+    forward_fused(
+        x,
+        gamma,
+        beta,
+        running_mean,
+        running_var,
+        cfg,
+        (train, update_running),
+        relu,
+        None,
+    )
+}
+
+/// [`forward`] with `residual` added before the optional ReLU: y = relu(BN(x) + residual),
+/// one pass over the activations on the GPU (ResNet's block output).
+#[allow(clippy::too_many_arguments)]
+pub fn forward_fused(
+    x: &Tensor,
+    gamma: Option<&Tensor>,
+    beta: Option<&Tensor>,
+    running_mean: &mut Tensor,
+    running_var: &mut Tensor,
+    cfg: BatchNorm,
+    (train, update_running): (bool, bool),
+    relu: bool,
+    residual: Option<&Tensor>,
+) -> Result<BnForward> {
     let (n, c, s) = dims(x.shape())?;
+    if let Some(r) = residual {
+        if r.shape() != x.shape() {
+            return Err(Error::shape(
+                "batch_norm",
+                format!(
+                    "residual of shape {:?} for input {:?}",
+                    r.shape(),
+                    x.shape()
+                ),
+            ));
+        }
+    }
     for (name, t) in [
         ("weight", gamma),
         ("bias", beta),
@@ -322,6 +404,7 @@ pub fn forward(
     let mut all = vec![x, &*running_mean, &*running_var];
     all.extend(gamma);
     all.extend(beta);
+    all.extend(residual);
     match same_device("batch_norm", &all)? {
         Device::Cpu => {
             let xv = x.cpu_data().unwrap_or_default();
@@ -359,15 +442,23 @@ pub fn forward(
                 gamma.and_then(|t| t.cpu_data()),
                 beta.and_then(|t| t.cpu_data()),
             );
-            let y = if reference {
+            // With a residual: BN, then the sum, then the ReLU (the unfused ops' order).
+            let relu_now = relu && residual.is_none();
+            let mut y = if reference {
                 let mut y = apply_ref(xv, &mean, &invstd, g, b, n, c, s);
-                if relu {
+                if relu_now {
                     y.iter_mut().for_each(|v| *v = v.max(0.0));
                 }
                 y
             } else {
-                apply_fast(xv, &mean, &invstd, g, b, c, s, relu)
+                apply_fast(xv, &mean, &invstd, g, b, c, s, relu_now)
             };
+            if let Some(r) = residual.and_then(|r| r.cpu_data()) {
+                for (v, r) in y.iter_mut().zip(r) {
+                    let sum = *v + r;
+                    *v = if relu { sum.max(0.0) } else { sum };
+                }
+            }
             let saved = [mean, invstd].concat();
             Ok(BnForward {
                 y: cpu(y, x.shape()),
@@ -376,30 +467,42 @@ pub fn forward(
         }
         Device::Gpu(g) => {
             let stats = g.alloc(2 * c);
-            let flags = (update_running && train) as u32 | (relu as u32) << 1;
-            let p = [
-                u(n),
-                u(c),
-                u(s),
-                gamma.is_some() as u32,
-                f(cfg.eps),
-                f(cfg.momentum),
-                flags,
-                0,
-            ];
+            let flags = if update_running && train {
+                UPDATE_RUNNING
+            } else {
+                0
+            } | if relu { FUSED_RELU } else { 0 }
+                | if residual.is_some() { RESIDUAL } else { 0 };
+            let p = gpu_params((n, c, s), gamma.is_some(), cfg, flags);
             let (rm, rv) = (buf(running_mean), buf(running_var));
             if train {
-                g.dispatch(STATS, &[], &[buf(x), &stats, rm, rv], &p, [c as u32, 1, 1]);
+                let (k, _) = chunks(n * s);
+                let partial = g.alloc(3 * c * k);
+                g.dispatch(
+                    STATS_PARTIAL,
+                    &[],
+                    &[buf(x), &partial],
+                    &p,
+                    [k as u32, c as u32, 1],
+                );
+                g.dispatch(
+                    STATS_MERGE,
+                    &[],
+                    &[&stats, rm, rv, &partial],
+                    &p,
+                    grid_1d(c, 64),
+                );
             } else {
                 g.dispatch(EVAL_STATS, &[], &[&stats, rm, rv], &p, grid_1d(c, 256));
             }
             let out = g.alloc(x.numel());
             let gb = gamma.map(buf).unwrap_or(&stats);
             let bb = beta.map(buf).unwrap_or(&stats);
+            let res = residual.map(buf).unwrap_or(buf(x));
             g.dispatch(
                 APPLY,
                 &[],
-                &[buf(x), gb, bb, &out, &stats],
+                &[buf(x), gb, bb, &out, &stats, res],
                 &p,
                 grid_1d(x.numel(), 256),
             );
@@ -419,7 +522,28 @@ pub fn backward(
     gamma: Option<&Tensor>,
     train: bool,
 ) -> Result<(Tensor, Tensor, Tensor)> {
+    backward_masked(x, gy, saved, gamma, train, None)
+}
+
+/// [`backward`] of a BN with a fused ReLU: `relu_out` is the forward's output y, and gy is
+/// taken where y > 0 only (masked inside the GPU kernels; an elementwise pass on the CPU).
+pub fn backward_masked(
+    x: &Tensor,
+    gy: &Tensor,
+    saved: &Tensor,
+    gamma: Option<&Tensor>,
+    train: bool,
+    relu_out: Option<&Tensor>,
+) -> Result<(Tensor, Tensor, Tensor)> {
     let (n, c, s) = dims(x.shape())?;
+    let masked;
+    let gy = match (relu_out, gy.device()) {
+        (Some(y), Device::Cpu) => {
+            masked = crate::ops::elementwise::relu_backward(y, gy)?;
+            &masked
+        }
+        _ => gy,
+    };
     match same_device("batch_norm_backward", &[x, gy, saved])? {
         Device::Cpu => {
             let sv = saved.cpu_data().unwrap_or_default();
@@ -438,21 +562,26 @@ pub fn backward(
         }
         Device::Gpu(g) => {
             let red = g.alloc(2 * c);
-            let flags = if train { 0 } else { 4 };
-            let p = [u(n), u(c), u(s), gamma.is_some() as u32, 0, 0, flags, 0];
+            let flags = if train { 0 } else { EVAL_BACKWARD }
+                | if relu_out.is_some() { FUSED_RELU } else { 0 };
+            let p = gpu_params((n, c, s), gamma.is_some(), BatchNorm::default(), flags);
+            let (k, _) = chunks(n * s);
+            let partial = g.alloc(2 * c * k);
+            let aux = relu_out.map(buf).unwrap_or(buf(x));
             g.dispatch(
-                BWD_REDUCE,
+                BWD_PARTIAL,
                 &[],
-                &[buf(x), buf(gy), &red, buf(saved)],
+                &[buf(x), buf(gy), buf(saved), &partial, aux],
                 &p,
-                [c as u32, 1, 1],
+                [k as u32, c as u32, 1],
             );
+            g.dispatch(BWD_MERGE, &[], &[&red, &partial], &p, grid_1d(c, 64));
             let out = g.alloc(x.numel());
             let gam = gamma.map(buf).unwrap_or(buf(saved));
             g.dispatch(
                 BWD_INPUT,
                 &[],
-                &[buf(x), buf(gy), gam, &red, &out, buf(saved)],
+                &[buf(x), buf(gy), gam, &red, &out, buf(saved), aux],
                 &p,
                 grid_1d(x.numel(), 256),
             );
@@ -675,6 +804,66 @@ impl Tape {
         train: bool,
     ) -> Result<Var> {
         self.batch_norm_with(x, gamma, beta, running_mean, running_var, cfg, train, train)
+    }
+
+    /// relu(BN(x) [+ residual]) as one op: one pass over the activations forward (on the
+    /// GPU), the ReLU's mask applied inside BN's backward kernels (without a residual) or once
+    /// for both branches (with one).
+    #[allow(clippy::too_many_arguments)]
+    pub fn batch_norm_relu(
+        &mut self,
+        x: Var,
+        gamma: Option<Var>,
+        beta: Option<Var>,
+        running_mean: &mut Tensor,
+        running_var: &mut Tensor,
+        cfg: BatchNorm,
+        (train, update_running): (bool, bool),
+        residual: Option<Var>,
+    ) -> Result<Var> {
+        let xv = self.value(x).clone();
+        let gv = gamma.map(|v| self.value(v).clone());
+        let bv = beta.map(|v| self.value(v).clone());
+        let rv = residual.map(|v| self.value(v).clone());
+        let fw = forward_fused(
+            &xv,
+            gv.as_ref(),
+            bv.as_ref(),
+            running_mean,
+            running_var,
+            cfg,
+            (train, update_running),
+            true,
+            rv.as_ref(),
+        )?;
+        let (saved, y) = (fw.saved, fw.y.clone());
+        let mut inputs = vec![x];
+        inputs.extend(gamma);
+        inputs.extend(beta);
+        inputs.extend(residual);
+        let (has_g, has_b, has_r) = (gamma.is_some(), beta.is_some(), residual.is_some());
+        Ok(self.record("batch_norm_relu", fw.y, &inputs, move |gy, _| {
+            let (gx, gg, gb, gr) = if has_r {
+                // The residual's gradient is the masked gy itself: mask once, share it.
+                let gm = crate::ops::elementwise::relu_backward(&y, gy)?;
+                let (gx, gg, gb) = backward(&xv, &gm, &saved, gv.as_ref(), train)?;
+                (gx, gg, gb, Some(gm))
+            } else {
+                let (gx, gg, gb) = backward_masked(&xv, gy, &saved, gv.as_ref(), train, Some(&y))?;
+                (gx, gg, gb, None)
+            };
+            let mut out = vec![Some(gx)];
+            if has_g {
+                out.push(Some(gg));
+            }
+            if has_b {
+                out.push(Some(gb));
+            }
+            if has_r {
+                out.push(gr);
+            }
+            Ok(out)
+        }))
     }
 
     /// [`Tape::batch_norm`] with the running-statistics update chosen separately (a

@@ -572,7 +572,11 @@ fn gemm_pass(g: &Gpu, mode: GemmMode, d: &Dims, lhs: &GpuBuffer, rhs: &GpuBuffer
         GemmMode::ConvForward => ([d.o, d.n * d.oh * d.ow, d.c * kk], 1),
         // Phase (0, 0) has the most pixels; each phase computes its own sizes.
         _ => (
-            [d.c, d.n * d.h.div_ceil(d.stride) * d.w.div_ceil(d.stride), 0],
+            [
+                d.c,
+                d.n * d.h.div_ceil(d.stride) * d.w.div_ceil(d.stride),
+                0,
+            ],
             d.stride * d.stride,
         ),
     };

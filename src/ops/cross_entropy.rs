@@ -97,7 +97,7 @@ pub fn cross_entropy_rows(logits: &Tensor, labels: &Tensor) -> TResult {
                 &[],
                 &[buf(logits), buf(labels), &out],
                 &[u(n), u(k), 0, 0],
-                grid_1d(n, 64),
+                grid_1d(n * 256, 256),
             );
             Ok(Tensor::from_gpu(&g, out, &[n]))
         }
@@ -125,7 +125,7 @@ pub fn cross_entropy_rows_backward(logits: &Tensor, labels: &Tensor, g: &Tensor)
                 &[],
                 &[buf(logits), buf(labels), buf(g), &out],
                 &[u(n), u(k), 0, 0],
-                grid_1d(n, 64),
+                grid_1d(n * 256, 256),
             );
             Ok(Tensor::from_gpu(&gpu, out, &[n, k]))
         }

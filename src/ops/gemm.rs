@@ -9,7 +9,13 @@ use crate::gpu::{Gpu, GpuBuffer, Kernel};
 use rayon::prelude::*;
 
 const MATMUL_REG: Kernel = Kernel::new("matmul", "matmul_reg");
-const GEMM: Kernel = Kernel::new("gemm", "gemm");
+/// The workgroup GEMM's entry points, by mode (index = the shader's MODE).
+const GEMM: [Kernel; 4] = [
+    Kernel::new("gemm", "matmul"),
+    Kernel::new("gemm", "conv_forward"),
+    Kernel::new("gemm", "conv_input_grad"),
+    Kernel::new("gemm", "conv_weight_grad"),
+];
 
 /// C[m, n] = op(A)·op(B) (+ bias). Rows of C are computed in parallel for the f32 path.
 #[allow(clippy::too_many_arguments)]
@@ -182,7 +188,6 @@ pub fn matmul_fast(
     c
 }
 
-
 /// The tile of the workgroup GEMM: `wg` invocations, each accumulating `tm` rows × 4 columns,
 /// over a `bm` × `bn` output block staged `bk` reduction steps at a time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -273,12 +278,18 @@ pub fn tiles_for(g: &Gpu, m: usize) -> Tiles {
 /// What one dispatch of the workgroup GEMM computes (see `shaders/gemm.wgsl`).
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum GemmMode {
-    Matmul { ta: bool, tb: bool, bias: bool },
+    Matmul {
+        ta: bool,
+        tb: bool,
+        bias: bool,
+    },
     ConvForward,
     /// The input gradient: one grid slice per stride phase (stride²).
     ConvInput,
     /// The weight gradient, its reduction split into slices of `split` steps.
-    ConvWeight { split: usize },
+    ConvWeight {
+        split: usize,
+    },
 }
 
 /// The sizes of a convolution as the GEMM kernel reads them: n, c, h, w, o, oh, ow, kh, kw,
@@ -347,7 +358,13 @@ pub(crate) fn dispatch_gemm(
         u(m.div_ceil(t.bm() as usize).max(1)),
         u(col_groups * slices.max(1)),
     ];
-    g.dispatch(GEMM, &constants, &[lhs, rhs, bias, out], &params, grid);
+    g.dispatch(
+        GEMM[code],
+        &constants,
+        &[lhs, rhs, bias, out],
+        &params,
+        grid,
+    );
     t
 }
 

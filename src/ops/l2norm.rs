@@ -72,7 +72,7 @@ pub fn l2_normalize(x: &Tensor) -> TResult {
                 &[],
                 &[buf(x), &out],
                 &[u(n), u(d), f(EPS), 0],
-                grid_1d(n, 64),
+                grid_1d(n * 256, 256),
             );
             Ok(Tensor::from_gpu(&g, out, x.shape()))
         }
@@ -100,7 +100,7 @@ pub fn l2_normalize_backward(x: &Tensor, gy: &Tensor) -> TResult {
                 &[],
                 &[buf(x), buf(gy), &out],
                 &[u(n), u(d), f(EPS), 0],
-                grid_1d(n, 64),
+                grid_1d(n * 256, 256),
             );
             Ok(Tensor::from_gpu(&g, out, x.shape()))
         }

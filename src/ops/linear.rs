@@ -81,7 +81,16 @@ pub fn matmul_t(a: &Tensor, b: &Tensor, bias: Option<&Tensor>, ta: bool, tb: boo
                 return crate::ops::elementwise::fill(0.0, &[m, n], &Device::Gpu(g));
             }
             let out = g.alloc(m * n);
-            crate::ops::gemm::matmul_gpu(&g, buf(a), buf(b), bias.map(buf), [m, n, k], ta, tb, &out);
+            crate::ops::gemm::matmul_gpu(
+                &g,
+                buf(a),
+                buf(b),
+                bias.map(buf),
+                [m, n, k],
+                ta,
+                tb,
+                &out,
+            );
             Ok(Tensor::from_gpu(&g, out, &[m, n]))
         }
     }
