@@ -30,7 +30,7 @@ fn kernels(c: &mut Criterion) {
     let dev = device();
     println!("device: {}", dev.name());
     println!("validated kernels (one timed batch each):");
-    for r in kernel_suite(&dev, 2).expect("kernels validate against the CPU reference") {
+    for r in kernel_suite(&dev, 2, 32).expect("kernels validate against the CPU reference") {
         let ts = r
             .gpu_seconds
             .map(|s| format!("  [{:.2} ms by GPU timestamps]", s * 1e3))

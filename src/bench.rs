@@ -24,19 +24,52 @@ pub struct KernelResult {
     /// Seconds by GPU timestamps, when available.
     pub gpu_seconds: Option<f64>,
     pub max_rel_err: f64,
+    /// The kernel family that ran: `workgroup` (hardware GPUs), `register` (CPU-type
+    /// adapters) or `cpu`.
+    pub family: &'static str,
+    /// The workgroup GEMM's tile (BMxBNxBK) where that family ran a GEMM.
+    pub tile: Option<String>,
 }
 
-/// The ResNet-18 CIFAR 3×3 s1 p1 convolutions at batch 32.
+/// (family, tile) of a product of `m` output rows on `dev`.
+fn family_and_tile(dev: &Device, m: usize) -> (&'static str, Option<String>) {
+    use crate::gpu::KernelVariant;
+    match dev {
+        Device::Cpu => ("cpu", None),
+        Device::Gpu(g) => match g.variant {
+            KernelVariant::RegisterTiled => ("register", None),
+            KernelVariant::WorkgroupTiled => {
+                ("workgroup", Some(crate::ops::gemm::tiles_for(g, m).label()))
+            }
+        },
+    }
+}
+
+/// The ResNet-18 CIFAR convolutions: the stem, the 3×3 s1 convolution of each stage, the
+/// first stride-2 3×3 and its 1×1 stride-2 shortcut (benches/pytorch_gpu.py times the same
+/// list under the same names).
 pub fn resnet18_cifar_convs(batch: usize) -> Vec<(String, Dims)> {
-    [(64, 32), (128, 16), (256, 8), (512, 4)]
-        .iter()
-        .map(|&(c, hw)| {
-            let d = Conv2d::new(1, 1)
-                .dims(&[batch, c, hw, hw], &[c, c, 3, 3])
-                .expect("valid shape");
-            (format!("{c}ch {hw}x{hw} b{batch}"), d)
-        })
-        .collect()
+    let conv = |c: usize, hw: usize, o: usize, k: usize, s: usize, p: usize| {
+        Conv2d::new(s, p)
+            .dims(&[batch, c, hw, hw], &[o, c, k, k])
+            .expect("valid shape")
+    };
+    let mut out = vec![(
+        format!("stem 3->64 32x32 b{batch}"),
+        conv(3, 32, 64, 3, 1, 1),
+    )];
+    for (c, hw) in [(64, 32), (128, 16), (256, 8), (512, 4)] {
+        out.push((format!("{c}ch {hw}x{hw} b{batch}"), conv(c, hw, c, 3, 1, 1)));
+    }
+    out.push((
+        format!("64->128 s2 32x32 b{batch}"),
+        conv(64, 32, 128, 3, 2, 1),
+    ));
+    out.push((
+        format!("1x1 64->128 s2 32x32 b{batch}"),
+        conv(64, 32, 128, 1, 2, 0),
+    ));
+    out
 }
 
 fn rand_t(shape: &[usize], seed: u64, dev: &Device) -> Result<Tensor> {
@@ -124,9 +157,11 @@ pub fn bench_conv(dev: &Device, name: &str, d: &Dims, reps: usize) -> Result<Vec
     let gflop = 2.0 * d.macs() as f64 * 1e-9;
     let mut out = Vec::new();
     for kernel in CONV_KERNELS {
+        // Checked against the CPU path's kernels (themselves tested against the reference):
+        // the reference takes minutes at batch 256.
         let err = rel_err(
             &run_conv(kernel, &x, &w, &gy, d)?,
-            &crate::ops::with_reference_kernels(|| run_conv(kernel, &xc, &wc, &gyc, d))?,
+            &run_conv(kernel, &xc, &wc, &gyc, d)?,
         )?;
         if err > 1e-4 {
             return Err(Error::Gpu(format!("{kernel} {name}: result differs from the CPU reference (rel. error {err:.2e}); not timing it")));
@@ -137,6 +172,12 @@ pub fn bench_conv(dev: &Device, name: &str, d: &Dims, reps: usize) -> Result<Vec
         let (secs, gpu) = time(dev, reps, || run_conv(kernel, &x, &w, &gy, d))?;
         print_profile(dev, &format!("{kernel} {name}"), reps + 1);
         let best = gpu.unwrap_or(secs);
+        let rows = if kernel == "conv2d_backward_input" {
+            d.c
+        } else {
+            d.o
+        };
+        let (family, tile) = family_and_tile(dev, rows);
         out.push(KernelResult {
             kernel: kernel.into(),
             shape: name.into(),
@@ -145,6 +186,8 @@ pub fn bench_conv(dev: &Device, name: &str, d: &Dims, reps: usize) -> Result<Vec
             gflops: gflop / best,
             gpu_seconds: gpu,
             max_rel_err: err,
+            family,
+            tile,
         });
     }
     Ok(out)
@@ -164,6 +207,7 @@ pub fn bench_matmul(dev: &Device, n: usize, reps: usize) -> Result<KernelResult>
     }
     let (secs, gpu) = time(dev, reps, || linear::matmul(&a, &b))?;
     let gflop = 2.0 * (n * n * n) as f64 * 1e-9;
+    let (family, tile) = family_and_tile(dev, n);
     Ok(KernelResult {
         kernel: "matmul".into(),
         shape: format!("{n}x{n}x{n}"),
@@ -172,14 +216,16 @@ pub fn bench_matmul(dev: &Device, n: usize, reps: usize) -> Result<KernelResult>
         gflops: gflop / gpu.unwrap_or(secs),
         gpu_seconds: gpu,
         max_rel_err: err,
+        family,
+        tile,
     })
 }
 
-/// The kernel set: the four ResNet-18 CIFAR convolutions (three kernels each) at
-/// batch 32 and a 512³ matmul.
-pub fn kernel_suite(dev: &Device, reps: usize) -> Result<Vec<KernelResult>> {
+/// The kernel set: the ResNet-18 CIFAR convolutions (three kernels each) at `batch` and a
+/// 512³ matmul.
+pub fn kernel_suite(dev: &Device, reps: usize, batch: usize) -> Result<Vec<KernelResult>> {
     let mut out = Vec::new();
-    for (name, d) in resnet18_cifar_convs(32) {
+    for (name, d) in resnet18_cifar_convs(batch) {
         out.extend(bench_conv(dev, &name, &d, reps)?);
     }
     out.push(bench_matmul(dev, 512, reps)?);

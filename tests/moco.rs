@@ -192,33 +192,35 @@ fn learns_and_matches_on_the_adapter() {
         "MoCo loss should decrease once the queue is full: {l:?}"
     );
     assert_eq!(m.queue_ptr(), (24 * 32) % 256);
-    let Some(g) = gpu() else { return };
-    let small = Arc::new(data.as_ref().clone().truncate(32));
-    let checks = step_checks("fc.0", "fc.2");
-    let weights = |m: &Moco| -> Vec<Vec<f32>> {
-        checks
-            .iter()
-            .map(|c| m.store().get(&c.name).unwrap().value.to_vec().unwrap())
-            .collect()
-    };
-    let one = |dev: &Device| {
-        let mut m = mk(dev);
-        let w0 = weights(&m);
-        let l = run(&mut m, 1, dev, &small);
-        (l[0], w0, weights(&m), m.queue().to_vec().unwrap())
-    };
-    let (c, gg) = (one(&Device::Cpu), one(&g));
-    assert_close("moco loss", &[gg.0], &[c.0], 1e-4, 1e-4);
-    for (k, check) in checks.iter().enumerate() {
-        assert_update_close(
-            &format!("moco {}: one step's update", check.name),
-            check,
-            &c.1[k],
-            &gg.2[k],
-            &c.2[k],
-        );
+    // One step under both kernel families on the test adapter.
+    for g in both_families("one step") {
+        let small = Arc::new(data.as_ref().clone().truncate(32));
+        let checks = step_checks("fc.0", "fc.2");
+        let weights = |m: &Moco| -> Vec<Vec<f32>> {
+            checks
+                .iter()
+                .map(|c| m.store().get(&c.name).unwrap().value.to_vec().unwrap())
+                .collect()
+        };
+        let one = |dev: &Device| {
+            let mut m = mk(dev);
+            let w0 = weights(&m);
+            let l = run(&mut m, 1, dev, &small);
+            (l[0], w0, weights(&m), m.queue().to_vec().unwrap())
+        };
+        let (c, gg) = (one(&Device::Cpu), one(&g));
+        assert_close("moco loss", &[gg.0], &[c.0], 1e-4, 1e-4);
+        for (k, check) in checks.iter().enumerate() {
+            assert_update_close(
+                &format!("moco {}: one step's update", check.name),
+                check,
+                &c.1[k],
+                &gg.2[k],
+                &c.2[k],
+            );
+        }
+        assert_close("moco queue after a step", &gg.3, &c.3, 1e-4, 1e-3);
     }
-    assert_close("moco queue after a step", &gg.3, &c.3, 1e-4, 1e-3);
 }
 
 #[test]

@@ -183,56 +183,58 @@ fn architectures_build_with_torchvision_shapes() {
 
 #[test]
 fn resnet18_batch4_gpu_equals_cpu() {
-    let Some(g) = gpu() else { return };
-    let (mut r, seed) = rng();
-    let x = randn(&mut r, 4 * 3 * 32 * 32);
-    // A random upstream gradient: a uniform one (loss = Σ f) makes every BN backward cancel
-    // almost exactly, which measures rounding, not the kernels.
-    let w = randn(&mut r, 4 * 64);
-    let run = |dev: &Device| {
-        let (net, mut store) = build(dev);
-        let mut tape = Tape::new();
-        let bound = store.bind(&mut tape, true);
-        let xv = tape.input(t(&x, &[4, 3, 32, 32], dev));
-        let f = net
-            .forward(&mut tape, &mut store, &bound, xv, true)
-            .unwrap();
-        let fv = tape.value(f).to_vec().unwrap();
-        let wv = tape.input(t(&w, &[4, 64], dev));
-        let fw = tape.mul(f, wv).unwrap();
-        let l = tape.sum(fw).unwrap();
-        let grads = tape.backward(l).unwrap();
-        let gw: Vec<Vec<f32>> = bound
-            .iter()
-            .map(|(_, v)| grads.get(v).unwrap().to_vec().unwrap())
-            .collect();
-        (fv, gw)
-    };
-    let (c, gg) = (run(&Device::Cpu), run(&g));
-    assert_close(&format!("features seed {seed}"), &gg.0, &c.0, 1e-4, 1e-3);
-    if std::env::var("VIEWCRAFT_TEST_VERBOSE").is_ok() {
+    // Both kernel families on the test adapter (the hardware one forced on lavapipe).
+    for g in both_families("resnet batch 4") {
+        let (mut r, seed) = rng();
+        let x = randn(&mut r, 4 * 3 * 32 * 32);
+        // A random upstream gradient: a uniform one (loss = Σ f) makes every BN backward cancel
+        // almost exactly, which measures rounding, not the kernels.
+        let w = randn(&mut r, 4 * 64);
+        let run = |dev: &Device| {
+            let (net, mut store) = build(dev);
+            let mut tape = Tape::new();
+            let bound = store.bind(&mut tape, true);
+            let xv = tape.input(t(&x, &[4, 3, 32, 32], dev));
+            let f = net
+                .forward(&mut tape, &mut store, &bound, xv, true)
+                .unwrap();
+            let fv = tape.value(f).to_vec().unwrap();
+            let wv = tape.input(t(&w, &[4, 64], dev));
+            let fw = tape.mul(f, wv).unwrap();
+            let l = tape.sum(fw).unwrap();
+            let grads = tape.backward(l).unwrap();
+            let gw: Vec<Vec<f32>> = bound
+                .iter()
+                .map(|(_, v)| grads.get(v).unwrap().to_vec().unwrap())
+                .collect();
+            (fv, gw)
+        };
+        let (c, gg) = (run(&Device::Cpu), run(&g));
+        assert_close(&format!("features seed {seed}"), &gg.0, &c.0, 1e-4, 1e-3);
+        if std::env::var("VIEWCRAFT_TEST_VERBOSE").is_ok() {
+            for (i, (a, b)) in gg.1.iter().zip(&c.1).enumerate() {
+                let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())) as f64;
+                let d = a
+                    .iter()
+                    .zip(b)
+                    .map(|(x, y)| (x - y).abs())
+                    .fold(0f32, f32::max) as f64;
+                eprintln!("grad {i}: normwise {:.2e}", d / scale);
+            }
+        }
+        // The errors are bimodal: most draws agree to ~1e-5 of the largest gradient, a few move
+        // the earlier layers' gradients by up to a few 1e-2 of their scale from one layer on —
+        // the signature of a ReLU input within rounding of 0 routed differently by the two paths.
+        // A wrong kernel is off by O(1).
         for (i, (a, b)) in gg.1.iter().zip(&c.1).enumerate() {
             let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())) as f64;
-            let d = a
-                .iter()
-                .zip(b)
-                .map(|(x, y)| (x - y).abs())
-                .fold(0f32, f32::max) as f64;
-            eprintln!("grad {i}: normwise {:.2e}", d / scale);
+            assert_close(
+                &format!("grad {i} seed {seed}"),
+                a,
+                b,
+                5e-2 * scale + 1e-6,
+                0.0,
+            );
         }
-    }
-    // The errors are bimodal: most draws agree to ~1e-5 of the largest gradient, a few move
-    // the earlier layers' gradients by up to a few 1e-2 of their scale from one layer on —
-    // the signature of a ReLU input within rounding of 0 routed differently by the two paths.
-    // A wrong kernel is off by O(1).
-    for (i, (a, b)) in gg.1.iter().zip(&c.1).enumerate() {
-        let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())) as f64;
-        assert_close(
-            &format!("grad {i} seed {seed}"),
-            a,
-            b,
-            5e-2 * scale + 1e-6,
-            0.0,
-        );
     }
 }

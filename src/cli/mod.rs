@@ -154,7 +154,7 @@ pub enum Command {
         /// view, ResNet-18 + classifier + cross-entropy) instead of the kernels.
         #[arg(long)]
         method: Option<String>,
-        /// Batch size for --method.
+        /// Batch size for --method and the kernel bench.
         #[arg(long, default_value_t = 32)]
         batch: usize,
         /// ResNet-18 base width for --method.
@@ -384,10 +384,12 @@ pub fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Bench { json, reps, .. } => {
+        Command::Bench {
+            json, reps, batch, ..
+        } => {
             // Kernel benchmarks measure the GPU path: any adapter, software ones included.
             let dev = select_device_or(cli.device.as_deref(), "gpu")?;
-            let results = bench::kernel_suite(&dev, reps)?;
+            let results = bench::kernel_suite(&dev, reps, batch)?;
             if json {
                 let v = serde_json::json!({ "device": dev.name(), "kernels": results });
                 println!(
@@ -402,11 +404,16 @@ pub fn run(cli: Cli) -> Result<()> {
                         .map(|s| format!("{:.2} ms (timestamps)", s * 1e3))
                         .unwrap_or_default();
                     println!(
-                        "{:24} {:18} {:8.2} GFLOP/s  {:8.2} ms wall  {gpu}",
+                        "{:24} {:28} {:8.2} GFLOP/s  {:8.2} ms wall  {gpu}  [{}{}]",
                         r.kernel,
                         r.shape,
                         r.gflops,
-                        r.seconds * 1e3
+                        r.seconds * 1e3,
+                        r.family,
+                        r.tile
+                            .as_deref()
+                            .map(|t| format!(" {t}"))
+                            .unwrap_or_default()
                     );
                 }
             }

@@ -53,6 +53,17 @@ pub fn own_gpu(purpose: &str, variant: Option<viewcraft::gpu::KernelVariant>) ->
     Some(d)
 }
 
+/// Devices of both kernel families on the test adapter, each its own (see `own_gpu`): the
+/// register tiles lavapipe picks and the workgroup tiles hardware GPUs pick. Empty where no
+/// adapter exists (outside CI).
+pub fn both_families(purpose: &str) -> Vec<Device> {
+    use viewcraft::gpu::KernelVariant::*;
+    [RegisterTiled, WorkgroupTiled]
+        .into_iter()
+        .filter_map(|v| own_gpu(purpose, Some(v)))
+        .collect()
+}
+
 /// A fresh seed per call (printed in every failure message); `VIEWCRAFT_TEST_SEED` replays one.
 pub fn rng() -> (StdRng, u64) {
     let seed: u64 = std::env::var("VIEWCRAFT_TEST_SEED")
