@@ -14,9 +14,10 @@
 //
 // Tiles: a workgroup of WG invocations computes BM × BN outputs (BM = TM · WG / (BN/4)); each
 // invocation accumulates TM rows × 4 columns in registers, reading vec4s from the tiles staged in
-// workgroup memory, BK reduction steps at a time. Every operand is staged with consecutive
-// invocations on consecutive addresses (A_KFAST / B_KFAST pick the order that is contiguous in
-// memory), so global loads coalesce in every transpose case and convolution mode. Out-of-range
+// workgroup memory, BK reduction steps at a time. Each invocation stages vec4s of 4 rows (or
+// columns) at one reduction step; along the operand's contiguous dimension consecutive
+// invocations take consecutive addresses (A_KFAST / B_KFAST pick it), so global loads coalesce
+// in every transpose case and convolution mode. Out-of-range
 // loads read index 0 and are replaced by zero; out-of-range outputs are not stored.
 
 override MODE: u32 = 0u;
@@ -211,23 +212,31 @@ fn gemm(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) {
     let ty = lid / (BN / 4u);
     var acc: array<vec4<f32>, 8>;
     for (var k0 = kbeg; k0 < kend; k0 += BK) {
-        for (var e = 0u; e < bm * BK / WG; e++) {
-            let f = lid + e * WG;
+        // Each invocation stages whole vec4s (4 rows or 4 columns at one reduction step), so no
+        // two invocations write parts of one vector.
+        for (var u = lid; u < A_VECS; u += WG) {
             var kk: u32;
-            var mm: u32;
-            if (A_KFAST) { kk = f % BK; mm = f / BK; } else { mm = f % bm; kk = f / bm; }
-            let ok = m0 + mm < p.m && k0 + kk < kend;
-            let v = load_a(select(0u, m0 + mm, ok), select(0u, k0 + kk, ok), ph);
-            a_tile[kk * (bm / 4u) + mm / 4u][mm % 4u] = select(0.0, v, ok);
+            var m4: u32;
+            if (A_KFAST) { kk = u % BK; m4 = u / BK; } else { m4 = u % (bm / 4u); kk = u / (bm / 4u); }
+            var v = vec4(0.0);
+            for (var j = 0u; j < 4u; j++) {
+                let m = m0 + m4 * 4u + j;
+                let ok = m < p.m && k0 + kk < kend;
+                v[j] = select(0.0, load_a(select(0u, m, ok), select(0u, k0 + kk, ok), ph), ok);
+            }
+            a_tile[kk * (bm / 4u) + m4] = v;
         }
-        for (var e = 0u; e < BN * BK / WG; e++) {
-            let f = lid + e * WG;
+        for (var u = lid; u < B_VECS; u += WG) {
             var kk: u32;
-            var nn: u32;
-            if (B_KFAST) { kk = f % BK; nn = f / BK; } else { nn = f % BN; kk = f / BN; }
-            let ok = col0 + nn < cols && k0 + kk < kend;
-            let v = load_b(select(0u, k0 + kk, ok), select(0u, col0 + nn, ok), ph);
-            b_tile[kk * (BN / 4u) + nn / 4u][nn % 4u] = select(0.0, v, ok);
+            var n4: u32;
+            if (B_KFAST) { kk = u % BK; n4 = u / BK; } else { n4 = u % (BN / 4u); kk = u / (BN / 4u); }
+            var v = vec4(0.0);
+            for (var j = 0u; j < 4u; j++) {
+                let col = col0 + n4 * 4u + j;
+                let ok = col < cols && k0 + kk < kend;
+                v[j] = select(0.0, load_b(select(0u, k0 + kk, ok), select(0u, col, ok), ph), ok);
+            }
+            b_tile[kk * (BN / 4u) + n4] = v;
         }
         workgroupBarrier();
         for (var kk = 0u; kk < BK; kk++) {

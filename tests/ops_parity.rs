@@ -132,6 +132,8 @@ fn kernel_families(purpose: &str) -> Vec<(Device, Vec<Option<gemm::Tiles>>)> {
         let Device::Gpu(adapter) = &g else {
             unreachable!("an adapter device")
         };
+        // Every output element must be written: no stale pooled values pass.
+        adapter.set_poison(true);
         let mut tiles = vec![None];
         if variant == WorkgroupTiled {
             let l = &adapter.limits;
@@ -199,6 +201,18 @@ fn matmul_all_transposes() {
                                 1e-4,
                             );
                         }
+                        // Column tiles carried by grid z (a 2-workgroup-wide grid).
+                        assert_close(
+                            &format!(
+                                "matmul m{m} n{n} k{k} ta{ta} tb{tb} bias {bias} on {g:?} grid x ≤ 2 seed {seed}"
+                            ),
+                            &gemm::with_grid_x_limit(2, || {
+                                v(&linear::matmul_t(&ag, &bg, bg_, ta, tb).unwrap())
+                            }),
+                            &want,
+                            tol,
+                            1e-4,
+                        );
                     }
                 }
             }
@@ -310,36 +324,83 @@ fn conv2d_forward_and_grads() {
                 t(&wt, &[o, c, k, k], g),
                 t(&gy, &[n, o, d.oh, d.ow], g),
             );
-            for &tile in tiles {
+            // Every tile, and the adapter's choice with column tiles carried by grid z.
+            for (tile, grid_x) in tiles.iter().map(|&t| (t, None)).chain([(None, Some(2))]) {
                 let lbl = format!(
-                    "conv2d x[{n},{c},{h},{w}] w[{o},{c},{k},{k}] s{s} p{p} on {g:?} tiles {tile:?} seed {seed}"
+                    "conv2d x[{n},{c},{h},{w}] w[{o},{c},{k},{k}] s{s} p{p} on {g:?} tiles {tile:?} grid x ≤ {grid_x:?} seed {seed}"
                 );
-                tiled(tile, || {
-                    assert_close(
-                        &format!("{lbl} y"),
-                        &v(&conv2d::forward(&xg, &wg, cfg).unwrap()),
-                        &y_cpu,
-                        tol(c * k * k),
-                        1e-4,
-                    );
-                    assert_close(
-                        &format!("{lbl} grad_x"),
-                        &v(&conv2d::backward_input(&gyg, &wg, &d).unwrap()),
-                        &gx_cpu,
-                        tol(o * k * k),
-                        1e-4,
-                    );
-                    assert_close(
-                        &format!("{lbl} grad_w"),
-                        &v(&conv2d::backward_weight(&gyg, &xg, &d).unwrap()),
-                        &gw_cpu,
-                        tol(n * d.oh * d.ow),
-                        1e-4,
-                    );
+                let limited = |f: &dyn Fn()| match grid_x {
+                    Some(x) => gemm::with_grid_x_limit(x, f),
+                    None => f(),
+                };
+                limited(&|| {
+                    tiled(tile, || {
+                        assert_close(
+                            &format!("{lbl} y"),
+                            &v(&conv2d::forward(&xg, &wg, cfg).unwrap()),
+                            &y_cpu,
+                            tol(c * k * k),
+                            1e-4,
+                        );
+                        assert_close(
+                            &format!("{lbl} grad_x"),
+                            &v(&conv2d::backward_input(&gyg, &wg, &d).unwrap()),
+                            &gx_cpu,
+                            tol(o * k * k),
+                            1e-4,
+                        );
+                        assert_close(
+                            &format!("{lbl} grad_w"),
+                            &v(&conv2d::backward_weight(&gyg, &xg, &d).unwrap()),
+                            &gw_cpu,
+                            tol(n * d.oh * d.ow),
+                            1e-4,
+                        );
+                    })
                 });
             }
         }
     }
+}
+
+/// Shift elements of `x` [N, C, S...] so that every input of the ReLU after BN (train: batch
+/// statistics, eval: the running ones; γ, β; plus `residual`) is at least 1e-3 from 0.
+fn away_from_relu_kinks(
+    x: &mut [f32],
+    shape: &[usize],
+    train: bool,
+    (rm, rv): (&[f32], &[f32]),
+    (gamma, beta): (&[f32], &[f32]),
+    residual: Option<&[f32]>,
+) {
+    let (n, c) = (shape[0], shape[1]);
+    let s: usize = shape[2..].iter().product();
+    for _ in 0..10 {
+        let (mean, var) = if train {
+            let (m, v) =
+                batchnorm::stats_ref(&x.iter().map(|&v| v as f64).collect::<Vec<_>>(), n, c, s);
+            (
+                m.iter().map(|&v| v as f32).collect::<Vec<_>>(),
+                v.iter().map(|&v| v as f32).collect::<Vec<_>>(),
+            )
+        } else {
+            (rm.to_vec(), rv.to_vec())
+        };
+        let mut moved = false;
+        for (e, xe) in x.iter_mut().enumerate() {
+            let ch = e / s % c;
+            let scale = gamma[ch] / (var[ch] + 1e-5).sqrt();
+            let pre = (*xe - mean[ch]) * scale + beta[ch] + residual.map_or(0.0, |r| r[e]);
+            if pre.abs() < 1e-3 {
+                *xe += 3e-3f32.copysign(pre) / scale;
+                moved = true;
+            }
+        }
+        if !moved {
+            return;
+        }
+    }
+    panic!("could not move the ReLU inputs away from 0");
 }
 
 /// How `batchnorm_train_eval_and_grads` builds its op.
@@ -384,13 +445,31 @@ fn batchnorm_train_eval_and_grads() {
                     if n < 64 && kind != BnKind::Plain {
                         continue;
                     }
-                    let x: Vec<f32> = randn(&mut r, n).iter().map(|v| v * 2.0 + offset).collect();
+                    let mut x: Vec<f32> =
+                        randn(&mut r, n).iter().map(|v| v * 2.0 + offset).collect();
                     let gamma = randn(&mut r, c);
                     let beta = randn(&mut r, c);
                     let rm: Vec<f32> = randn(&mut r, c).iter().map(|v| v + offset).collect();
                     let rv: Vec<f32> = randn(&mut r, c).iter().map(|v| v.abs() + 0.5).collect();
                     let res = randn(&mut r, n);
                     let gy = randn(&mut r, n);
+                    if kind != BnKind::Plain {
+                        // A ReLU input within rounding of 0 may take either side on the two
+                        // devices (an O(1) gradient difference, not a kernel error): move x
+                        // until every input is at least 1e-3 from the kink.
+                        let with_res = kind != BnKind::FusedRelu;
+                        let ones = vec![1.0; c];
+                        let g_ = if affine { &gamma } else { &ones };
+                        let b_ = if affine { beta.clone() } else { vec![0.0; c] };
+                        away_from_relu_kinks(
+                            &mut x,
+                            &shape,
+                            train,
+                            (&rm, &rv),
+                            (g_, &b_),
+                            with_res.then_some(&res[..]),
+                        );
+                    }
                     let run = |d: &Device, kind: BnKind| {
                         let mut rmt = t(&rm, &[c], d);
                         let mut rvt = t(&rv, &[c], d);

@@ -144,6 +144,10 @@ pub struct Gpu {
     /// The first error the device reported (validation, out of memory, device loss) or a
     /// limit an allocation exceeded; [`Gpu::check`] turns it into `Error::Gpu`.
     errors: Arc<Mutex<Option<String>>>,
+    /// Whether every allocation is filled with NaN first (`VIEWCRAFT_POISON=1`, or
+    /// `set_poison`): a kernel that leaves an output element unwritten then fails its test
+    /// instead of passing on a pooled buffer's stale, correct-looking values.
+    poison: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Gpu {
@@ -300,6 +304,9 @@ impl Gpu {
             pipelines: Mutex::new(PipelineCache::default()),
             rec: Mutex::new(rec),
             errors,
+            poison: std::env::var("VIEWCRAFT_POISON")
+                .is_ok_and(|v| v == "1")
+                .into(),
             profile: Mutex::new(
                 std::env::var("VIEWCRAFT_PROFILE")
                     .is_ok_and(|v| v == "1")
@@ -327,7 +334,22 @@ impl Gpu {
                 limit >> 20
             ));
         }
-        self.pool.alloc(len)
+        let buf = self.pool.alloc(len);
+        if len > 0 && self.poison.load(std::sync::atomic::Ordering::Relaxed) {
+            self.dispatch(
+                Kernel::new("elementwise", "fill"),
+                &[],
+                &[&buf],
+                &[len as u32, f32::NAN.to_bits(), 0, 0],
+                super::grid_1d(len, 256),
+            );
+        }
+        buf
+    }
+
+    /// Fill every allocation from now on with NaN (tests), or stop.
+    pub fn set_poison(&self, on: bool) {
+        self.poison.store(on, std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Remember `msg` as the device's error (the first one wins).

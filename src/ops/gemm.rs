@@ -256,6 +256,17 @@ impl Tiles {
 
 thread_local! {
     static FORCED_TILES: std::cell::Cell<Option<Tiles>> = const { std::cell::Cell::new(None) };
+    static GRID_X_LIMIT: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
+
+/// Run `f` with the workgroup GEMM's grid limited to `columns` workgroups along x on this
+/// thread (the adapter's limit is 65,535: tests reach the column tiles carried by grid z
+/// without products of millions of columns).
+pub fn with_grid_x_limit<R>(columns: usize, f: impl FnOnce() -> R) -> R {
+    let prev = GRID_X_LIMIT.with(|c| c.replace(Some(columns.max(1))));
+    let r = f();
+    GRID_X_LIMIT.with(|c| c.set(prev));
+    r
 }
 
 /// Run `f` with every workgroup GEMM it records on this thread using `tiles` instead of the
@@ -317,7 +328,10 @@ pub(crate) fn dispatch_gemm(
         GemmMode::ConvWeight { split } => (3, true, true, false, false, false, split),
     };
     let col_tiles = cols.div_ceil(t.bn as usize).max(1);
-    let max_x = g.limits.max_compute_workgroups_per_dimension.max(1) as usize;
+    let max_x = GRID_X_LIMIT
+        .with(|c| c.get())
+        .unwrap_or(g.limits.max_compute_workgroups_per_dimension as usize)
+        .max(1);
     let x = col_tiles.min(max_x);
     let col_groups = col_tiles.div_ceil(x);
     let params = [
