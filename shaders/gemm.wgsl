@@ -65,77 +65,110 @@ fn phase_of(z: u32) -> Phase {
     return f;
 }
 
-// Input pixel of output pixel `pix` (oy·OW + ox) under tap (ky, kx) of channel plane `plane`
-// (n·C + c): its index, or -1 in the padding.
-fn x_at(plane: u32, pix: u32, ky: u32, kx: u32) -> i32 {
-    let p = params;
-    let iy = i32((pix / p.ow) * p.stride + ky) - i32(p.pad);
-    let ix = i32((pix % p.ow) * p.stride + kx) - i32(p.pad);
-    if (iy < 0 || ix < 0 || iy >= i32(p.h) || ix >= i32(p.w)) { return -1; }
-    return i32((plane * p.h + u32(iy)) * p.w + u32(ix));
-}
+// Operand addresses split into a part that depends on the reduction index k only (decoded
+// once per staged vec4) and a part that depends on the row / column only (decoded once per
+// workgroup), so that the tile loads do no per-element division.
 
-fn load_a(m: u32, k: u32, ph: Phase) -> f32 {
+// The k-part of A's address; A's address is a_base(k) + m · a_stride().
+fn a_base(k: u32, ph: Phase) -> u32 {
     let p = params;
-    var i: u32;
     switch MODE {
-        case 0u: { i = select(m * p.kdim + k, k * p.m + m, p.ta != 0u); }
+        case 0u: { return select(k, k * p.m, p.ta != 0u); }
         case 2u: {
+            // k = (o, tap of the phase): w[o, m, ky, kx].
             let taps = ph.nky * ph.nkx;
-            let o = k / taps;
             let t = k % taps;
             let ky = ph.ky0 + p.stride * (t / ph.nkx);
             let kx = ph.kx0 + p.stride * (t % ph.nkx);
-            i = ((o * p.c + m) * p.kh + ky) * p.kw + kx;
+            return (k / taps) * p.c * p.kh * p.kw + ky * p.kw + kx;
         }
         case 3u: {
+            // k = (n, oy·OW + ox): gy[n, m, oy, ox].
             let hw = p.oh * p.ow;
-            i = ((k / hw) * p.o + m) * hw + k % hw;
+            return (k / hw) * p.o * hw + k % hw;
         }
-        default: { i = m * p.kdim + k; }
+        default: { return k; }
     }
-    return lhs[i];
 }
 
-fn load_b(k: u32, col: u32, ph: Phase) -> f32 {
+fn a_stride() -> u32 {
     let p = params;
     switch MODE {
-        case 0u: {
-            return rhs[select(k * p.cols + col, col * p.kdim + k, p.tb != 0u)];
+        case 0u: { return select(p.kdim, 1u, p.ta != 0u); }
+        case 2u: { return p.kh * p.kw; }
+        case 3u: { return p.oh * p.ow; }
+        default: { return p.kdim; }
+    }
+}
+
+// The convolution modes' B element: a pixel of an NCHW tensor at (plane offset, y, x), the
+// sum of a column part (`column`) and a k part (`b_key`); outside the image it is zero.
+// MODE 1 (x):  column (n·C·H·W, oy·s − pad, ox·s − pad), key (c·H·W, ky, kx)
+// MODE 2 (gy): column (n·O·OH·OW, (iy + pad − ky0)/s, (ix + pad − kx0)/s), key (o·OH·OW, −a, −b)
+//              for the phase's tap (ky0 + s·a, kx0 + s·b)
+// MODE 3 (x):  column (c·H·W, ky, kx), key (n·C·H·W, oy·s − pad, ox·s − pad)
+// The fourth lane of a column is 1 where the column exists.
+fn b_column(col: u32, cols: u32, ph: Phase) -> vec4<i32> {
+    let p = params;
+    if (col >= cols) { return vec4(0); }
+    switch MODE {
+        case 1u: {
+            let hw = p.oh * p.ow;
+            let pix = col % hw;
+            return vec4(i32((col / hw) * p.c * p.h * p.w),
+                        i32((pix / p.ow) * p.stride) - i32(p.pad),
+                        i32((pix % p.ow) * p.stride) - i32(p.pad), 1);
         }
+        case 2u: {
+            let pw = ph.hp * ph.wp;
+            let q = col % pw;
+            let iy = ph.py + p.stride * (q / ph.wp);
+            let ix = ph.px + p.stride * (q % ph.wp);
+            // iy + pad − ky0 ≥ 0 and divisible by s (ky0 = (py + pad) mod s).
+            return vec4(i32((col / pw) * p.o * p.oh * p.ow),
+                        i32((iy + p.pad - ph.ky0) / p.stride),
+                        i32((ix + p.pad - ph.kx0) / p.stride), 1);
+        }
+        default: {
+            let kk = p.kh * p.kw;
+            return vec4(i32((col / kk) * p.h * p.w), i32(col % kk / p.kw), i32(col % p.kw), 1);
+        }
+    }
+}
+
+fn b_key(k: u32, ph: Phase) -> vec3<i32> {
+    let p = params;
+    switch MODE {
         case 1u: {
             let kk = p.kh * p.kw;
-            let hw = p.oh * p.ow;
-            let i = x_at((col / hw) * p.c + k / kk, col % hw, k % kk / p.kw, k % p.kw);
-            return select(0.0, rhs[max(i, 0)], i >= 0);
+            return vec3(i32((k / kk) * p.h * p.w), i32(k % kk / p.kw), i32(k % p.kw));
         }
         case 2u: {
             let taps = ph.nky * ph.nkx;
-            let o = k / taps;
             let t = k % taps;
-            let ky = ph.ky0 + p.stride * (t / ph.nkx);
-            let kx = ph.kx0 + p.stride * (t % ph.nkx);
-            let pw = ph.hp * ph.wp;
-            let n = col / pw;
-            let iy = ph.py + p.stride * (col % pw / ph.wp);
-            let ix = ph.px + p.stride * (col % ph.wp);
-            // iy + pad − ky ≡ 0 (mod s) by the phase's choice of taps.
-            let ty = i32(iy + p.pad) - i32(ky);
-            let tx = i32(ix + p.pad) - i32(kx);
-            let oy = ty / i32(p.stride);
-            let ox = tx / i32(p.stride);
-            let inside = ty >= 0 && tx >= 0 && oy < i32(p.oh) && ox < i32(p.ow);
-            let i = ((n * p.o + o) * p.oh + u32(max(oy, 0))) * p.ow + u32(max(ox, 0));
-            return select(0.0, rhs[select(0u, i, inside)], inside);
+            return vec3(i32((k / taps) * p.oh * p.ow), -i32(t / ph.nkx), -i32(t % ph.nkx));
         }
         default: {
-            // MODE 3: k = (n, oy, ox), col = (c, ky, kx).
-            let kk = p.kh * p.kw;
             let hw = p.oh * p.ow;
-            let i = x_at((k / hw) * p.c + col / kk, k % hw, col % kk / p.kw, col % p.kw);
-            return select(0.0, rhs[max(i, 0)], i >= 0);
+            let pix = k % hw;
+            return vec3(i32((k / hw) * p.c * p.h * p.w),
+                        i32((pix / p.ow) * p.stride) - i32(p.pad),
+                        i32((pix % p.ow) * p.stride) - i32(p.pad));
         }
     }
+}
+
+// B at (key, column) in the convolution modes; zero outside the image or past the last column.
+fn b_conv(key: vec3<i32>, column: vec4<i32>, kin: bool) -> f32 {
+    let p = params;
+    let y = key.y + column.y;
+    let x = key.z + column.z;
+    // MODE 2 reads gy (OH × OW); the others read x (H × W).
+    let hh = i32(select(p.h, p.oh, MODE == 2u));
+    let ww = i32(select(p.w, p.ow, MODE == 2u));
+    let ok = kin && column.w != 0 && y >= 0 && x >= 0 && y < hh && x < ww;
+    let i = key.x + column.x + y * ww + x;
+    return select(0.0, rhs[select(0u, u32(i), ok)], ok);
 }
 
 fn store(m: u32, col: u32, v: f32, ph: Phase, slice: u32) {
@@ -200,7 +233,8 @@ fn gemm(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) {
     if (MODE == 2u) {
         ph = phase_of(slice);
         cols = p.n * ph.hp * ph.wp;
-        kend = p.o * ph.nky * ph.nkx;
+        // A phase without pixels has nothing to reduce (and a zero-width grid to divide by).
+        kend = select(p.o * ph.nky * ph.nkx, 0u, cols == 0u);
     }
     if (MODE == 3u) {
         kbeg = slice * p.split;
@@ -210,31 +244,56 @@ fn gemm(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) {
     // stay for the barriers but store nothing.
     let tx = lid % (BN / 4u);
     let ty = lid / (BN / 4u);
+    // The B columns this invocation stages, decoded once (at most 2 vec4s of 4 columns).
+    var columns: array<vec4<i32>, 8>;
+    if (MODE != 0u) {
+        for (var i = 0u; i < B_VECS / WG; i++) {
+            let u = lid + i * WG;
+            let n4 = select(u % (BN / 4u), u / BK, B_KFAST);
+            for (var j = 0u; j < 4u; j++) {
+                columns[i * 4u + j] = b_column(col0 + n4 * 4u + j, cols, ph);
+            }
+        }
+    }
+    let a_step = a_stride();
     var acc: array<vec4<f32>, 8>;
     for (var k0 = kbeg; k0 < kend; k0 += BK) {
         // Each invocation stages whole vec4s (4 rows or 4 columns at one reduction step), so no
         // two invocations write parts of one vector.
-        for (var u = lid; u < A_VECS; u += WG) {
+        for (var i = 0u; i < A_VECS / WG; i++) {
+            let u = lid + i * WG;
             var kk: u32;
             var m4: u32;
             if (A_KFAST) { kk = u % BK; m4 = u / BK; } else { m4 = u % (bm / 4u); kk = u / (bm / 4u); }
+            let kin = k0 + kk < kend;
+            let base = a_base(select(kbeg, k0 + kk, kin), ph);
             var v = vec4(0.0);
             for (var j = 0u; j < 4u; j++) {
                 let m = m0 + m4 * 4u + j;
-                let ok = m < p.m && k0 + kk < kend;
-                v[j] = select(0.0, load_a(select(0u, m, ok), select(0u, k0 + kk, ok), ph), ok);
+                let ok = kin && m < p.m;
+                v[j] = select(0.0, lhs[select(0u, base + m * a_step, ok)], ok);
             }
             a_tile[kk * (bm / 4u) + m4] = v;
         }
-        for (var u = lid; u < B_VECS; u += WG) {
+        for (var i = 0u; i < B_VECS / WG; i++) {
+            let u = lid + i * WG;
             var kk: u32;
             var n4: u32;
             if (B_KFAST) { kk = u % BK; n4 = u / BK; } else { n4 = u % (BN / 4u); kk = u / (BN / 4u); }
+            let kin = k0 + kk < kend;
             var v = vec4(0.0);
-            for (var j = 0u; j < 4u; j++) {
-                let col = col0 + n4 * 4u + j;
-                let ok = col < cols && k0 + kk < kend;
-                v[j] = select(0.0, load_b(select(0u, k0 + kk, ok), select(0u, col, ok), ph), ok);
+            if (MODE == 0u) {
+                for (var j = 0u; j < 4u; j++) {
+                    let col = col0 + n4 * 4u + j;
+                    let ok = kin && col < cols;
+                    let idx = select((k0 + kk) * p.cols + col, col * p.kdim + k0 + kk, p.tb != 0u);
+                    v[j] = select(0.0, rhs[select(0u, idx, ok)], ok);
+                }
+            } else {
+                let key = b_key(select(kbeg, k0 + kk, kin), ph);
+                for (var j = 0u; j < 4u; j++) {
+                    v[j] = b_conv(key, columns[i * 4u + j], kin);
+                }
             }
             b_tile[kk * (BN / 4u) + n4] = v;
         }

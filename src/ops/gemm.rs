@@ -221,6 +221,11 @@ impl Tiles {
         },
     ];
 
+    /// B vec4s each invocation stages per slice (the shader decodes at most 2 units' columns).
+    pub fn b_units(&self) -> u32 {
+        self.bk * self.bn / 4 / self.wg
+    }
+
     pub fn bm(&self) -> u32 {
         self.tm * self.wg * 4 / self.bn
     }
@@ -321,6 +326,10 @@ pub(crate) fn dispatch_gemm(
     out: &GpuBuffer,
 ) -> Tiles {
     let t = tiles_for(g, m);
+    assert!(
+        (1..=2).contains(&t.b_units()) && (t.bk * t.bm() / 4).is_multiple_of(t.wg),
+        "tile {t:?} does not fit gemm.wgsl's staging"
+    );
     let (code, a_kfast, b_kfast, ta, tb, has_bias, split) = match mode {
         GemmMode::Matmul { ta, tb, bias } => (0, !ta, tb, ta, tb, bias, 0),
         GemmMode::ConvForward => (1, true, false, false, false, false, 0),
