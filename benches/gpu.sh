@@ -5,7 +5,8 @@
 # checkout.
 #
 #   benches/gpu.sh --stage            # here: build, bundle the binaries into target/gpu-bundle.tar.gz
-#   benches/gpu.sh [BUNDLE]           # there, from the repository root (default: that bundle)
+#   benches/gpu.sh [BUNDLE]           # there, from the repository root (default: that bundle;
+#                                     # carry it, and .gl/ where the machine lacks libvulkan)
 #
 # Environment: VIEWCRAFT_DEVICE (default auto: the best hardware adapter), GPU_SH_QUICK=1
 # (batch 32 only), GPU_SH_WIDTH / GPU_SH_STEPS (step benchmarks: width 64, 5 steps; smaller
@@ -51,6 +52,12 @@ fi
 out="${OUT:-target/gpu-results}"
 mkdir -p "$out"
 export VIEWCRAFT_DEVICE="${VIEWCRAFT_DEVICE:-auto}"
+# A machine without the Vulkan loader: the packages carried in .gl/ (see the device README:
+# `apt-get download libvulkan1 ...` into .gl here).
+if ! ldconfig -p 2>/dev/null | grep -q libvulkan && ls .gl/*.deb >/dev/null 2>&1; then
+    for f in .gl/*.deb; do dpkg -x "$f" /; done
+    ldconfig
+fi
 # Vulkan on NVIDIA machines whose loader finds no ICD by itself.
 nv_icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
 if [ -z "${VK_DRIVER_FILES:-}" ] && [ -f "$nv_icd" ]; then

@@ -14,9 +14,10 @@ use super::pipelines::{Kernel, PipelineCache};
 use super::recorder::Recorder;
 use crate::error::{Error, Result};
 
-/// Which family of kernels runs on this adapter. Measured (benches/RESULTS.md): on CPU
-/// adapters (lavapipe) register tiles without workgroup barriers win by an order of
-/// magnitude; on real GPUs shared-memory tiles win.
+/// Which family of kernels runs on this adapter: on CPU-type adapters (lavapipe) register
+/// tiles without workgroup barriers (measured there: an order of magnitude faster, see
+/// benches/RESULTS.md); on hardware GPUs the workgroup-memory tiles of `shaders/gemm.wgsl`
+/// (the design for them; not yet measured on one).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KernelVariant {
     RegisterTiled,
