@@ -282,6 +282,21 @@ impl Bn {
             cfg: BatchNorm::default(),
         })
     }
+    /// γ and β (when affine), whether the running statistics update, and whether the
+    /// statistics are synchronised over the ranks.
+    fn setup(
+        &self,
+        store: &ParamStore,
+        b: &Bound,
+        train: bool,
+    ) -> Result<(Option<Var>, Option<Var>, bool, bool)> {
+        let g = self.weight.map(|i| b.var(i)).transpose()?;
+        let bb = self.bias.map(|i| b.var(i)).transpose()?;
+        let update = train && !store.freeze_running_stats;
+        let sync = train && store.sync_bn && crate::dist::parallel();
+        Ok((g, bb, update, sync))
+    }
+
     pub fn forward(
         &self,
         tape: &mut Tape,
@@ -290,10 +305,7 @@ impl Bn {
         x: Var,
         train: bool,
     ) -> Result<Var> {
-        let g = self.weight.map(|i| b.var(i)).transpose()?;
-        let bb = self.bias.map(|i| b.var(i)).transpose()?;
-        let update = train && !store.freeze_running_stats;
-        let sync = train && store.sync_bn && crate::dist::parallel();
+        let (g, bb, update, sync) = self.setup(store, b, train)?;
         let (rm, rv) = store.pair_mut(self.running_mean, self.running_var);
         if sync {
             tape.batch_norm_sync(x, g, bb, rm, rv, self.cfg, update)
@@ -312,16 +324,14 @@ impl Bn {
         train: bool,
         residual: Option<Var>,
     ) -> Result<Var> {
-        if train && store.sync_bn && crate::dist::parallel() {
+        let (g, bb, update, sync) = self.setup(store, b, train)?;
+        if sync {
             let mut y = self.forward(tape, store, b, x, train)?;
             if let Some(r) = residual {
                 y = tape.add(y, r)?;
             }
             return tape.relu(y);
         }
-        let g = self.weight.map(|i| b.var(i)).transpose()?;
-        let bb = self.bias.map(|i| b.var(i)).transpose()?;
-        let update = train && !store.freeze_running_stats;
         let (rm, rv) = store.pair_mut(self.running_mean, self.running_var);
         tape.batch_norm_relu(x, g, bb, rm, rv, self.cfg, (train, update), residual)
     }

@@ -35,7 +35,6 @@ fn chunks(m: usize) -> (usize, usize) {
 }
 
 /// The GPU kernels' parameter block.
-#[allow(clippy::too_many_arguments)]
 fn gpu_params(
     (n, c, s): (usize, usize, usize),
     affine: bool,
@@ -754,29 +753,33 @@ impl Tape {
         )?;
         let saved = fw.saved;
         Ok(
-            self.record_bn("batch_norm_sync", fw.y, x, gamma, beta, move |gy| {
-                backward_sync(&xv, gy, &saved, gv.as_ref())
+            self.record_bn("batch_norm_sync", fw.y, x, [gamma, beta, None], move |gy| {
+                let (gx, gg, gb) = backward_sync(&xv, gy, &saved, gv.as_ref())?;
+                Ok((gx, gg, gb, None))
             }),
         )
     }
 
-    /// Record a BN forward `y` of `x` (and γ, β when given) whose backward `back` returns
-    /// (gx, gγ, gβ) in one pass (the input's gradient needs the parameters' sums anyway).
+    /// Record a BN forward `y` of `x` (and γ, β, and a fused residual when given) whose
+    /// backward `back` returns (gx, gγ, gβ, the residual's gradient) in one pass (the input's
+    /// gradient needs the parameters' sums anyway).
+    #[allow(clippy::type_complexity)]
     fn record_bn(
         &mut self,
         name: &'static str,
         y: Tensor,
         x: Var,
-        gamma: Option<Var>,
-        beta: Option<Var>,
-        back: impl Fn(&Tensor) -> Result<(Tensor, Tensor, Tensor)> + Send + Sync + 'static,
+        [gamma, beta, residual]: [Option<Var>; 3],
+        back: impl Fn(&Tensor) -> Result<(Tensor, Tensor, Tensor, Option<Tensor>)>
+            + Send
+            + Sync
+            + 'static,
     ) -> Var {
         let mut inputs = vec![x];
-        inputs.extend(gamma);
-        inputs.extend(beta);
+        inputs.extend([gamma, beta, residual].into_iter().flatten());
         let (has_g, has_b) = (gamma.is_some(), beta.is_some());
         self.record(name, y, &inputs, move |gy, _| {
-            let (gx, gg, gb) = back(gy)?;
+            let (gx, gg, gb, gr) = back(gy)?;
             let mut out = vec![Some(gx)];
             if has_g {
                 out.push(Some(gg));
@@ -784,6 +787,7 @@ impl Tape {
             if has_b {
                 out.push(Some(gb));
             }
+            out.extend(gr.map(Some));
             Ok(out)
         })
     }
@@ -837,33 +841,21 @@ impl Tape {
             rv.as_ref(),
         )?;
         let (saved, y) = (fw.saved, fw.y.clone());
-        let mut inputs = vec![x];
-        inputs.extend(gamma);
-        inputs.extend(beta);
-        inputs.extend(residual);
-        let (has_g, has_b, has_r) = (gamma.is_some(), beta.is_some(), residual.is_some());
-        Ok(self.record("batch_norm_relu", fw.y, &inputs, move |gy, _| {
-            let (gx, gg, gb, gr) = if has_r {
-                // The residual's gradient is the masked gy itself: mask once, share it.
-                let gm = crate::ops::elementwise::relu_backward(&y, gy)?;
-                let (gx, gg, gb) = backward(&xv, &gm, &saved, gv.as_ref(), train)?;
-                (gx, gg, gb, Some(gm))
-            } else {
-                let (gx, gg, gb) = backward_masked(&xv, gy, &saved, gv.as_ref(), train, Some(&y))?;
-                (gx, gg, gb, None)
-            };
-            let mut out = vec![Some(gx)];
-            if has_g {
-                out.push(Some(gg));
-            }
-            if has_b {
-                out.push(Some(gb));
-            }
-            if has_r {
-                out.push(gr);
-            }
-            Ok(out)
-        }))
+        let inputs = [gamma, beta, residual];
+        Ok(
+            self.record_bn("batch_norm_relu", fw.y, x, inputs, move |gy| {
+                if residual.is_some() {
+                    // The residual's gradient is the masked gy itself: mask once, share it.
+                    let gm = crate::ops::elementwise::relu_backward(&y, gy)?;
+                    let (gx, gg, gb) = backward(&xv, &gm, &saved, gv.as_ref(), train)?;
+                    Ok((gx, gg, gb, Some(gm)))
+                } else {
+                    let (gx, gg, gb) =
+                        backward_masked(&xv, gy, &saved, gv.as_ref(), train, Some(&y))?;
+                    Ok((gx, gg, gb, None))
+                }
+            }),
+        )
     }
 
     /// [`Tape::batch_norm`] with the running-statistics update chosen separately (a
@@ -896,8 +888,9 @@ impl Tape {
         )?;
         let saved = fw.saved;
         Ok(
-            self.record_bn("batch_norm", fw.y, x, gamma, beta, move |gy| {
-                backward(&xv, gy, &saved, gv.as_ref(), train)
+            self.record_bn("batch_norm", fw.y, x, [gamma, beta, None], move |gy| {
+                let (gx, gg, gb) = backward(&xv, gy, &saved, gv.as_ref(), train)?;
+                Ok((gx, gg, gb, None))
             }),
         )
     }
