@@ -5,7 +5,7 @@
 mod common;
 use common::*;
 use viewcraft::ops::conv2d::{self, Conv2d};
-use viewcraft::ops::linear::{matmul_fast, matmul_ref};
+use viewcraft::ops::gemm::{matmul_fast, matmul_ref};
 
 /// Σ of `len` products of values up to `scale` in another order.
 fn atol(len: usize, scale: f64) -> f64 {

@@ -6,7 +6,8 @@
 mod common;
 use common::*;
 use rand::rngs::StdRng;
-use viewcraft::ops::linear::{matmul_grad_plan, matmul_ref, Operand};
+use viewcraft::ops::gemm::matmul_ref;
+use viewcraft::ops::linear::{matmul_grad_plan, Operand};
 use viewcraft::ops::{batchnorm, conv2d, cross_entropy, elementwise as ew, l2norm, pool, reduce};
 
 fn r64(r: &mut StdRng, n: usize) -> Vec<f64> {

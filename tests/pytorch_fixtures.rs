@@ -5,7 +5,7 @@
 
 mod common;
 use common::*;
-use viewcraft::ops::{batchnorm, conv2d, cross_entropy, elementwise as ew, l2norm, linear, pool};
+use viewcraft::ops::{batchnorm, conv2d, cross_entropy, elementwise as ew, gemm, l2norm, pool};
 use viewcraft::tensor::{Device, Tensor};
 
 const TIGHT: (f64, f64) = (1e-10, 1e-9);
@@ -275,7 +275,7 @@ fn linear_matches_pytorch() {
     let (m, k, n) = (xs[0], xs[1], ws[0]);
     assert_close64(
         "linear y",
-        &linear::matmul_ref(&x, &w, Some(&b), m, n, k, false, true),
+        &gemm::matmul_ref(&x, &w, Some(&b), m, n, k, false, true),
         &fx.f64("y"),
     );
     for dev in devices() {

@@ -5,7 +5,7 @@
 use crate::autograd::Tape;
 use crate::data::ImageSet;
 use crate::error::Result;
-use crate::ops::linear::matmul_ref;
+use crate::ops::gemm::matmul_ref;
 use crate::ssl::{embed, Method};
 use crate::tensor::Device;
 

@@ -12,7 +12,6 @@ pub mod shaders;
 pub use buffers::GpuBuffer;
 pub use context::{list_adapters, AdapterReport, Gpu, KernelVariant};
 pub use pipelines::Kernel;
-pub use recorder::BufferRange;
 
 /// Round `n` invocations of workgroup size `wg` up to a dispatch grid. Grids wider than the
 /// 65535 workgroups a dimension may hold spill into y; kernels rebuild the flat index with

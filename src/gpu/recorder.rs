@@ -15,25 +15,8 @@ const ARENA_BLOCKS: u64 = 4096;
 /// Cached bind groups before the cache is cleared (shapes changed many times).
 const MAX_BIND_GROUPS: usize = 16384;
 
-/// `size` bytes of `buffer` from byte `offset`.
-pub struct BufferRange<'a> {
-    pub buffer: &'a GpuBuffer,
-    pub offset: u64,
-    pub size: u64,
-}
-
-impl<'a> BufferRange<'a> {
-    pub fn whole(buffer: &'a GpuBuffer) -> Self {
-        Self {
-            buffer,
-            offset: 0,
-            size: buffer.size(),
-        }
-    }
-}
-
-/// (pipeline id, [(buffer id, offset, size)] in binding order).
-type BindKey = (u64, Vec<(u64, u64, u64)>);
+/// (pipeline id, [buffer id] in binding order).
+type BindKey = (u64, Vec<u64>);
 
 pub(crate) struct Recorder {
     encoder: Option<wgpu::CommandEncoder>,
@@ -88,20 +71,6 @@ impl Recorder {
         params: &[u32],
         grid: [u32; 3],
     ) {
-        let ranges: Vec<BufferRange> = buffers.iter().map(|b| BufferRange::whole(b)).collect();
-        self.dispatch_ranges(device, queue, p, &ranges, params, grid);
-    }
-
-    /// Record one dispatch binding byte ranges of buffers.
-    pub fn dispatch_ranges(
-        &mut self,
-        device: &wgpu::Device,
-        queue: &wgpu::Queue,
-        p: &Arc<Pipeline>,
-        buffers: &[BufferRange],
-        params: &[u32],
-        grid: [u32; 3],
-    ) {
         assert_eq!(
             buffers.len(),
             p.bindings.len(),
@@ -120,13 +89,7 @@ impl Recorder {
         self.arena.extend_from_slice(bytemuck::cast_slice(params));
         self.arena.resize(offset as usize + PARAM_BLOCK as usize, 0);
 
-        let key = (
-            p.id,
-            buffers
-                .iter()
-                .map(|r| (r.buffer.id(), r.offset, r.size))
-                .collect::<Vec<_>>(),
-        );
+        let key = (p.id, buffers.iter().map(|b| b.id()).collect::<Vec<_>>());
         if !self.bind_groups.contains_key(&key) {
             if self.bind_groups.len() >= MAX_BIND_GROUPS {
                 self.bind_groups.clear();
@@ -142,13 +105,13 @@ impl Recorder {
                     }),
                 });
             }
-            for (r, &binding) in buffers.iter().zip(&p.bindings) {
+            for (b, &binding) in buffers.iter().zip(&p.bindings) {
                 entries.push(wgpu::BindGroupEntry {
                     binding,
                     resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                        buffer: r.buffer.buffer(),
-                        offset: r.offset,
-                        size: wgpu::BufferSize::new(r.size),
+                        buffer: b.buffer(),
+                        offset: 0,
+                        size: wgpu::BufferSize::new(b.size()),
                     }),
                 });
             }

@@ -6,10 +6,10 @@
 //!
 //! Tolerance GPU vs CPU: exp/log of O(10) logits over K terms: atol 1e-5, rtol 1e-5.
 
-use super::{buf, cpu, u, Real, TResult};
+use super::{cpu, u, Real, TResult};
 use crate::autograd::{Tape, Var};
 use crate::error::{Error, Result};
-use crate::gpu::{grid_1d, Kernel};
+use crate::gpu::Kernel;
 use crate::tensor::{same_device, Device, Tensor};
 
 const FWD: Kernel = Kernel::new("cross_entropy", "cross_entropy_forward");
@@ -90,17 +90,14 @@ pub fn cross_entropy_rows(logits: &Tensor, labels: &Tensor) -> TResult {
             ),
             &[n],
         )),
-        Device::Gpu(g) => {
-            let out = g.alloc(n);
-            g.dispatch(
-                FWD,
-                &[],
-                &[buf(logits), buf(labels), &out],
-                &[u(n), u(k), 0, 0],
-                grid_1d(n * 256, 256),
-            );
-            Ok(Tensor::from_gpu(&g, out, &[n]))
-        }
+        Device::Gpu(g) => Ok(super::row_kernel(
+            &g,
+            FWD,
+            &[logits, labels],
+            &[u(n), u(k), 0, 0],
+            n,
+            &[n],
+        )),
     }
 }
 
@@ -118,17 +115,14 @@ pub fn cross_entropy_rows_backward(logits: &Tensor, labels: &Tensor, g: &Tensor)
             ),
             &[n, k],
         )),
-        Device::Gpu(gpu) => {
-            let out = gpu.alloc(n * k);
-            gpu.dispatch(
-                BWD,
-                &[],
-                &[buf(logits), buf(labels), buf(g), &out],
-                &[u(n), u(k), 0, 0],
-                grid_1d(n * 256, 256),
-            );
-            Ok(Tensor::from_gpu(&gpu, out, &[n, k]))
-        }
+        Device::Gpu(gpu) => Ok(super::row_kernel(
+            &gpu,
+            BWD,
+            &[logits, labels, g],
+            &[u(n), u(k), 0, 0],
+            n,
+            &[n, k],
+        )),
     }
 }
 
@@ -410,18 +404,14 @@ pub fn info_nce_hard(sim: &Tensor, mode: NceMode, scale: f32, hard: HardNegative
             info_nce_hard_ref(sim.cpu_data().unwrap_or_default(), n, m, mode, scale, hard),
             &[n],
         )),
-        Device::Gpu(g) => {
-            let out = g.alloc(n);
-            g.dispatch(
-                NCE_FWD,
-                &[],
-                &[buf(sim), &out],
-                &rule.params(scale),
-                // One workgroup of 256 per row.
-                grid_1d(n * 256, 256),
-            );
-            Ok(Tensor::from_gpu(&g, out, &[n]))
-        }
+        Device::Gpu(g) => Ok(super::row_kernel(
+            &g,
+            NCE_FWD,
+            &[sim],
+            &rule.params(scale),
+            n,
+            &[n],
+        )),
     }
 }
 
@@ -451,18 +441,14 @@ pub fn info_nce_hard_backward(
             ),
             &[n, m],
         )),
-        Device::Gpu(g) => {
-            let out = g.alloc(n * m);
-            g.dispatch(
-                NCE_BWD,
-                &[],
-                &[buf(sim), buf(grad), &out],
-                &rule.params(scale),
-                // One workgroup of 256 per row.
-                grid_1d(n * 256, 256),
-            );
-            Ok(Tensor::from_gpu(&g, out, &[n, m]))
-        }
+        Device::Gpu(g) => Ok(super::row_kernel(
+            &g,
+            NCE_BWD,
+            &[sim, grad],
+            &rule.params(scale),
+            n,
+            &[n, m],
+        )),
     }
 }
 

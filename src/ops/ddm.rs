@@ -12,10 +12,10 @@
 //! Tolerance GPU vs CPU: exp/log over M terms in f32, reduced in another order: atol 1e-5,
 //! rtol 1e-4.
 
-use super::{buf, cpu, u, Real, TResult};
+use super::{cpu, u, Real, TResult};
 use crate::autograd::{Tape, Var};
 use crate::error::{Error, Result};
-use crate::gpu::{grid_1d, Kernel};
+use crate::gpu::Kernel;
 use crate::tensor::{same_device, Device, Tensor};
 
 const FWD: Kernel = Kernel::new("ddm", "ddm_forward");
@@ -91,17 +91,14 @@ pub fn ddm(weak: &Tensor, strong: &Tensor, scale: f32) -> TResult {
             ),
             &[n],
         )),
-        Device::Gpu(g) => {
-            let out = g.alloc(n);
-            g.dispatch(
-                FWD,
-                &[],
-                &[buf(weak), buf(strong), &out],
-                &[u(n), u(m), scale.to_bits(), 0],
-                grid_1d(n * 256, 256),
-            );
-            Ok(Tensor::from_gpu(&g, out, &[n]))
-        }
+        Device::Gpu(g) => Ok(super::row_kernel(
+            &g,
+            FWD,
+            &[weak, strong],
+            &[u(n), u(m), scale.to_bits(), 0],
+            n,
+            &[n],
+        )),
     }
 }
 
@@ -120,17 +117,14 @@ pub fn ddm_backward(weak: &Tensor, strong: &Tensor, grad: &Tensor, scale: f32) -
             ),
             &[n, m],
         )),
-        Device::Gpu(g) => {
-            let out = g.alloc(n * m);
-            g.dispatch(
-                BWD,
-                &[],
-                &[buf(weak), buf(strong), buf(grad), &out],
-                &[u(n), u(m), scale.to_bits(), 0],
-                grid_1d(n * 256, 256),
-            );
-            Ok(Tensor::from_gpu(&g, out, &[n, m]))
-        }
+        Device::Gpu(g) => Ok(super::row_kernel(
+            &g,
+            BWD,
+            &[weak, strong, grad],
+            &[u(n), u(m), scale.to_bits(), 0],
+            n,
+            &[n, m],
+        )),
     }
 }
 

@@ -7,10 +7,10 @@
 //!
 //! Tolerance GPU vs CPU: sums of D squares: atol 1e-6, rtol 1e-5.
 
-use super::{buf, cpu, f, u, Real, TResult};
+use super::{cpu, f, u, Real, TResult};
 use crate::autograd::{Tape, Var};
 use crate::error::{Error, Result};
-use crate::gpu::{grid_1d, Kernel};
+use crate::gpu::Kernel;
 use crate::tensor::{same_device, same_shape, Device, Tensor};
 
 const FWD: Kernel = Kernel::new("l2norm", "l2_normalize_forward");
@@ -65,17 +65,14 @@ pub fn l2_normalize(x: &Tensor) -> TResult {
             forward_ref(x.cpu_data().unwrap_or_default(), n, d, EPS),
             x.shape(),
         )),
-        Device::Gpu(g) => {
-            let out = g.alloc(n * d);
-            g.dispatch(
-                FWD,
-                &[],
-                &[buf(x), &out],
-                &[u(n), u(d), f(EPS), 0],
-                grid_1d(n * 256, 256),
-            );
-            Ok(Tensor::from_gpu(&g, out, x.shape()))
-        }
+        Device::Gpu(g) => Ok(super::row_kernel(
+            &g,
+            FWD,
+            &[x],
+            &[u(n), u(d), f(EPS), 0],
+            n,
+            x.shape(),
+        )),
     }
 }
 
@@ -93,17 +90,14 @@ pub fn l2_normalize_backward(x: &Tensor, gy: &Tensor) -> TResult {
             ),
             x.shape(),
         )),
-        Device::Gpu(g) => {
-            let out = g.alloc(n * d);
-            g.dispatch(
-                BWD,
-                &[],
-                &[buf(x), buf(gy), &out],
-                &[u(n), u(d), f(EPS), 0],
-                grid_1d(n * 256, 256),
-            );
-            Ok(Tensor::from_gpu(&g, out, x.shape()))
-        }
+        Device::Gpu(g) => Ok(super::row_kernel(
+            &g,
+            BWD,
+            &[x, gy],
+            &[u(n), u(d), f(EPS), 0],
+            n,
+            x.shape(),
+        )),
     }
 }
 

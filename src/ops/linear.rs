@@ -11,7 +11,7 @@
 use super::{buf, cpu, TResult};
 use crate::autograd::{Tape, Var};
 use crate::error::{Error, Result};
-pub use crate::ops::gemm::{matmul_fast, matmul_ref};
+use crate::ops::gemm::{matmul_fast, matmul_ref};
 use crate::ops::reduce::col_sum;
 use crate::tensor::{same_device, Device, Tensor};
 

@@ -103,10 +103,48 @@ pub(crate) fn map_kernel(
     n_threads: usize,
     out_shape: &[usize],
 ) -> Tensor {
+    launch(
+        g,
+        kernel,
+        inputs,
+        params,
+        grid_1d(n_threads, 256),
+        out_shape,
+    )
+}
+
+/// Dispatch a row kernel (one 256-invocation workgroup per row, reducing in workgroup memory)
+/// over `rows` rows, writing a fresh output.
+pub(crate) fn row_kernel(
+    g: &Arc<Gpu>,
+    kernel: Kernel,
+    inputs: &[&Tensor],
+    params: &[u32],
+    rows: usize,
+    out_shape: &[usize],
+) -> Tensor {
+    launch(
+        g,
+        kernel,
+        inputs,
+        params,
+        grid_1d(rows * 256, 256),
+        out_shape,
+    )
+}
+
+fn launch(
+    g: &Arc<Gpu>,
+    kernel: Kernel,
+    inputs: &[&Tensor],
+    params: &[u32],
+    grid: [u32; 3],
+    out_shape: &[usize],
+) -> Tensor {
     let out = g.alloc(numel(out_shape));
     let mut bufs: Vec<&GpuBuffer> = inputs.iter().map(|t| buf(t)).collect();
     bufs.push(&out);
-    g.dispatch(kernel, &[], &bufs, params, grid_1d(n_threads, 256));
+    g.dispatch(kernel, &[], &bufs, params, grid);
     Tensor::from_gpu(g, out, out_shape)
 }
 
